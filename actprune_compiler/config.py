@@ -1,0 +1,168 @@
+"""SparsityConfig: what to prune, how, and where. Frozen, validated, JSON round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# The linear layers of a decoder block; lm_head is never pruned unless asked for by name.
+DEFAULT_MODULES: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+)
+TARGETS = ("activation", "weight")
+MAX_M = 256
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Either N:M (keep n of every m consecutive features) or an unstructured sparsity ratio."""
+
+    n: int = 0
+    m: int = 0
+    ratio: float | None = None  # fraction of features *pruned*, unstructured
+
+    @property
+    def is_nm(self) -> bool:
+        return self.ratio is None
+
+    def group(self, in_features: int) -> tuple[int, int]:
+        """(keep, group size) for a layer: N:M as is, unstructured as top-k over the whole row."""
+        if self.is_nm:
+            return self.n, self.m
+        return in_features - round(in_features * self.ratio), in_features
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else f"{self.ratio * 100:g}%"
+
+
+def parse_pattern(value: str | float) -> Pattern:
+    """'8:16' -> Pattern(8, 16); '50%' or 0.5 -> unstructured 50%. Raises ValueError otherwise."""
+    allowed = "allowed: 'N:M' with 0 < N < M <= 256 (e.g. '2:4', '8:16') or a ratio such as '50%' or 0.5"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0 < value < 1:
+            raise ValueError(f"pattern {value!r} is out of range; {allowed}")
+        return Pattern(ratio=float(value))
+    if not isinstance(value, str):
+        raise ValueError(f"pattern {value!r} has type {type(value).__name__}; {allowed}")
+    if match := _NM.match(value):
+        n, m = int(match[1]), int(match[2])
+        if not 0 < n < m <= MAX_M:
+            raise ValueError(f"pattern {value!r} is invalid; {allowed}")
+        return Pattern(n, m)
+    if match := _PERCENT.match(value):
+        ratio = float(match[1]) / 100
+        if not 0 < ratio < 1:
+            raise ValueError(f"pattern {value!r} is out of range; {allowed}")
+        return Pattern(ratio=ratio)
+    raise ValueError(f"pattern {value!r} is not understood; {allowed}")
+
+
+def _choice(field_name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field_name} {value!r} is unknown; allowed: {', '.join(allowed)}")
+
+
+def _names(field_name: str, value: Any) -> tuple[str, ...]:
+    """Accept 'a,b', ['a', 'b'] or ('a', 'b'); return a tuple of non-empty names."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        names = tuple(str(item).strip() for item in items)
+    except TypeError:
+        raise ValueError(f"{field_name} must be a list of module names or patterns, got {value!r}") from None
+    if any(not name for name in names):
+        raise ValueError(f"{field_name} {value!r} contains an empty name")
+    return names
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """How actprune prunes a model.
+
+    pattern:    "N:M" (keep N of every M consecutive input features) or an unstructured ratio ("50%").
+    target:     "activation" (mask each token's input features at run time) or "weight"
+                (mask the weight constants once, along the input dimension).
+    criterion:  how elements are scored (see actprune_compiler.criteria for the registry).
+    correction: error mitigation around the activation mask (see actprune_compiler.corrections).
+    modules:    fnmatch patterns on the module path or its last name; default: the 7 projections.
+    exclude:    fnmatch patterns of layers to leave dense even if `modules` matches them.
+    calib_samples / calib_seqlen: calibration data size for criteria/corrections that need statistics.
+    """
+
+    pattern: str = "8:16"
+    target: str = "activation"
+    criterion: str = "magnitude"
+    correction: str = "none"
+    modules: tuple[str, ...] = DEFAULT_MODULES
+    exclude: tuple[str, ...] = ()
+    calib_samples: int = 16
+    calib_seqlen: int = 512
+
+    def __post_init__(self) -> None:
+        # Normalise first so that equal configs compare (and serialise) equal.
+        object.__setattr__(self, "pattern", str(parse_pattern(self.pattern)))
+        object.__setattr__(self, "modules", _names("modules", self.modules))
+        object.__setattr__(self, "exclude", _names("exclude", self.exclude))
+        _choice("target", self.target, TARGETS)
+        from actprune_compiler.corrections import CORRECTIONS
+        from actprune_compiler.criteria import criteria_for
+
+        _choice(f"criterion for target {self.target!r}", self.criterion, criteria_for(self.target))
+        if self.target == "weight" and self.correction != "none":
+            raise ValueError(f"correction {self.correction!r} applies to activation pruning only; "
+                             "use correction 'none' with target 'weight'")
+        _choice("correction", self.correction, tuple(CORRECTIONS))
+        for name in ("calib_samples", "calib_seqlen"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        return parse_pattern(self.pattern)
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: '8:16', '8:16 wt', '8:16 clact+variance'."""
+        parts = [self.pattern]
+        if self.target == "weight":
+            parts.append("wt" if self.criterion == "magnitude" else f"wt-{self.criterion}")
+        elif self.criterion != "magnitude" or self.correction != "none":
+            extra = self.criterion if self.correction == "none" else f"{self.criterion}+{self.correction}"
+            parts.append(extra)
+        return " ".join(parts)
+
+    def replace(self, **changes: Any) -> SparsityConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["modules"], data["exclude"] = list(self.modules), list(self.exclude)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SparsityConfig fields {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SparsityConfig:
+        return cls.from_dict(json.loads(text))
+
+    def needs_calibration(self) -> bool:
+        from actprune_compiler.corrections import CORRECTIONS
+        from actprune_compiler.criteria import CRITERIA, WEIGHT_CRITERIA
+
+        registry = CRITERIA if self.target == "activation" else WEIGHT_CRITERIA
+        return registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
+

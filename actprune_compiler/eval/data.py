@@ -1,0 +1,150 @@
+"""Evaluation data on disk (laid out as ../shared/data), or from the hub when a network exists."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from actprune_compiler.models import CACHE_DIR
+
+DATA_ENV = "ACTPRUNE_DATA_DIR"
+WIKITEXT_DIR = "wikitext2/wikitext_document_level/wikitext-2-raw-v1"
+# What each zero-shot task reads, relative to the data folder.
+TASK_FILES = {
+    "arc_easy": ["arc_easy/ARC-Easy-Test.jsonl"],
+    "arc_challenge": ["arc_challenge/ARC-Challenge-Test.jsonl"],
+    "boolq": ["boolq/superglue_opencompass/val.jsonl"],
+    "piqa": ["piqa/valid.jsonl", "piqa/valid-labels.lst"],
+    "winogrande": ["winogrande/dev.jsonl"],
+    "hellaswag": ["hellaswag/hellaswag_val.jsonl"],
+}
+
+
+def default_data_dirs() -> list[Path]:
+    """Where data is looked for: $ACTPRUNE_DATA_DIR, then ../shared/data beside the repo or the cwd."""
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "data"]
+    if env := os.environ.get(DATA_ENV):
+        candidates.insert(0, Path(env))
+    return candidates
+
+
+def find_data_dir(explicit: str | Path | None = None) -> Path | None:
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"--data-dir {explicit} is not a folder")
+        return path
+    return next((p for p in default_data_dirs() if p.is_dir()), None)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class WikiText:
+    text: str
+    source: str  # where it came from, for the results file
+    sha256: str  # of the raw text reconstructed below
+
+
+def _missing(what: str, relative: str) -> FileNotFoundError:
+    places = ", ".join(str(p) for p in default_data_dirs())
+    return FileNotFoundError(
+        f"{what} not found: put it at DATA/{relative} with DATA one of {places} "
+        f"(or pass --data-dir / set {DATA_ENV}), or run where the Hugging Face hub is reachable")
+
+
+def load_wikitext2(split: str = "test", data_dir: str | Path | None = None) -> WikiText:
+    """The seed's text: WikiText-2 raw's line-level rows joined with "\\n\\n" (GPTQ-style).
+
+    Locally only lm-eval's document-level copy exists; the raw file is " \\n" + "\\n".join(pages)
+    (the builder dropped only that first line), and its lines are the hub's line-level rows.
+    """
+    from datasets import load_from_disk
+
+    root = find_data_dir(data_dir)
+    folder = root / WIKITEXT_DIR / split if root else None
+    if folder is not None and folder.is_dir():
+        pages = load_from_disk(str(folder))["page"]
+        raw = " \n" + "\n".join(pages)
+        rows = raw.splitlines(keepends=True)
+        source = f"{folder} (document level; {len(rows)} line-level rows rebuilt)"
+    else:
+        try:
+            from datasets import load_dataset
+
+            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
+            raw, source = "".join(rows), "hub: wikitext/wikitext-2-raw-v1"
+        except Exception as error:
+            raise _missing(f"WikiText-2 {split} split", f"{WIKITEXT_DIR}/{split}") from error
+    return WikiText("\n\n".join(rows), source, hashlib.sha256(raw.encode()).hexdigest())
+
+
+def task_data(task: str, data_dir: str | Path | None = None) -> dict[str, Path] | None:
+    """The local files of a zero-shot task, or None when they are not here (use the hub task)."""
+    root = find_data_dir(data_dir)
+    if root is None or task not in TASK_FILES:
+        return None
+    paths = {rel: root / rel for rel in TASK_FILES[task]}
+    return paths if all(p.is_file() for p in paths.values()) else None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _arc_rows(files: dict[str, Path]) -> list[dict]:
+    """AI2's release -> the hub schema lm-eval's arc tasks template on."""
+    (path,) = files.values()
+    return [{"id": d["id"], "question": d["question"]["stem"], "answerKey": d["answerKey"],
+             "choices": {"text": [c["text"] for c in d["question"]["choices"]],
+                         "label": [c["label"] for c in d["question"]["choices"]]}} for d in _jsonl(path)]
+
+
+def _boolq_rows(files: dict[str, Path]) -> list[dict]:
+    """SuperGLUE form with "true"/"false" strings -> integer labels (0 = no, 1 = yes)."""
+    (path,) = files.values()
+    return [{**d, "label": {"false": 0, "true": 1}[str(d["label"]).lower()]} for d in _jsonl(path)]
+
+
+def _piqa_rows(files: dict[str, Path]) -> list[dict]:
+    """PIQA keeps its answers in a separate .lst file; lm-eval wants a `label` field."""
+    rows, labels = _jsonl(files["piqa/valid.jsonl"]), files["piqa/valid-labels.lst"].read_text().split()
+    if len(rows) != len(labels):
+        raise ValueError(f"PIQA has {len(rows)} questions but {len(labels)} labels")
+    return [{**row, "label": int(label)} for row, label in zip(rows, labels)]
+
+
+def _as_is(files: dict[str, Path]) -> list[dict]:
+    (path,) = files.values()
+    return _jsonl(path)
+
+
+TO_HUB_SCHEMA = {"arc_easy": _arc_rows, "arc_challenge": _arc_rows, "boolq": _boolq_rows, "piqa": _piqa_rows,
+                 "winogrande": _as_is, "hellaswag": _as_is}
+
+
+def prepared_task_file(task: str, files: dict[str, Path]) -> Path:
+    """The task's local files in the hub's schema, as one JSONL cached by the sources' checksums."""
+    key = hashlib.sha256("".join(sha256_file(p) for p in files.values()).encode()).hexdigest()[:12]
+    target = CACHE_DIR / "data" / f"{task}-{key}.jsonl"
+    if not target.exists():
+        rows = TO_HUB_SCHEMA[task](files)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        tmp.rename(target)  # atomic: never a half-written file under the final name
+    return target
+
+
+def data_checksums(files: dict[str, Path]) -> dict[str, str]:
+    return {rel: sha256_file(path) for rel, path in files.items()}

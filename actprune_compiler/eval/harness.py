@@ -1,0 +1,106 @@
+"""Zero-shot tasks through lm-eval, scoring the compiled program.
+
+Offline, each task is lm-eval's own yaml (prompts, choices, targets, metrics) included as is,
+with only the dataset source replaced by a local JSONL in the hub's schema. With a network and
+no local files, lm-eval's built-in task runs unchanged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from actprune_compiler.eval.data import data_checksums, prepared_task_file, task_data
+
+TASKS = ("arc_easy", "arc_challenge", "boolq", "piqa", "winogrande", "hellaswag")
+# lm-eval's yaml for each task, and the split it scores.
+LM_EVAL_YAML = {"arc_easy": ("arc/arc_easy.yaml", "test"), "arc_challenge": ("arc/arc_challenge.yaml", "test"),
+                "boolq": ("super_glue/boolq/default.yaml", "validation"), "piqa": ("piqa/piqa.yaml", "validation"),
+                "winogrande": ("winogrande/default.yaml", "validation"),
+                "hellaswag": ("hellaswag/hellaswag.yaml", "validation")}
+LOCAL_PREFIX = "actprune_local_"
+
+
+def _lm_eval_tasks_dir() -> Path:
+    import lm_eval.tasks  # noqa: F401  (import before TaskManager; see lm-eval 0.4.13)
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def local_task_yaml(task: str, data_file: Path) -> dict[str, Any]:
+    relative, split = LM_EVAL_YAML[task]
+    return {
+        "include": str(_lm_eval_tasks_dir() / relative),
+        "task": LOCAL_PREFIX + task,
+        "tag": ["actprune_local"],
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {split: str(data_file)}},
+        "training_split": None,
+        "validation_split": split if split == "validation" else None,
+        "test_split": split if split == "test" else None,
+    }
+
+
+def resolve_tasks(tasks: list[str], data_dir: str | Path | None, folder: Path) -> tuple[dict[str, str], dict]:
+    """lm-eval task name per requested task (local copy when the files exist), and data provenance."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; allowed: wikitext2, {', '.join(TASKS)}")
+    names, provenance = {}, {}
+    for task in tasks:
+        files = task_data(task, data_dir)
+        if files is None:
+            names[task], provenance[task] = task, {"source": "lm-eval built-in task (hub dataset)"}
+            continue
+        data_file = prepared_task_file(task, files)
+        (folder / f"{task}.yaml").write_text(yaml.safe_dump(local_task_yaml(task, data_file)))
+        names[task] = LOCAL_PREFIX + task
+        provenance[task] = {"source": "local files", "files": data_checksums(files)}
+    return names, provenance
+
+
+def make_lm(runner: Callable[[torch.Tensor], torch.Tensor], model, tokenizer, batch_size: int):
+    """An lm-eval HFLM whose forward pass is `runner` (the compiled program), not the eager model."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CompiledLM(HFLM):
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            # Causal requests are right-padded, so the real tokens never see the padding.
+            with torch.no_grad():
+                return runner(inps)
+
+    return CompiledLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
+def _metrics(task_results: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in task_results.items():
+        name, _, filt = key.partition(",")
+        if filt == "none" and isinstance(value, (int, float)) and name != "alias":
+            out[name] = float(value)
+    return out
+
+
+def run_tasks(lm, tasks: list[str], *, data_dir: str | Path | None = None, limit: int | float | None = None,
+              num_fewshot: int | None = None, apply_chat_template: bool = False) -> dict[str, Any]:
+    """{task: {metrics: {acc, acc_stderr, ...}, source, files, n}} for each requested task."""
+    from lm_eval import evaluator
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory(prefix="actprune-tasks-") as folder:
+        names, provenance = resolve_tasks(tasks, data_dir, Path(folder))
+        manager = TaskManager(include_path=folder)
+        results = evaluator.simple_evaluate(
+            model=lm, tasks=list(names.values()), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+            apply_chat_template=apply_chat_template, log_samples=False, bootstrap_iters=1000)
+    out = {}
+    for task, name in names.items():
+        out[task] = {"metrics": _metrics(results["results"][name]), **provenance[task],
+                     "samples": results.get("n-samples", {}).get(name, {}).get("effective")}
+    return out

@@ -1,0 +1,73 @@
+"""WikiText-2 perplexity the seed's way: tokenize once, non-overlapping windows, mean token NLL."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+BOS_MODES = ("auto", "window", "start", "none")
+
+
+def resolve_bos(mode: str, tokenizer, model_type: str) -> str:
+    """auto: a BOS per window for Gemma (it degrades without one); otherwise what the tokenizer does
+    by default, i.e. one BOS at the very start of the text as the seed (GPTQ-style) code has it."""
+    if mode not in BOS_MODES:
+        raise ValueError(f"--bos {mode!r} is unknown; allowed: {', '.join(BOS_MODES)}")
+    if mode != "auto":
+        if mode != "none" and tokenizer.bos_token_id is None:
+            raise ValueError(f"--bos {mode} needs a BOS token, and this tokenizer has none; use --bos none")
+        return mode
+    if model_type.startswith("gemma"):
+        return "window"
+    probe = tokenizer("a").input_ids
+    adds_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+    return "start" if adds_bos else "none"
+
+
+def make_windows(ids: torch.Tensor, seqlen: int, bos: str, bos_id: int | None,
+                 max_windows: int | None) -> torch.Tensor:
+    """[windows, seqlen] token ids; with bos == 'window' each one is BOS + seqlen-1 text tokens."""
+    if bos == "start":
+        ids = torch.cat([torch.tensor([bos_id]), ids])
+    step = seqlen - 1 if bos == "window" else seqlen
+    count = ids.numel() // step
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count == 0:
+        raise ValueError(f"the text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    windows = ids[: count * step].view(count, step)
+    if bos == "window":
+        windows = torch.cat([torch.full((count, 1), bos_id), windows], dim=1)
+    return windows
+
+
+def window_nll(logits: torch.Tensor, window: torch.Tensor) -> tuple[float, int]:
+    """Sum of next-token NLL over the window's predicted positions, and how many there are."""
+    predicted = F.cross_entropy(logits[:-1].float(), window[1:], reduction="sum")
+    return float(predicted), window.numel() - 1
+
+
+def perplexity(runner: Callable[[torch.Tensor], torch.Tensor], tokenizer, text: str, *, seqlen: int = 2048,
+               max_windows: int | None = None, batch_size: int = 1, bos: str = "none",
+               progress: bool = True) -> dict[str, Any]:
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+    windows = make_windows(ids, seqlen, bos, tokenizer.bos_token_id, max_windows)
+    total_nll, total_tokens = 0.0, 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in tqdm(windows.split(batch_size), desc=f"wikitext2 ppl ({len(windows)} x {seqlen})",
+                          disable=not progress):
+            logits = runner(batch)
+            for row_logits, row in zip(logits, batch):
+                nll, count = window_nll(row_logits, row)
+                total_nll, total_tokens = total_nll + nll, total_tokens + count
+    mean_nll = total_nll / total_tokens
+    return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "windows": len(windows), "seqlen": seqlen,
+            "predicted_tokens": total_tokens, "text_tokens": ids.numel(), "bos": bos,
+            "seconds": round(time.perf_counter() - start, 3)}

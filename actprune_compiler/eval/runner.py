@@ -1,0 +1,117 @@
+"""One evaluation run: build the (pruned or dense) program, compile it, score it, time it."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actprune_compiler.api import SparsifiedProgram, layer_totals, versions
+from actprune_compiler.backends import compile_program
+from actprune_compiler.config import SparsityConfig
+from actprune_compiler.export import export_causal_lm
+from actprune_compiler.models import load_model
+
+
+@dataclass
+class EvalOptions:
+    tasks: tuple[str, ...] = ("wikitext2",)
+    seqlen: int = 2048
+    max_windows: int | None = None
+    batch_size: int = 1  # windows per forward for perplexity; requests per forward for lm-eval
+    bos: str = "auto"
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+    apply_chat_template: bool = False
+    data_dir: str | None = None
+    calib_data: str | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> dict[str, Any]:
+        """What makes two runs comparable (used by sweeps to skip finished runs)."""
+        return {"tasks": list(self.tasks), "seqlen": self.seqlen, "max_windows": self.max_windows,
+                "bos": self.bos, "limit": self.limit, "num_fewshot": self.num_fewshot,
+                "apply_chat_template": self.apply_chat_template}
+
+
+def warm_up_shapes(options: EvalOptions) -> list[tuple[int, int]]:
+    """Shapes that make Inductor build every graph scoring will use (a size-1 batch is its own graph)."""
+    shapes = set()
+    if "wikitext2" in options.tasks:
+        shapes.add((options.batch_size, options.seqlen))
+    if any(t != "wikitext2" for t in options.tasks):
+        shapes.update({(1, 32), (max(2, options.batch_size), 32)})
+    return sorted(shapes)
+
+
+def _compiled_runner(model, tokenizer, config: SparsityConfig | None, calib_data: str | None):
+    """(compiled callable, per-layer rows, seconds by stage) for a config, or the dense model."""
+    from actprune_compiler.pipeline import Timer, build
+
+    timer = Timer()
+    if config is None:
+        with timer("export_s"):
+            program = export_causal_lm(model)
+        sparsified, calibration = SparsifiedProgram(program, None, []), None
+    else:
+        built = build("(loaded)", config, calib_data=calib_data, loaded=(model, tokenizer))
+        sparsified, calibration = built.sparsified, built.report["calibration"]
+        timer.seconds.update(built.report["timings"])
+    runner = compile_program(sparsified.program)
+    return runner, sparsified, calibration, timer.seconds
+
+
+def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOptions, *, dtype: str = "float32",
+             loaded: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Score `model_spec` pruned by `config` (None: dense) through the compiled program."""
+    from actprune_compiler.eval.data import load_wikitext2
+    from actprune_compiler.eval.harness import make_lm, run_tasks
+    from actprune_compiler.eval.perplexity import perplexity, resolve_bos
+
+    wall = time.perf_counter()
+    model, tokenizer = loaded or load_model(model_spec, dtype)
+    if tokenizer is None:
+        raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
+    runner, sparsified, calibration, stage_s = _compiled_runner(model, tokenizer, config, options.calib_data)
+    with torch.no_grad():  # compile up front, so runtime_s is scoring time alone
+        start = time.perf_counter()
+        for shape in warm_up_shapes(options):
+            runner(torch.zeros(shape, dtype=torch.long))
+        stage_s["compile_s"] = round(time.perf_counter() - start, 3)
+    eval_start = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    if "wikitext2" in options.tasks:
+        text = load_wikitext2("test", options.data_dir)
+        bos = resolve_bos(options.bos, tokenizer, model.config.model_type)
+        metrics["wikitext2"] = {**perplexity(runner, tokenizer, text.text, seqlen=options.seqlen,
+                                             max_windows=options.max_windows, batch_size=options.batch_size,
+                                             bos=bos, progress=options.progress),
+                                "source": text.source, "text_sha256": text.sha256}
+    zero_shot = [t for t in options.tasks if t != "wikitext2"]
+    if zero_shot:
+        lm = make_lm(runner, model, tokenizer, options.batch_size)
+        metrics.update(run_tasks(lm, zero_shot, data_dir=options.data_dir, limit=options.limit,
+                                 num_fewshot=options.num_fewshot, apply_chat_template=options.apply_chat_template))
+    now = time.perf_counter()
+    return {
+        "model": model_spec, "model_class": type(model).__name__, "dtype": dtype,
+        "pruning": config.label if config else "none", "config": config.to_dict() if config else None,
+        "options": options.key(), "metrics": metrics,
+        "replaced_linears": layer_totals(sparsified.layers)["replaced"] if config else 0,
+        "runtime_s": round(now - eval_start, 3),  # scoring alone; compilation is stages_s["compile_s"]
+        "total_s": round(now - wall, 3), "stages_s": stage_s, "calibration": calibration,
+        "versions": versions(), "machine": {"cpu": platform.processor() or platform.machine(),
+                                            "threads": torch.get_num_threads()},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    from actprune_compiler.artifact import write_json
+
+    write_json(path, result)

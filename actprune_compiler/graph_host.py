@@ -1,0 +1,137 @@
+"""Where a graph's tensors live, so one set of passes serves both front doors.
+
+An ExportedProgram lifts parameters and constants to placeholders described by its graph
+signature; a Dynamo graph gets parameters as placeholders fed with the real tensors (or as
+get_attr nodes). The passes only need to read a weight, swap in a pruned one, and add a constant.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import fx
+from torch._guards import detect_fake_mode
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+class GraphHost:
+    """Common part: the graph, and naming of new constants."""
+
+    graph: fx.Graph
+    module_prefix: str = ""  # stripped from nn_module_stack paths (a wrapper's attribute)
+
+    def value(self, node: fx.Node) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add_constant(self, name: str, tensor: torch.Tensor) -> fx.Node:
+        raise NotImplementedError
+
+    def replace_value(self, node: fx.Node, tensor: torch.Tensor) -> fx.Node:
+        """Use `tensor` where `node`'s value was used by its single user; return the node to use.
+
+        A tensor shared with other users (tied embeddings) gets a new constant instead, so pruning
+        one layer never changes another.
+        """
+        if len(node.users) > 1:
+            return self.add_constant(f"{node.name}_pruned", tensor)
+        self._overwrite(node, tensor)
+        return node
+
+    def _overwrite(self, node: fx.Node, tensor: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+
+class ExportedProgramHost(GraphHost):
+    def __init__(self, program: ExportedProgram, module_prefix: str = "") -> None:
+        self.program = program
+        self.graph = program.graph
+        self.module_prefix = module_prefix
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        self._fake_mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
+
+    def _spec(self, node: fx.Node) -> InputSpec:
+        for spec in self.program.graph_signature.input_specs:
+            if isinstance(spec.arg, TensorArgument) and spec.arg.name == node.name:
+                return spec
+        raise ValueError(f"graph input {node.name!r} is not a parameter, buffer or constant")
+
+    def value(self, node: fx.Node) -> torch.Tensor:
+        spec = self._spec(node)
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER) and spec.target in self.program.state_dict:
+            return self.program.state_dict[spec.target]
+        if spec.target in self.program.constants:
+            return self.program.constants[spec.target]
+        raise ValueError(f"graph input {node.name!r} ({spec.kind.name}) holds no stored tensor")
+
+    def _overwrite(self, node: fx.Node, tensor: torch.Tensor) -> None:
+        spec = self._spec(node)
+        old = self.value(node)
+        store = self.program.state_dict if spec.target in self.program.state_dict else self.program.constants
+        new = torch.nn.Parameter(tensor, requires_grad=False) if isinstance(old, torch.nn.Parameter) else tensor
+        store[spec.target] = new
+
+    def add_constant(self, name: str, tensor: torch.Tensor) -> fx.Node:
+        target = f"actprune.{name}"
+        specs = self.program.graph_signature.input_specs
+        first_user_input = next(i for i, s in enumerate(specs) if s.kind == InputKind.USER_INPUT)
+        anchor_name = specs[first_user_input].arg.name
+        anchor = next(n for n in self.graph.nodes if n.op == "placeholder" and n.name == anchor_name)
+        with self.graph.inserting_before(anchor):
+            node = self.graph.placeholder(f"c_actprune_{_safe_name(name)}")
+        node.meta["val"] = self._fake_mode.from_tensor(tensor, static_shapes=True)
+        specs.insert(first_user_input, InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(node.name), target))
+        self.program.constants[target] = tensor
+        return node
+
+    def finish(self) -> None:
+        self.graph.eliminate_dead_code()
+        self.graph.lint()
+        self.program.graph_module.recompile()
+
+
+class GraphModuleHost(GraphHost):
+    """A Dynamo (or plain FX) graph: placeholders are fed `example_inputs`, the real tensors."""
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], module_prefix: str = "") -> None:
+        self.gm = gm
+        self.graph = gm.graph
+        self.module_prefix = module_prefix
+        self.example_inputs = list(example_inputs)
+        self._placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+
+    def value(self, node: fx.Node) -> torch.Tensor:
+        if node.op == "get_attr":
+            return functools.reduce(getattr, node.target.split("."), self.gm)
+        if node.op == "placeholder":
+            return self.example_inputs[self._placeholders.index(node)]
+        raise ValueError(f"node {node.name!r} ({node.op}) is computed at run time, not a stored tensor")
+
+    def _overwrite(self, node: fx.Node, tensor: torch.Tensor) -> None:
+        # The real parameter is modified once, in place: every later call sees the pruned weight.
+        with torch.no_grad():
+            self.value(node).copy_(tensor)
+
+    def add_constant(self, name: str, tensor: torch.Tensor) -> fx.Node:
+        attr = f"actprune_{_safe_name(name)}"
+        self.gm.register_buffer(attr, tensor)
+        anchor = next(n for n in self.graph.nodes if n.op != "placeholder")
+        with self.graph.inserting_before(anchor):
+            node = self.graph.get_attr(attr)
+        node.meta["val"] = tensor
+        return node
+
+    def finish(self) -> None:
+        self.graph.eliminate_dead_code()
+        self.graph.lint()
+        self.gm.recompile()

@@ -1,0 +1,55 @@
+"""actprune::nm_linear: y = sparsify(x) @ W^T + b, one graph node per rewritten linear.
+
+sparsify keeps, for each token, the n best of every m consecutive input features by `criterion`,
+with `correction` around the mask (see activation.py). This file holds the op's contract: schema,
+argument checks, the shape (fake) function and the reference kernel. Fast implementations live in
+lowering/ and kernels/ and are tested against this one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from actprune_compiler.activation import sparsify_activation
+from actprune_compiler.corrections import CORRECTIONS
+from actprune_compiler.criteria import CRITERIA
+from actprune_compiler.masks import keep_mask_sorted
+
+
+def check_nm_linear_args(x: Tensor, weight: Tensor, n: int, m: int, criterion: str, correction: str) -> None:
+    k = weight.shape[1]
+    if x.shape[-1] != k:
+        raise ValueError(f"nm_linear: input has {x.shape[-1]} features but the weight expects {k}")
+    if not 0 < n < m or k % m:
+        raise ValueError(f"nm_linear: pattern {n}:{m} does not fit {k} input features "
+                         "(need 0 < N < M and M dividing the feature count)")
+    if criterion not in CRITERIA:
+        raise ValueError(f"nm_linear: criterion {criterion!r} is unknown; allowed: {', '.join(CRITERIA)}")
+    if correction not in CORRECTIONS:
+        raise ValueError(f"nm_linear: correction {correction!r} is unknown; allowed: {', '.join(CORRECTIONS)}")
+
+
+@torch.library.custom_op("actprune::nm_linear", mutates_args=())
+def nm_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    n: int,
+    m: int,
+    criterion: str = "magnitude",
+    correction: str = "none",
+    score_scale: Tensor | None = None,
+    shift: Tensor | None = None,
+) -> Tensor:
+    check_nm_linear_args(x, weight, n, m, criterion, correction)
+    x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, keep_mask_sorted)
+    return F.linear(x_sparse, weight, bias)
+
+
+@nm_linear.register_fake
+def _nm_linear_shape(x, weight, bias, n, m, criterion="magnitude", correction="none",
+                     score_scale=None, shift=None):
+    check_nm_linear_args(x, weight, n, m, criterion, correction)
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -1,0 +1,42 @@
+"""The rewrite passes, in order. Each is a function over a GraphHost that returns what it changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actprune_compiler.config import SparsityConfig
+from actprune_compiler.graph_host import GraphHost
+from actprune_compiler.passes.fold_weight_masks import fold_weight_masks
+from actprune_compiler.passes.insert_nm_linear import insert_nm_linear
+from actprune_compiler.passes.select_linears import LinearSite, select_linears
+from actprune_compiler.stats import LayerStats
+
+__all__ = ["run_passes", "select_linears", "insert_nm_linear", "fold_weight_masks", "layer_rows"]
+
+
+def layer_rows(sites: list[LinearSite], changes: dict[str, Any]) -> list[dict[str, Any]]:
+    """One report row per linear: what it is and what was decided."""
+    rows = []
+    for site in sites:
+        row = {"module": site.path, "in_features": site.in_features, "out_features": site.out_features,
+               "bias": site.has_bias, "decision": site.decision}
+        if site.selected:
+            row["before"], row["after"] = site.before, site.after
+        change = changes.get(site.path)
+        if isinstance(change, int):
+            row["weight_nonzero"] = change
+            row["weight_density"] = round(change / (site.in_features * site.out_features), 6)
+        elif change is not None and (constants := change.summary()):
+            row["constants"] = constants
+        rows.append(row)
+    return rows
+
+
+def run_passes(host: GraphHost, config: SparsityConfig,
+               stats: dict[str, LayerStats] | None = None) -> list[dict[str, Any]]:
+    """select_linears -> insert_nm_linear (activation) or fold_weight_masks (weight) -> cleanup."""
+    sites = select_linears(host, config)
+    rewrite = insert_nm_linear if config.target == "activation" else fold_weight_masks
+    changes = rewrite(host, sites, config, stats)
+    host.finish()
+    return layer_rows(sites, changes)

@@ -1,0 +1,107 @@
+"""Find the linear nodes of a graph and decide, from the config, which ones to rewrite."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import torch
+from torch import fx
+
+from actprune_compiler.config import Pattern, SparsityConfig
+from actprune_compiler.graph_host import GraphHost
+
+# aten.linear in exported graphs (rewrite before decomposing); torch-level linear in Dynamo graphs.
+LINEAR_TARGETS = (torch.ops.aten.linear.default, torch._C._nn.linear, torch.nn.functional.linear)
+
+
+@dataclass
+class LinearSite:
+    node: fx.Node
+    path: str  # module path as in model.named_modules(), e.g. "model.layers.0.self_attn.q_proj"
+    in_features: int
+    out_features: int
+    selected: bool = False
+    decision: str = "dense: not matched by modules"
+    n: int = 0
+    m: int = 0
+    before: str = ""  # the node as the pass found it, and as it left it (for `actprune inspect`)
+    after: str = ""
+
+    @property
+    def x(self) -> fx.Node:
+        return self.node.args[0]
+
+    @property
+    def weight(self) -> fx.Node:
+        return self.node.args[1]
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias is not None
+
+    @property
+    def bias(self) -> fx.Node | None:
+        return self.node.args[2] if len(self.node.args) > 2 else self.node.kwargs.get("bias")
+
+
+def module_path(node: fx.Node, prefix: str = "") -> str:
+    """The innermost module that called this node, in named_modules() spelling."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    # Dynamo spells paths as L['self'].model.layers[0].mlp or L__self___model_layers_0...
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\['([^']+)'\]", r".\1", path)
+    return path.removeprefix(prefix)
+
+
+def format_node(node: fx.Node) -> str:
+    args = ", ".join(a.name if isinstance(a, fx.Node) else repr(a) for a in node.args)
+    kwargs = "".join(f", {k}={v.name if isinstance(v, fx.Node) else repr(v)}" for k, v in node.kwargs.items())
+    return f"{node.name} = {node.target}({args}{kwargs})"
+
+
+def matches(path: str, patterns: tuple[str, ...]) -> bool:
+    leaf = path.rsplit(".", 1)[-1]
+    return any(fnmatchcase(path, p) or fnmatchcase(leaf, p) for p in patterns)
+
+
+def _weight_shape(node: fx.Node) -> tuple[int, int]:
+    val = node.args[1].meta.get("val", node.args[1].meta.get("example_value"))
+    if val is None:
+        raise ValueError(f"linear node {node.name!r} has no shape information on its weight")
+    out_features, in_features = val.shape
+    return int(in_features), int(out_features)
+
+
+def _decide(site: LinearSite, config: SparsityConfig, pattern: Pattern) -> None:
+    if matches(site.path, config.exclude):
+        site.decision = "dense: excluded"
+        return
+    site.n, site.m = pattern.group(site.in_features)
+    if site.in_features % site.m:
+        raise ValueError(
+            f"layer {site.path} has {site.in_features} input features, not a multiple of M={site.m} "
+            f"(pattern {config.pattern}); choose a pattern whose M divides {site.in_features} "
+            f"or leave the layer dense with exclude={site.path!r}")
+    site.selected = True
+    site.decision = f"{config.target} {site.n}:{site.m}"
+
+
+def select_linears(host: GraphHost, config: SparsityConfig) -> list[LinearSite]:
+    """Every linear node, in graph order, with the config's decision about it."""
+    sites = []
+    for node in host.graph.nodes:
+        if node.op != "call_function" or node.target not in LINEAR_TARGETS:
+            continue
+        in_features, out_features = _weight_shape(node)
+        site = LinearSite(node, module_path(node, host.module_prefix), in_features, out_features)
+        site.before = site.after = format_node(node)
+        if matches(site.path, config.modules):
+            _decide(site, config, config.parsed_pattern)
+        sites.append(site)
+    return sites

@@ -1,0 +1,41 @@
+"""Per-layer input statistics gathered on calibration data (see passes/calibrate.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LayerStats:
+    """Running sums over every calibration token that reached one linear layer's input."""
+
+    in_features: int
+    count: int = 0
+    total: Tensor = field(init=False)
+    total_sq: Tensor = field(init=False)
+    absmax: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = torch.zeros(self.in_features, dtype=torch.float64)
+        self.total_sq = torch.zeros(self.in_features, dtype=torch.float64)
+        self.absmax = torch.zeros(self.in_features, dtype=torch.float64)
+
+    def update(self, x: Tensor) -> None:
+        tokens = x.detach().reshape(-1, self.in_features).to(torch.float64)
+        self.count += tokens.shape[0]
+        self.total += tokens.sum(0)
+        self.total_sq += tokens.square().sum(0)
+        self.absmax = torch.maximum(self.absmax, tokens.abs().amax(0))
+
+    def mean(self) -> Tensor:
+        return (self.total / max(self.count, 1)).float()
+
+    def rms(self) -> Tensor:
+        return (self.total_sq / max(self.count, 1)).sqrt().float()
+
+    def summary(self) -> dict[str, float | int]:
+        return {"tokens": self.count, "rms_mean": float(self.rms().mean()),
+                "mean_abs_mean": float(self.mean().abs().mean()), "absmax": float(self.absmax.max())}

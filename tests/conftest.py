@@ -1,0 +1,77 @@
+import functools
+import os
+
+import pytest
+import torch
+
+import actprune_compiler  # noqa: F401
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+FAMILIES = ("llama", "qwen2", "gemma3")
+
+
+@functools.cache
+def tiny_model(family: str, layers: int = 2):
+    """A small random model of the family; every in_features is a multiple of 32."""
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed({"llama": 0, "qwen2": 1, "gemma3": 2}[family])
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+        for name, p in model.named_parameters():  # random init leaves biases at 0: make them count
+            if name.endswith("bias"):
+                torch.nn.init.normal_(p, std=0.5)
+    else:
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=16, sliding_window=8))
+    return model.eval()
+
+
+@functools.cache
+def tiny_program(family: str):
+    return actprune_compiler.export_causal_lm(tiny_model(family))
+
+
+def token_ids(batch=2, seq=24, vocab=128, seed=0):
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@functools.cache
+def char_tokenizer():
+    """A character-level tokenizer (99 ids, fits the tiny models' vocab of 128); no downloads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def shared_data_dir():
+    from actprune_compiler.eval.data import find_data_dir
+
+    return find_data_dir()
+
+
+needs_data = pytest.mark.skipif(shared_data_dir() is None,
+                                reason="evaluation data (../shared/data or $ACTPRUNE_DATA_DIR) is not on this machine")

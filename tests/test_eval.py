@@ -1,0 +1,125 @@
+import json
+import math
+
+import pytest
+import torch
+from conftest import char_tokenizer, needs_data, tiny_model, tiny_program
+from reference import hooked
+
+from actprune_compiler import SparsityConfig, compile_program, sparsify
+from actprune_compiler.eval.perplexity import make_windows, perplexity, resolve_bos
+
+TEXT = ("The quick brown fox jumps over the lazy dog.\n" * 12) + "Pack my box with five dozen liquor jugs.\n" * 8
+
+
+@pytest.mark.parametrize("bos,first,length", [("none", 7, 16), ("start", 1, 16), ("window", 1, 16)])
+def test_windows_are_non_overlapping_and_bos_is_explicit(bos, first, length):
+    ids = torch.arange(7, 7 + 100)
+    windows = make_windows(ids, 16, bos, 1, None)
+    assert windows.shape[1] == length and windows[0, 0] == first
+    if bos == "window":
+        assert (windows[:, 0] == 1).all() and windows.shape[0] == 100 // 15
+        assert torch.equal(windows[1, 1:], ids[15:30])
+    else:
+        assert windows.shape[0] == (100 + (bos == "start")) // 16
+    assert make_windows(ids, 16, bos, 1, 2).shape[0] == 2
+
+
+def test_bos_auto_follows_the_tokenizer_and_gemma_gets_one_per_window():
+    tok = char_tokenizer()
+    assert resolve_bos("auto", tok, "llama") == "none"  # this tokenizer adds no BOS by itself
+    assert resolve_bos("auto", tok, "gemma3_text") == "window"
+    with pytest.raises(ValueError, match="--bos 'sometimes' is unknown; allowed: auto, window, start, none"):
+        resolve_bos("sometimes", tok, "llama")
+
+
+def independent_perplexity(model, tok, text, seqlen, windows):
+    ids = torch.tensor(tok(text, add_special_tokens=False).input_ids)
+    losses = []
+    with torch.no_grad():
+        for w in range(windows):
+            chunk = ids[w * seqlen:(w + 1) * seqlen].unsqueeze(0)
+            losses.append(model(input_ids=chunk, labels=chunk, use_cache=False).loss)
+    return math.exp(torch.stack(losses).mean().item())
+
+
+def test_compiled_dense_perplexity_equals_plain_transformers():
+    model, tok = tiny_model("llama"), char_tokenizer()
+    runner = compile_program(tiny_program("llama"))
+    result = perplexity(runner, tok, TEXT, seqlen=64, max_windows=4, batch_size=2, bos="none", progress=False)
+    assert result["windows"] == 4 and result["predicted_tokens"] == 4 * 63
+    assert result["ppl"] == pytest.approx(independent_perplexity(model, tok, TEXT, 64, 4), rel=1e-5)
+
+
+def test_compiled_pruned_loglikelihoods_match_hooked_eager_reference():
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from actprune_compiler.eval.harness import make_lm
+
+    model, tok = tiny_model("llama"), char_tokenizer()
+    runner = compile_program(sparsify(tiny_program("llama"), SparsityConfig("2:4")).program)
+    pairs = [("Question: what jumps?\nAnswer:", " the fox"), ("Pack my box", " with jugs"), ("A", " b"),
+             ("The lazy dog sleeps", " all day long.")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    compiled = make_lm(runner, model, tok, batch_size=2).loglikelihood(requests)
+    with hooked(model, 2, 4):
+        reference = HFLM(pretrained=model, tokenizer=tok, batch_size=1).loglikelihood(requests)
+    dense = HFLM(pretrained=model, tokenizer=tok, batch_size=1).loglikelihood(requests)
+    for (got, _), (want, _), (dense_ll, _) in zip(compiled, reference, dense):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert max(abs(a[0] - b[0]) for a, b in zip(reference, dense)) > 1e-3
+
+
+def test_missing_wikitext_says_where_to_put_it(tmp_path):
+    from actprune_compiler.eval.data import load_wikitext2
+
+    with pytest.raises(FileNotFoundError, match=r"WikiText-2 test split not found: put it at "
+                                                r"DATA/wikitext2/wikitext_document_level/wikitext-2-raw-v1/test"):
+        load_wikitext2("test", data_dir=tmp_path)
+
+
+@needs_data
+def test_local_wikitext_is_the_raw_test_file_joined_the_seed_way():
+    from actprune_compiler.eval.data import load_wikitext2
+
+    text = load_wikitext2("test")
+    assert text.sha256 == "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08"  # SOURCES.md
+    assert text.text.startswith(" \n\n\n = Robert Boulter = \n\n\n")
+
+
+@needs_data
+def test_local_tasks_convert_to_the_hub_schema():
+    from actprune_compiler.eval.data import TO_HUB_SCHEMA, task_data
+
+    arc = TO_HUB_SCHEMA["arc_easy"](task_data("arc_easy"))
+    assert len(arc) == 2376 and set(arc[0]) == {"id", "question", "choices", "answerKey"}
+    assert arc[0]["answerKey"] in arc[0]["choices"]["label"]
+    boolq = TO_HUB_SCHEMA["boolq"](task_data("boolq"))
+    assert len(boolq) == 3270 and sum(r["label"] for r in boolq) == 2033
+    piqa = TO_HUB_SCHEMA["piqa"](task_data("piqa"))
+    assert len(piqa) == 1838 and sum(r["label"] for r in piqa) == 928
+    assert len(TO_HUB_SCHEMA["winogrande"](task_data("winogrande"))) == 1267
+
+
+@needs_data
+def test_eval_command_runs_offline_on_a_tiny_model(tmp_path, capsys):
+    from actprune_compiler.cli import main
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    char_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "result.json"
+    code = main(["eval", "--model", str(model_dir), "--pattern", "2:4", "--tasks",
+                 "wikitext2,arc_easy,boolq,piqa,winogrande", "--seqlen", "64", "--max-windows", "3",
+                 "--limit", "4", "--batch-size", "2", "--output", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["replaced_linears"] == 14 and result["pruning"] == "2:4"
+    assert result["metrics"]["wikitext2"]["windows"] == 3 and result["metrics"]["wikitext2"]["ppl"] > 1
+    for task in ("arc_easy", "boolq", "piqa", "winogrande"):
+        metrics = result["metrics"][task]
+        assert metrics["source"] == "local files" and metrics["samples"] == 4
+        assert 0 <= metrics["metrics"]["acc"] <= 1 and "acc_stderr" in metrics["metrics"]
+    assert "acc_norm" in result["metrics"]["arc_easy"]["metrics"]
+    assert "wikitext2 ppl" in capsys.readouterr().out
