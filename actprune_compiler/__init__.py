@@ -3,6 +3,10 @@
     model, tokenizer = load_model("smollm2-135m")
     pruned = sparsify(model, SparsityConfig(pattern="8:16"))
     logits = compile_program(pruned.program)(input_ids)
+
+or, in ordinary PyTorch code (KV-cache generation included):
+
+    model = compile_model(model, {"pattern": "8:16"})   # torch.compile backend "actprune"
 """
 
 __version__ = "0.1.0"
@@ -10,9 +14,12 @@ __version__ = "0.1.0"
 from actprune_compiler import ops  # noqa: E402,F401  (registers actprune::nm_linear)
 from actprune_compiler.api import SparsifiedProgram, count_ops, sparsify  # noqa: E402
 from actprune_compiler.backends import compile_program  # noqa: E402
+from actprune_compiler.backends.dynamo import compile_model, register  # noqa: E402
 from actprune_compiler.config import SparsityConfig, parse_pattern  # noqa: E402
 from actprune_compiler.export import export_causal_lm  # noqa: E402
 from actprune_compiler.models import load_model  # noqa: E402
 
-__all__ = ["SparsityConfig", "SparsifiedProgram", "compile_program", "count_ops", "export_causal_lm",
+register()  # torch.compile(..., backend="actprune")
+
+__all__ = ["SparsityConfig", "SparsifiedProgram", "compile_model", "compile_program", "count_ops", "export_causal_lm",
            "load_model", "parse_pattern", "sparsify", "__version__"]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
 from torch import Tensor
 
 from actprune_compiler.corrections import CORRECTIONS, variance_rescale
 from actprune_compiler.criteria import CRITERIA
-
-KeepMask = Callable[[Tensor, int, int], Tensor]
+from actprune_compiler.masks import Prune
 
 
 def sparsify_activation(
@@ -21,7 +17,7 @@ def sparsify_activation(
     correction: str,
     score_scale: Tensor | None,
     shift: Tensor | None,
-    keep_mask: KeepMask,
+    prune: Prune,
 ) -> Tensor:
     """The activation the GEMM sees: N of every M features of z = x - shift - eta kept, eta re-added.
 
@@ -32,9 +28,7 @@ def sparsify_activation(
     eta = fix.token_shift(z) if fix.token_shift else None
     if eta is not None:
         z = z - eta
-    keep = keep_mask(CRITERIA[criterion].score(z, score_scale), n, m)
-    # where(), not z * keep: a pruned inf must become 0, not inf * 0 = NaN.
-    z_sparse = torch.where(keep, z, torch.zeros((), dtype=z.dtype, device=z.device))
+    z_sparse = prune(z, CRITERIA[criterion].score(z, score_scale), n, m)
     if fix.variance:
         z_sparse = variance_rescale(z, z_sparse)
     return z_sparse if eta is None else z_sparse + eta

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("compile", "inspect", "eval")
+SUBCOMMANDS = ("compile", "inspect", "eval", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:

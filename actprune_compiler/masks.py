@@ -3,45 +3,61 @@
 Along the last dimension, each group of `m` consecutive elements keeps the `n` with the highest
 score. Ties go to the lower index. A NaN score counts as +inf (the element is kept, so a NaN in
 the input shows up in the output as it would in the dense layer instead of vanishing). +-inf
-inputs have |score| = inf and are kept the same way. The mask depends only on the scores.
+inputs have |score| = inf and are kept the same way. The mask depends only on the scores,
+which every criterion makes non-negative (magnitudes, possibly scaled).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def _grouped(scores: Tensor, m: int) -> Tensor:
+def grouped(scores: Tensor, m: int) -> Tensor:
+    """[..., K] -> [..., K // m, m], NaN mapped to +inf."""
     k = scores.shape[-1]
     if k % m:
         raise ValueError(f"the last dimension ({k}) is not a multiple of the group size M={m}")
-    scores = torch.where(torch.isnan(scores), torch.inf, scores)
+    scores = torch.where(scores != scores, torch.inf, scores)  # NaN; isnan() does not vectorise in Inductor
     return scores.unflatten(-1, (k // m, m))
 
 
-def keep_mask_sorted(scores: Tensor, n: int, m: int) -> Tensor:
-    """Reference: a stable descending sort per group; the first n positions are kept."""
-    groups = _grouped(scores, m)
+def group_keep_sorted(scores: Tensor, n: int, m: int) -> Tensor:
+    """Reference: a stable descending sort per group; the first n positions are kept. -> [..., G, m]"""
+    groups = grouped(scores, m)
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
     keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(-1, order[..., :n], True)
-    return keep.flatten(-2)
+    return keep.scatter_(-1, order[..., :n], True)
+
+
+def keep_mask_sorted(scores: Tensor, n: int, m: int) -> Tensor:
+    """The flat [..., K] mask, reference implementation."""
+    return group_keep_sorted(scores, n, m).flatten(-2)
 
 
 def keep_mask_by_rank(scores: Tensor, n: int, m: int) -> Tensor:
-    """Fusable form: an element's rank is how many group members beat it; keep rank < n.
+    """The flat [..., K] mask, from the rank count that Inductor fuses."""
+    from actprune_compiler.ops.select import group_ranks
 
-    The count is unrolled over the m competitors: each term compares every element with one
-    broadcast member of its group, so Inductor emits one vectorised loop over the activations
-    (about 1 ns per element on AVX-512) instead of the seed's topk + scatter. A reduction over
-    a trailing [m, m] axis computes the same thing but does not vectorise (40x slower).
-    """
-    groups = _grouped(scores, m)
-    position = torch.arange(m, device=scores.device)
-    rank = torch.zeros(groups.shape, dtype=torch.int32, device=scores.device)
-    for k in range(m):
-        member = groups[..., k : k + 1]
-        beats = (member > groups) | ((member == groups) & (k < position))  # ties: lower index wins
-        rank = rank + beats.to(torch.int32)
-    return (rank < n).flatten(-2)
+    return (group_ranks(grouped(scores, m)) < n).flatten(-2)
+
+
+# (values, scores, n, m) -> values with the pruned elements set to exactly 0.
+Prune = Callable[[Tensor, Tensor, int, int], Tensor]
+
+
+def prune_sorted(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
+    """Reference. where(), not values * keep: a pruned inf must become 0, not inf * 0 = NaN."""
+    keep = keep_mask_sorted(scores, n, m)
+    return torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def prune_by_rank(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
+    """Fusable: actprune::nm_select, which Inductor lowers to one vectorised loop (m broadcast
+    comparisons per element, the select in the same loop) instead of the seed's topk + scatter."""
+    import actprune_compiler.ops.select  # noqa: F401  (registers the op)
+
+    groups = grouped(scores, m)
+    return torch.ops.actprune.nm_select(groups, values.unflatten(-1, groups.shape[-2:]), n).flatten(-2)

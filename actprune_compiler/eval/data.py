@@ -121,7 +121,7 @@ def _piqa_rows(files: dict[str, Path]) -> list[dict]:
     rows, labels = _jsonl(files["piqa/valid.jsonl"]), files["piqa/valid-labels.lst"].read_text().split()
     if len(rows) != len(labels):
         raise ValueError(f"PIQA has {len(rows)} questions but {len(labels)} labels")
-    return [{**row, "label": int(label)} for row, label in zip(rows, labels)]
+    return [{**row, "label": int(label)} for row, label in zip(rows, labels, strict=True)]
 
 
 def _as_is(files: dict[str, Path]) -> list[dict]:

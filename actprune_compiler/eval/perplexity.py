@@ -64,7 +64,7 @@ def perplexity(runner: Callable[[torch.Tensor], torch.Tensor], tokenizer, text: 
         for batch in tqdm(windows.split(batch_size), desc=f"wikitext2 ppl ({len(windows)} x {seqlen})",
                           disable=not progress):
             logits = runner(batch)
-            for row_logits, row in zip(logits, batch):
+            for row_logits, row in zip(logits, batch, strict=True):
                 nll, count = window_nll(row_logits, row)
                 total_nll, total_tokens = total_nll + nll, total_tokens + count
     mean_nll = total_nll / total_tokens

@@ -1,7 +1,11 @@
-"""nm_linear as plain ATen ops that Inductor fuses: the mask costs one pass over the activations.
+"""nm_linear for Inductor: ATen ops it fuses, with the mask as one Pointwise loop.
 
-The reference kernel ranks with a sort and scatters; here an element's rank is a count of
-comparisons within its group, which Inductor turns into one fused loop feeding the GEMM.
+The reference kernel ranks with a sort and scatters. Here nm_linear expands into the criterion
+and corrections as ATen ops around actprune::nm_select, and nm_select has a lowering of its
+own: one Pointwise IR node whose body compares each element with the m members of its group
+(broadcast loads, vectorised along the group) and selects the value or 0 in the same loop.
+Expanding the comparisons as m separate ATen ops computes the same thing but multiplies
+Inductor's IR, and its compile time, several-fold.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
 from actprune_compiler.activation import sparsify_activation
-from actprune_compiler.masks import keep_mask_by_rank, keep_mask_sorted
+from actprune_compiler.masks import prune_by_rank, prune_sorted
 
 # Pairwise ranking costs m comparisons per element: right for N:M groups, wrong for unstructured
 # top-k over a whole row (m = in_features), where a sort is cheaper.
@@ -21,8 +26,8 @@ MAX_PAIRWISE_GROUP = 64
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
                          criterion: str = "magnitude", correction: str = "none",
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-    keep_mask = keep_mask_by_rank if m <= MAX_PAIRWISE_GROUP else keep_mask_sorted
-    x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, keep_mask)
+    prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
+    x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, prune)
     return F.linear(x_sparse, weight, bias)
 
 
@@ -31,3 +36,45 @@ def inductor_decompositions() -> dict:
     from torch._inductor.decomposition import select_decomp_table
 
     return {**select_decomp_table(), torch.ops.actprune.nm_linear.default: nm_linear_decomposed}
+
+
+def _register_select_lowering() -> None:
+    from torch._inductor import ir
+    from torch._inductor.lowering import lowerings, register_lowering
+    from torch._inductor.virtualized import ops
+
+    target = torch.ops.actprune.nm_select.default
+    if target in lowerings:
+        return
+
+    @register_lowering(target, type_promotion_kind=None)
+    def nm_select_lowering(groups, values, n):
+        # Scores are read m + 1 times per element: materialise them once rather than inline their
+        # producer (norm, activation, criterion) into every read, which makes Inductor's C++
+        # codegen, and so the compile, several times slower.
+        groups.realize()
+        load_score, load_value, size = groups.make_loader(), values.make_loader(), groups.get_size()
+        m = int(size[-1])
+
+        # Everything in float32, masks included: mixing float and int32 vector masks sends
+        # Inductor's C++ down a lane-by-lane path. Counts up to 64 are exact in float32.
+        def inner_fn(index):
+            *outer, j = index
+            mine = load_score(index)
+            position = ops.index_expr(j, torch.float32)
+            rank = ops.constant(0.0, torch.float32)
+            for k in range(m):
+                member = load_score([*outer, k])  # the same value across the group: a broadcast load
+                beats = ops.gt(member, mine)
+                if k < m - 1:  # ties go to the lower index: member k beats later positions
+                    earlier = ops.lt(ops.constant(float(k), torch.float32), position)
+                    beats = ops.or_(beats, ops.and_(ops.eq(member, mine), earlier))
+                rank = ops.add(rank, ops.to_dtype(beats, torch.float32))
+            keep = ops.lt(rank, ops.constant(float(n), torch.float32))
+            return ops.where(keep, load_value(index), ops.constant(0.0, values.get_dtype()))
+
+        return ir.Pointwise.create(device=values.get_device(), dtype=values.get_dtype(), inner_fn=inner_fn,
+                                   ranges=list(size))
+
+
+_register_select_lowering()

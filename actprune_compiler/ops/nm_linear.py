@@ -15,7 +15,7 @@ from torch import Tensor
 from actprune_compiler.activation import sparsify_activation
 from actprune_compiler.corrections import CORRECTIONS
 from actprune_compiler.criteria import CRITERIA
-from actprune_compiler.masks import keep_mask_sorted
+from actprune_compiler.masks import prune_sorted
 
 
 def check_nm_linear_args(x: Tensor, weight: Tensor, n: int, m: int, criterion: str, correction: str) -> None:
@@ -44,7 +44,7 @@ def nm_linear(
     shift: Tensor | None = None,
 ) -> Tensor:
     check_nm_linear_args(x, weight, n, m, criterion, correction)
-    x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, keep_mask_sorted)
+    x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, prune_sorted)
     return F.linear(x_sparse, weight, bias)
 
 

@@ -52,8 +52,8 @@ def module_path(node: fx.Node, prefix: str = "") -> str:
     if not stack:
         return ""
     path = list(stack.values())[-1][0]
-    # Dynamo spells paths as L['self'].model.layers[0].mlp or L__self___model_layers_0...
-    path = re.sub(r"^L\['self'\]\.?", "", path)
+    # Dynamo spells paths as L['self'].model.layers[0].mlp or L['args'][0].model.layers.0.mlp
+    path = re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", path)
     path = re.sub(r"\[(\d+)\]", r".\1", path)
     path = re.sub(r"\['([^']+)'\]", r".\1", path)
     return path.removeprefix(prefix)

@@ -1,0 +1,132 @@
+"""The torch.compile backend "actprune": the same passes on Dynamo's graphs, then Inductor.
+
+    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
+    model.generate(...)   # prefill and decode graphs, KV cache included, all rewritten
+
+(`torch.compile(model, ...)` works for direct calls, but its `.generate` runs the uncompiled
+module: Dynamo's OptimizedModule compiles only `forward`. `compile_model` does the right thing.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from actprune_compiler.config import SparsityConfig
+from actprune_compiler.graph_host import GraphModuleHost
+from actprune_compiler.passes import run_passes
+from actprune_compiler.passes.select_linears import matches
+
+log = logging.getLogger("actprune")
+INNER_BACKENDS = ("inductor", "eager")
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(SparsityConfig)}
+
+
+@dataclass
+class GraphRecord:
+    """What the backend did to one Dynamo graph."""
+
+    config: str
+    rewritten: list[str]  # module paths whose linear became nm_linear (or got a pruned weight)
+    dense: list[str]  # linears left as they were (not matched, or excluded)
+
+
+@dataclass
+class BackendLog:
+    graphs: list[GraphRecord] = field(default_factory=list)
+    pruned_weights: dict[int, str] = field(default_factory=dict)  # id(parameter) -> config label
+
+    def reset(self) -> None:
+        self.graphs.clear()
+        self.pruned_weights.clear()
+
+
+LOG = BackendLog()
+
+
+def parse_options(options: dict[str, Any] | None) -> tuple[SparsityConfig, str, dict | None]:
+    options = dict(options or {})
+    inner = options.pop("inner_backend", "inductor")
+    if inner not in INNER_BACKENDS:
+        raise ValueError(f"inner_backend {inner!r} is unknown; allowed: {', '.join(INNER_BACKENDS)}")
+    stats = options.pop("stats", None)
+    unknown = sorted(set(options) - _CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown actprune backend options {unknown}; allowed: "
+                         f"{sorted(_CONFIG_FIELDS | {'inner_backend', 'stats'})}")
+    return SparsityConfig(**options), inner, stats
+
+
+def _refuse_repruning(host: GraphModuleHost, config: SparsityConfig) -> None:
+    """Weight targets prune the real parameters once; pruning them again with another config is an error."""
+    for node in (n for n in host.graph.nodes if n.op == "placeholder"):
+        value = host.value(node)
+        if isinstance(value, nn.Parameter) and id(value) in LOG.pruned_weights:
+            if LOG.pruned_weights[id(value)] != config.label:
+                raise ValueError(f"these weights were already pruned in place with "
+                                 f"{LOG.pruned_weights[id(value)]!r}; reload the model to prune them with "
+                                 f"{config.label!r}")
+
+
+def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
+                     options: dict[str, Any] | None = None) -> Callable:
+    """(Dynamo graph, real inputs) -> compiled callable, with actprune's passes applied first."""
+    config, inner, stats = parse_options(options)
+    host = GraphModuleHost(gm, example_inputs)
+    if config.target == "weight":
+        _refuse_repruning(host, config)
+    rows = run_passes(host, config, stats)
+    rewritten = [r["module"] for r in rows if not r["decision"].startswith("dense")]
+    dense = [r["module"] for r in rows if r["decision"].startswith("dense")]
+    LOG.graphs.append(GraphRecord(config.label, rewritten, dense))
+    if config.target == "weight" and rewritten:
+        for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
+            if isinstance(value := host.value(node), nn.Parameter):
+                LOG.pruned_weights.setdefault(id(value), config.label)
+        log.warning("actprune: pruned the weights of %d linear layers in place (%s); the model's parameters "
+                    "are now sparse", len(rewritten), config.label)
+    if inner == "eager":
+        return gm.forward
+    from actprune_compiler.backends.inductor import inductor_with_nm_lowering
+
+    return inductor_with_nm_lowering(gm, example_inputs)
+
+
+def register() -> None:
+    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+
+    if "actprune" not in _BACKENDS:
+        register_backend(name="actprune")(actprune_backend)
+
+
+def compile_model(model: nn.Module, options: dict[str, Any] | None = None, **compile_kwargs) -> nn.Module:
+    """Compile `model.forward` in place with the actprune backend, so `model.generate` uses it too."""
+    parse_options(options)  # fail now, not at the first call
+    model.forward = torch.compile(model.forward, backend="actprune", options=dict(options or {}), **compile_kwargs)
+    return model
+
+
+def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Graphs compiled, recompilations, graph breaks, linears rewritten per graph, and (given the model)
+    the matching linears that never appeared in a rewritten graph: those ran dense, in eager mode."""
+    from torch._dynamo.utils import counters
+
+    seen = {path for g in LOG.graphs for path in g.rewritten}
+    out = {"graphs_compiled": len(LOG.graphs),  # for one compiled forward: 1 + its recompilations
+           "dynamo_frames_compiled": counters["frames"]["ok"],
+           "graph_breaks": sum(counters["graph_break"].values()),
+           "rewritten_per_graph": [len(g.rewritten) for g in LOG.graphs],
+           "dense_linears_per_graph": [len(g.dense) for g in LOG.graphs],
+           "configs": sorted({g.config for g in LOG.graphs})}
+    if model is not None:
+        wanted = modules or SparsityConfig().modules
+        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches(name, wanted)]
+        out["matching_linears"] = len(linears)
+        out["ran_outside_rewritten_graphs"] = [name for name in linears if name not in seen]
+    return out

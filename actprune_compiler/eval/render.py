@@ -1,0 +1,100 @@
+"""Results -> the seed's markdown table and a plot of perplexity and accuracy per pattern."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from actprune_compiler.artifact import atomic_write
+from actprune_compiler.tables import format_table
+
+ZERO_SHOT = ("arc_easy", "boolq", "piqa", "winogrande")
+SEED_COLUMNS = ("pruning", "wikitext2 ppl", "arc easy", "boolq", "piqa", "winogrande", "runtime (min)",
+                "vs dense", "replaced linear layers")
+
+
+def _acc(result: dict[str, Any], task: str) -> float | None:
+    entry = result["metrics"].get(task)
+    return entry["metrics"].get("acc") if entry else None
+
+
+def mean_accuracy(result: dict[str, Any]) -> float | None:
+    values = [_acc(result, t) for t in ZERO_SHOT]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def seed_row(result: dict[str, Any], dense_runtime: float | None) -> dict[str, Any]:
+    ppl = result["metrics"].get("wikitext2", {}).get("ppl")
+    row = {"pruning": result["pruning"], "wikitext2 ppl": f"{ppl:.3f}" if ppl else "",
+           "runtime (min)": f"{result['runtime_s'] / 60:.2f}",
+           "vs dense": f"{result['runtime_s'] / dense_runtime:.2f}x" if dense_runtime else "",
+           "replaced linear layers": result["replaced_linears"]}
+    for task in ZERO_SHOT:
+        acc = _acc(result, task)
+        row[task.replace("_", " ")] = "" if acc is None else f"{acc:.3f}"
+    return row
+
+
+def _order(result: dict[str, Any]) -> tuple:
+    config = result.get("config")
+    if config is None:
+        return (0, 0, 0)
+    pattern = config["pattern"]
+    size = int(pattern.split(":")[1]) if ":" in pattern else 1000
+    return (1 if config["target"] == "activation" else 2, size, result["pruning"])
+
+
+def seed_table(results: list[dict[str, Any]], model: str) -> str:
+    rows = sorted((r for r in results if r["model"] == model), key=_order)
+    dense = next((r for r in rows if r["config"] is None), None)
+    dense_runtime = dense["runtime_s"] if dense else None
+    return format_table([seed_row(r, dense_runtime) for r in rows], SEED_COLUMNS, markdown=True)
+
+
+def stderr_note(results: list[dict[str, Any]]) -> str:
+    errors = [r["metrics"][t]["metrics"].get("acc_stderr") for r in results for t in ZERO_SHOT
+              if t in r["metrics"]]
+    errors = [e for e in errors if e is not None and math.isfinite(e)]
+    if not errors:
+        return ""
+    return (f"Accuracy standard errors (lm-eval, bootstrap) are {min(errors):.3f}-{max(errors):.3f}: "
+            f"differences under about {2 * max(errors):.3f} are within noise.")
+
+
+def plot(results: list[dict[str, Any]], model: str, path: Path) -> Path:
+    """Perplexity (log scale) and mean zero-shot accuracy per pattern, activation vs weight pruning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["model"] == model]
+    dense = next((r for r in rows if r["config"] is None), None)
+    fig, (ax_ppl, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for target, style in (("activation", "o-"), ("weight", "s--")):
+        chosen = sorted((r for r in rows if r["config"] and r["config"]["target"] == target
+                         and r["config"]["criterion"] == "magnitude" and r["config"]["correction"] == "none"),
+                        key=_order)
+        labels = [r["config"]["pattern"] for r in chosen]
+        ppl = [r["metrics"].get("wikitext2", {}).get("ppl") for r in chosen]
+        acc = [mean_accuracy(r) for r in chosen]
+        if any(p is not None for p in ppl):
+            ax_ppl.plot(labels, ppl, style, label=f"{target} pruning")
+        if any(a is not None for a in acc):
+            ax_acc.plot(labels, acc, style, label=f"{target} pruning")
+    if dense:
+        if ppl_dense := dense["metrics"].get("wikitext2", {}).get("ppl"):
+            ax_ppl.axhline(ppl_dense, color="gray", linestyle=":", label="dense")
+        if (acc_dense := mean_accuracy(dense)) is not None:
+            ax_acc.axhline(acc_dense, color="gray", linestyle=":", label="dense")
+    ax_ppl.set(yscale="log", title=f"{model}: WikiText-2 perplexity", xlabel="N:M pattern", ylabel="perplexity")
+    ax_acc.set(title="mean zero-shot accuracy (arc_e, boolq, piqa, wino)", xlabel="N:M pattern", ylabel="accuracy")
+    for ax in (ax_ppl, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path

@@ -1,0 +1,92 @@
+"""Sweeps: models x configs, one JSON line per finished run, resumable, rendered as the seed's table."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from actprune_compiler.config import SparsityConfig
+from actprune_compiler.eval.runner import EvalOptions, evaluate
+
+
+@dataclass
+class Sweep:
+    models: list[str]
+    configs: list[SparsityConfig | None]  # None: the dense model
+    options: EvalOptions
+    results: Path  # results.jsonl; table.md and plot.png are written beside it
+    dtype: str = "float32"
+
+
+def _config(entry: dict[str, Any] | str | None) -> SparsityConfig | None:
+    if entry in (None, "none", "dense") or (isinstance(entry, dict) and entry.get("pattern") in ("none", "dense")):
+        return None
+    if isinstance(entry, str):
+        return SparsityConfig(pattern=entry)
+    return SparsityConfig.from_dict(entry)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    spec = yaml.safe_load(Path(path).read_text())
+    known = {"models", "configs", "options", "results", "dtype"}
+    if not isinstance(spec, dict) or set(spec) - known or not spec.get("models") or not spec.get("configs"):
+        raise ValueError(f"sweep file {path} must be a mapping with keys {sorted(known)} "
+                         "(models and configs required)")
+    option_names = {f.name for f in fields(EvalOptions)}
+    options = spec.get("options", {})
+    if unknown := set(options) - option_names:
+        raise ValueError(f"unknown sweep options {sorted(unknown)}; allowed: {sorted(option_names)}")
+    options = EvalOptions(**{**options, "tasks": tuple(options.get("tasks", ("wikitext2",)))})
+    results = Path(spec.get("results", Path(path).with_suffix("").name + "/results.jsonl"))
+    return Sweep(list(spec["models"]), [_config(c) for c in spec["configs"]], options, results,
+                 spec.get("dtype", "float32"))
+
+
+def run_key(model: str, config: SparsityConfig | None, options: EvalOptions) -> str:
+    return json.dumps({"model": model, "config": config.to_dict() if config else None,
+                       "options": options.key()}, sort_keys=True)
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Finished runs; a torn last line (a crash mid-write) is ignored and will be redone."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def append_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_sweep(sweep: Sweep, *, progress: bool = True) -> list[dict[str, Any]]:
+    from actprune_compiler.models import load_model
+
+    done = {r["key"] for r in read_results(sweep.results) if "key" in r}
+    todo = [(m, c) for m in sweep.models for c in sweep.configs if run_key(m, c, sweep.options) not in done]
+    print(f"sweep: {len(done)} run(s) already in {sweep.results}, {len(todo)} to do")
+    loaded: dict[str, Any] = {}
+    with tqdm(todo, desc="sweep", disable=not progress) as bar:
+        for model_spec, config in bar:
+            bar.set_postfix_str(f"{model_spec} {config.label if config else 'none'}")
+            if model_spec not in loaded:
+                loaded = {model_spec: load_model(model_spec, sweep.dtype)}  # one model in memory at a time
+            result = evaluate(model_spec, config, sweep.options, dtype=sweep.dtype, loaded=loaded[model_spec])
+            result["key"] = run_key(model_spec, config, sweep.options)
+            append_result(sweep.results, result)
+    return read_results(sweep.results)

@@ -1,0 +1,33 @@
+"""actprune::nm_select: values with all but the top-n-scored of each group set to 0.
+
+nm_linear's Inductor lowering expands into ATen ops around this one op, which Inductor turns
+into a single Pointwise loop (lowering/inductor.py). It returns the pruned values rather than a
+mask: a separate bool mask would not fuse with its consumer and would be stored to memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def group_ranks(groups: Tensor) -> Tensor:
+    """How many members of its group beat each element; ties go to the lower index."""
+    m = groups.shape[-1]
+    position = torch.arange(m, device=groups.device)
+    rank = torch.zeros(groups.shape, dtype=torch.int32, device=groups.device)
+    for k in range(m):
+        member = groups[..., k : k + 1]
+        rank += ((member > groups) | ((member == groups) & (k < position))).to(torch.int32)
+    return rank
+
+
+@torch.library.custom_op("actprune::nm_select", mutates_args=())
+def nm_select(groups: Tensor, values: Tensor, n: int) -> Tensor:
+    """groups: [..., m] scores (NaN already +inf); values: same shape. Keep n values per group."""
+    return torch.where(group_ranks(groups) < n, values, torch.zeros((), dtype=values.dtype))
+
+
+@nm_select.register_fake
+def _nm_select_shape(groups, values, n):
+    return torch.empty_like(values)

@@ -1,0 +1,98 @@
+import copy
+import logging
+
+import pytest
+import torch
+from conftest import tiny_model
+from reference import hooked
+
+from actprune_compiler import compile_model
+from actprune_compiler.backends import dynamo
+
+PROMPT = torch.tensor([[5, 17, 42, 99, 3, 64, 8]])
+
+
+def greedy(model, ids, tokens=20):
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                              pad_token_id=0)[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    dynamo.LOG.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (8, 16)])
+def test_generate_with_kv_cache_matches_hooked_eager_reference(family, n, m):
+    model = copy.deepcopy(tiny_model(family))
+    with hooked(model, n, m):
+        expected = greedy(model, PROMPT)
+    assert expected != greedy(model, PROMPT)  # pruning changes the continuation: the test can fail
+    compile_model(model, {"pattern": f"{n}:{m}"})
+    assert greedy(model, PROMPT) == expected
+    report = dynamo.report(model)
+    assert report["ran_outside_rewritten_graphs"] == [] and report["matching_linears"] == 14
+    assert all(count == 14 for count in report["rewritten_per_graph"])  # prefill and decode graphs
+    assert report["graph_breaks"] == 0
+
+
+def test_recompilation_is_bounded_across_lengths():
+    model = compile_model(copy.deepcopy(tiny_model("llama")), {"pattern": "8:16"})
+    greedy(model, PROMPT, tokens=20)
+    after_first = dynamo.report()["graphs_compiled"]
+    assert after_first <= 4  # prefill, then decode until its cache length is marked dynamic
+    for length in (4, 11, 23):
+        greedy(model, torch.arange(3, 3 + length).unsqueeze(0), tokens=12)
+    assert dynamo.report()["graphs_compiled"] <= after_first + 2  # prompt length goes dynamic once
+
+
+def test_two_configs_in_one_process_keep_their_own_graphs():
+    base = tiny_model("llama")
+    results = {}
+    for pattern in ("2:4", "8:16"):
+        model = compile_model(copy.deepcopy(base), {"pattern": pattern})
+        results[pattern] = greedy(model, PROMPT, tokens=12)
+    for pattern, (n, m) in (("2:4", (2, 4)), ("8:16", (8, 16))):
+        reference = copy.deepcopy(base)
+        with hooked(reference, n, m):
+            assert results[pattern] == greedy(reference, PROMPT, tokens=12)
+    assert results["2:4"] != results["8:16"]
+
+
+def test_plain_torch_compile_with_the_backend_name():
+    model = copy.deepcopy(tiny_model("qwen2"))
+    compiled = torch.compile(model, backend="actprune", options={"pattern": "4:8"})
+    ids = PROMPT.repeat(2, 1)
+    with torch.no_grad(), hooked(tiny_model("qwen2"), 4, 8):
+        expected = tiny_model("qwen2")(input_ids=ids, use_cache=False).logits
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=ids, use_cache=False).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_target_prunes_the_parameters_once_and_says_so(caplog):
+    model = copy.deepcopy(tiny_model("llama"))
+    with caplog.at_level(logging.WARNING, logger="actprune"):
+        compile_model(model, {"pattern": "2:4", "target": "weight", "inner_backend": "eager"})
+        greedy(model, PROMPT, tokens=5)
+    assert "pruned the weights of 14 linear layers in place (2:4 wt)" in caplog.text
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert (q.reshape(64, -1, 4) != 0).sum(-1).eq(2).all()
+    assert model.lm_head.weight.count_nonzero() == model.lm_head.weight.numel()
+    model.forward = model.forward._torchdynamo_orig_callable  # compile the same weights again, other pattern
+    compile_model(model, {"pattern": "8:16", "target": "weight"})
+    with pytest.raises(Exception, match="already pruned in place with '2:4 wt'"):
+        greedy(model, PROMPT, tokens=2)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"pattern": "8:16", "inner_backend": "tvm"}, "inner_backend 'tvm' is unknown; allowed: inductor, eager"),
+    ({"pattern": "8:16", "sparsity": 0.5}, r"unknown actprune backend options \['sparsity'\]"),
+    ({"pattern": "3:2"}, "pattern '3:2' is invalid"),
+])
+def test_bad_options_fail_when_compiling(options, match):
+    with pytest.raises(ValueError, match=match):
+        compile_model(copy.deepcopy(tiny_model("llama")), options)
