@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("compile", "inspect", "eval", "sweep")
+SUBCOMMANDS = ("compile", "inspect", "eval", "sweep", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:

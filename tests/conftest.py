@@ -6,7 +6,7 @@ import torch
 
 import actprune_compiler  # noqa: F401
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this run may use (taskset)
 
 FAMILIES = ("llama", "qwen2", "gemma3")
 

@@ -63,11 +63,16 @@ def parse_options(options: dict[str, Any] | None) -> tuple[SparsityConfig, str, 
     return SparsityConfig(**options), inner, stats
 
 
+def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
+    """The graph's parameters: placeholders fed with them, or attributes when frozen."""
+    values = (host.value(n) for n in host.graph.nodes if n.op in ("placeholder", "get_attr"))
+    return [v for v in values if isinstance(v, nn.Parameter)]
+
+
 def _refuse_repruning(host: GraphModuleHost, config: SparsityConfig) -> None:
     """Weight targets prune the real parameters once; pruning them again with another config is an error."""
-    for node in (n for n in host.graph.nodes if n.op == "placeholder"):
-        value = host.value(node)
-        if isinstance(value, nn.Parameter) and id(value) in LOG.pruned_weights:
+    for value in _parameters(host):
+        if id(value) in LOG.pruned_weights:
             if LOG.pruned_weights[id(value)] != config.label:
                 raise ValueError(f"these weights were already pruned in place with "
                                  f"{LOG.pruned_weights[id(value)]!r}; reload the model to prune them with "
@@ -86,9 +91,8 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     dense = [r["module"] for r in rows if r["decision"].startswith("dense")]
     LOG.graphs.append(GraphRecord(config.label, rewritten, dense))
     if config.target == "weight" and rewritten:
-        for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
-            if isinstance(value := host.value(node), nn.Parameter):
-                LOG.pruned_weights.setdefault(id(value), config.label)
+        for value in _parameters(host):
+            LOG.pruned_weights.setdefault(id(value), config.label)
         log.warning("actprune: pruned the weights of %d linear layers in place (%s); the model's parameters "
                     "are now sparse", len(rewritten), config.label)
     if inner == "eager":
@@ -105,10 +109,21 @@ def register() -> None:
         register_backend(name="actprune")(actprune_backend)
 
 
-def compile_model(model: nn.Module, options: dict[str, Any] | None = None, **compile_kwargs) -> nn.Module:
-    """Compile `model.forward` in place with the actprune backend, so `model.generate` uses it too."""
+def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, freeze: bool = True,
+                  dynamic: bool | None = True, **compile_kwargs) -> nn.Module:
+    """Compile `model.forward` in place with the actprune backend, so `model.generate` uses it too.
+
+    Inference only. freeze=True treats the weights as constants (needed by the decode kernel).
+    dynamic=True: prompt and cache lengths are symbolic from the first compile; left to Dynamo's
+    automatic detection they are not (a prompt length is followed by decode's length 1, which is
+    always specialised), and every new prompt length recompiles.
+    """
+    from actprune_compiler.backends.inductor import inference_call
+
     parse_options(options)  # fail now, not at the first call
-    model.forward = torch.compile(model.forward, backend="actprune", options=dict(options or {}), **compile_kwargs)
+    compiled = torch.compile(model.forward, backend="actprune", options=dict(options or {}), dynamic=dynamic,
+                             **compile_kwargs)
+    model.forward = inference_call(compiled, freeze)
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,23 +19,37 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
     return compile_fx(gm, example_inputs, decompositions=inductor_decompositions())
 
 
-class CompiledProgram(nn.Module):
-    """The compiled module, always called without autograd (inference only)."""
+def inference_call(compiled: Callable, freeze: bool) -> Callable:
+    """Call without autograd, with Inductor's freezing on while Dynamo traces (when it decides
+    whether parameters are constants): frozen weights are folded, e.g. W^T for the decode kernel."""
 
-    def __init__(self, compiled: Callable, source: nn.Module) -> None:
+    @functools.wraps(compiled)
+    def call(*args, **kwargs):
+        with torch.no_grad(), torch._inductor.config.patch(freezing=freeze):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
+class CompiledProgram(nn.Module):
+    """The compiled module; inference only (no autograd)."""
+
+    def __init__(self, compiled: Callable, source: nn.Module, freeze: bool) -> None:
         super().__init__()
-        self.compiled = compiled
+        self.call = inference_call(compiled, freeze)
         self.source = source
 
     def forward(self, *args, **kwargs):
-        with torch.no_grad():
-            return self.compiled(*args, **kwargs)
+        return self.call(*args, **kwargs)
 
 
-def compile_program(program: ExportedProgram | nn.Module, *, dynamic: bool = True) -> CompiledProgram:
+def compile_program(program: ExportedProgram | nn.Module, *, dynamic: bool = True,
+                    freeze: bool = True) -> CompiledProgram:
     """torch.compile(program.module()) with actprune's Inductor lowering.
 
     dynamic=True compiles once for symbolic batch and sequence sizes instead of once per shape.
+    freeze=True lets Inductor treat the weights as constants (they must not change afterwards).
     """
     module = program.module() if isinstance(program, ExportedProgram) else program
-    return CompiledProgram(torch.compile(module, backend=inductor_with_nm_lowering, dynamic=dynamic), module)
+    compiled = torch.compile(module, backend=inductor_with_nm_lowering, dynamic=dynamic)
+    return CompiledProgram(compiled, module, freeze)

@@ -10,12 +10,16 @@ Inductor's IR, and its compile time, several-fold.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import actprune_compiler.kernels.cpu  # noqa: F401  (registers actprune::sparse_rows_linear)
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
 from actprune_compiler.activation import sparsify_activation
+from actprune_compiler.corrections import CORRECTIONS
 from actprune_compiler.masks import prune_by_rank, prune_sorted
 
 # Pairwise ranking costs m comparisons per element: right for N:M groups, wrong for unstructured
@@ -23,11 +27,33 @@ from actprune_compiler.masks import prune_by_rank, prune_sorted
 MAX_PAIRWISE_GROUP = 64
 
 
+# At most this many tokens per call take the decode kernel (more tokens share the dense GEMM's
+# single pass over W better than they each read their own kept rows). Measured: see README.
+DECODE_MAX_TOKENS = 4
+
+
+def use_decode_kernel(x: Tensor, correction: str) -> bool:
+    """Decode-sized, static shapes on CPU, frozen weights (so W^T is made once), sparse GEMM input."""
+    from torch._dynamo.utils import is_parameter_freezing
+
+    from actprune_compiler.kernels import cpu
+
+    # Look at each dimension: Size.numel() would turn symbolic sizes into a guard on their value
+    # and recompile the graph for every new prompt length.
+    dims = x.shape[:-1]
+    static = all(isinstance(d, int) for d in dims)
+    return (static and math.prod(dims) <= DECODE_MAX_TOKENS and x.device.type == "cpu"
+            and is_parameter_freezing() and CORRECTIONS[correction].token_shift is None and cpu.available())
+
+
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
                          criterion: str = "magnitude", correction: str = "none",
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
     prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
     x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, prune)
+    if use_decode_kernel(x, correction):
+        # W^T is a constant Inductor's freezing folds once; the kernel reads only its kept rows.
+        return torch.ops.actprune.sparse_rows_linear(x_sparse, weight.t().contiguous(), bias)
     return F.linear(x_sparse, weight, bias)
 
 

@@ -1,0 +1,98 @@
+"""actprune generate: greedy continuation with a KV cache through the torch.compile backend, timed."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from typing import Any
+
+import torch
+
+from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args
+from actprune_compiler.tables import format_table
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("generate", help="generate text with the sparse model (KV cache), print tokens/s")
+    add_model_args(p)
+    add_config_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    p.add_argument("--compare-dense", action="store_true", help="also run the dense model, compiled the same way")
+    p.add_argument("--inner-backend", default="inductor", choices=["inductor", "eager"])
+    return p
+
+
+class StepClock:
+    """A logits processor that only records when each generated token's logits were ready."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def timed_generate(model, ids: torch.Tensor, new_tokens: int) -> dict[str, Any]:
+    from transformers import LogitsProcessorList
+
+    clock = StepClock()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             logits_processor=LogitsProcessorList([clock]), pad_token_id=0)
+    decode_steps = len(clock.times) - 1
+    decode_s = clock.times[-1] - clock.times[0]
+    return {"tokens": out[0, ids.shape[1]:].tolist(), "prefill_ms": (clock.times[0] - start) * 1e3,
+            "decode_tokens_per_s": decode_steps / decode_s if decode_s > 0 else float("nan")}
+
+
+def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, Any] | None) -> dict[str, Any]:
+    """Compile (a warm-up generate builds the prefill and decode graphs), then time a second run."""
+    from actprune_compiler.backends import dynamo
+    from actprune_compiler.backends.inductor import inference_call
+
+    dynamo.LOG.reset()
+    if options is None:  # the baseline: Inductor as it comes, with the same freezing
+        model.forward = inference_call(torch.compile(model.forward, backend="inductor"), freeze=True)
+    else:
+        dynamo.compile_model(model, options)
+    start = time.perf_counter()
+    timed_generate(model, ids, new_tokens)
+    result = timed_generate(model, ids, new_tokens)
+    result["warmup_s"] = time.perf_counter() - start
+    result["graphs"] = len(dynamo.LOG.graphs) if options is not None else None
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from actprune_compiler.models import load_model
+
+    config = config_from_args(args)
+    if config is None:
+        raise ValueError("actprune generate needs a pattern such as 8:16")
+    model, tokenizer = load_model(args.model, args.dtype)
+    if tokenizer is None:
+        raise ValueError(f"model {args.model!r} has no tokenizer; generate needs one")
+    text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
+                                          add_generation_prompt=True) if args.chat else args.prompt)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    variants = {config.label: {**config.to_dict(), "inner_backend": args.inner_backend}}
+    if args.compare_dense:
+        variants["dense"] = None
+    rows = []
+    for name, options in variants.items():
+        result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options)
+        print(f"\n[{name}] {args.prompt}{tokenizer.decode(result['tokens'], skip_special_tokens=True)}")
+        rows.append({"model": name, "prefill (ms)": round(result["prefill_ms"], 1),
+                     "decode tokens/s": round(result["decode_tokens_per_s"], 2),
+                     "graphs": result["graphs"] if result["graphs"] is not None else "-",
+                     "compile + 2 runs (s)": round(result["warmup_s"], 1)})
+    if len(rows) == 2:
+        rows[0]["vs dense"] = f"{rows[0]['decode tokens/s'] / rows[1]['decode tokens/s']:.2f}x"
+    print()
+    print(format_table(rows, list(rows[0])))
+    return 0

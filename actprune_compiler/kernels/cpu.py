@@ -1,0 +1,54 @@
+"""actprune::sparse_rows_linear: the decode kernel, built from sparse_rows.cpp on first use.
+
+The build (a torch C++ extension, about a minute) is cached under ~/.cache/torch_extensions.
+If it cannot be built, nothing falls back silently: the error says why, and the lowering only
+chooses this kernel after `available()` said yes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("sparse_rows.cpp")
+
+
+@functools.cache
+def _extension():
+    from torch.utils.cpp_extension import load
+
+    return load(name="actprune_sparse_rows", sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"], verbose=False)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the native kernel builds here (a C++ compiler and torch's headers are needed)."""
+    try:
+        _extension()
+        return True
+    except Exception as error:  # noqa: BLE001  (reported, not swallowed: see build_error)
+        _errors.append(f"{type(error).__name__}: {error}")
+        return False
+
+
+_errors: list[str] = []
+
+
+def build_error() -> str | None:
+    return _errors[-1] if _errors else None
+
+
+@torch.library.custom_op("actprune::sparse_rows_linear", mutates_args=())
+def sparse_rows_linear(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    """x [..., K] @ weight_t [K, N] + bias, reading only the rows of weight_t where x is nonzero."""
+    flat = x.reshape(-1, x.shape[-1])
+    return _extension().sparse_rows_linear(flat, weight_t, bias).reshape(*x.shape[:-1], weight_t.shape[1])
+
+
+@sparse_rows_linear.register_fake
+def _sparse_rows_linear_shape(x, weight_t, bias):
+    return x.new_empty((*x.shape[:-1], weight_t.shape[1]))

@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+from conftest import tiny_program, token_ids
+from torch._inductor.utils import run_and_get_code
+
+from actprune_compiler import SparsityConfig, compile_program, sparsify
+from actprune_compiler.kernels import cpu
+from actprune_compiler.masks import prune_sorted
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"native kernel does not build: {cpu.build_error()}")
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 8])
+@pytest.mark.parametrize("k,n", [(64, 40), (48, 7), (576, 1536)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_rows_linear_equals_dense_matmul_fp32(tokens, k, n, bias):
+    g = torch.Generator().manual_seed(tokens * k + n)
+    x = prune_sorted(torch.randn(tokens, k, generator=g), torch.randn(tokens, k, generator=g).abs(), 2, 4)
+    wt, b = torch.randn(k, n, generator=g), torch.randn(n, generator=g) if bias else None
+    expected = x @ wt + (b if bias else 0)
+    torch.testing.assert_close(cpu.sparse_rows_linear(x, wt, b), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sparse_rows_linear_half_precision(dtype):
+    g = torch.Generator().manual_seed(1)
+    x = prune_sorted(torch.randn(2, 3, 64, generator=g), torch.rand(2, 3, 64, generator=g), 8, 16).to(dtype)
+    wt, b = torch.randn(64, 32, generator=g).to(dtype), torch.randn(32, generator=g).to(dtype)
+    got = cpu.sparse_rows_linear(x, wt, b)
+    assert got.dtype == dtype and got.shape == (2, 3, 32)
+    torch.testing.assert_close(got.float(), x.float() @ wt.float() + b.float(), rtol=2e-2, atol=1e-1)
+
+
+def test_nan_and_inf_inputs_reach_the_output():
+    wt = torch.ones(4, 2)
+    assert math.isnan(cpu.sparse_rows_linear(torch.tensor([[math.nan, 0, 0, 1.0]]), wt, None)[0, 0])
+    assert cpu.sparse_rows_linear(torch.tensor([[math.inf, 0, 0, 0.0]]), wt, None)[0, 1] == math.inf
+
+
+def test_bad_shapes_fail_loudly():
+    with pytest.raises(RuntimeError, match=r"x \[T, K\] and weight_t \[K, N\] expected"):
+        cpu.sparse_rows_linear(torch.zeros(2, 8), torch.zeros(7, 3), None)
+
+
+def test_decode_shapes_lower_to_the_kernel_and_match_the_reference():
+    result = sparsify(tiny_program("llama"), SparsityConfig("8:16"))
+    with torch.no_grad():
+        decode, prefill = token_ids(1, 1), token_ids(2, 16)
+        _, sources = run_and_get_code(compile_program(result.program), decode)
+        assert "sparse_rows_linear" in "\n".join(sources)
+        torch.testing.assert_close(compile_program(result.program)(decode), result.module()(decode),
+                                   rtol=1e-4, atol=1e-4)
+        _, sources = run_and_get_code(compile_program(result.program), prefill)
+        assert "sparse_rows_linear" not in "\n".join(sources)  # many tokens: the GEMM path
+
+
+def test_without_freezing_the_decode_kernel_is_not_used():
+    result = sparsify(tiny_program("llama"), SparsityConfig("8:16"))
+    with torch.no_grad():
+        _, sources = run_and_get_code(compile_program(result.program, freeze=False), token_ids(1, 1))
+    assert "sparse_rows_linear" not in "\n".join(sources)
