@@ -63,6 +63,9 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
     else:
         raise TypeError(f"sparsify takes a causal LM (nn.Module) or an ExportedProgram, "
                         f"not {type(model_or_program).__name__}")
+    if config.skip_sensitive:
+        raise ValueError("skip_sensitive needs the model and calibration text: use "
+                         "actprune_compiler.pipeline.build (or the CLI), which ranks the layers first")
     if config.needs_calibration() and stats is None:
         raise ValueError(f"config {config.label!r} needs calibration statistics: pass "
                          "stats=calibrate(model, tokenizer, config) (see actprune_compiler.calibrate)")

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("compile", "inspect", "eval", "sweep", "generate")
+SUBCOMMANDS = ("compile", "inspect", "eval", "sweep", "generate", "bench", "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -90,6 +90,7 @@ class SparsityConfig:
     correction: error mitigation around the activation mask (see actprune_compiler.corrections).
     modules:    fnmatch patterns on the module path or its last name; default: the 7 projections.
     exclude:    fnmatch patterns of layers to leave dense even if `modules` matches them.
+    skip_sensitive: leave the K layers with the largest output error (on calibration text) dense.
     calib_samples / calib_seqlen: calibration data size for criteria/corrections that need statistics.
     """
 
@@ -99,6 +100,7 @@ class SparsityConfig:
     correction: str = "none"
     modules: tuple[str, ...] = DEFAULT_MODULES
     exclude: tuple[str, ...] = ()
+    skip_sensitive: int = 0
     calib_samples: int = 16
     calib_seqlen: int = 512
 
@@ -120,6 +122,8 @@ class SparsityConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.skip_sensitive, int) or self.skip_sensitive < 0:
+            raise ValueError(f"skip_sensitive must be a non-negative integer, got {self.skip_sensitive!r}")
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -134,6 +138,10 @@ class SparsityConfig:
         elif self.criterion != "magnitude" or self.correction != "none":
             extra = self.criterion if self.correction == "none" else f"{self.criterion}+{self.correction}"
             parts.append(extra)
+        if self.skip_sensitive:
+            parts.append(f"skip{self.skip_sensitive}")
+        if self.exclude:
+            parts.append("excl " + ",".join(self.exclude))
         return " ".join(parts)
 
     def replace(self, **changes: Any) -> SparsityConfig:

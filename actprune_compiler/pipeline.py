@@ -38,12 +38,6 @@ class Compiled:
     report: dict[str, Any]
 
 
-def calibration_stats(model: nn.Module, tokenizer: Any, config: SparsityConfig, calib_data: str | None):
-    from actprune_compiler.passes.calibrate import calibrate
-
-    return calibrate(model, tokenizer, config, calib_data)
-
-
 def build(model_spec: str, config: SparsityConfig, *, dtype: str = "float32", calib_data: str | None = None,
           with_attention_mask: bool = False, loaded: tuple[nn.Module, Any] | None = None) -> Compiled:
     """Load, export, calibrate if the method needs it, and rewrite. Nothing is written to disk."""
@@ -54,16 +48,27 @@ def build(model_spec: str, config: SparsityConfig, *, dtype: str = "float32", ca
         program = export_causal_lm(model, with_attention_mask=with_attention_mask)
     stats = calibration = None
     if config.needs_calibration():
+        from actprune_compiler.passes.calibrate import calibrate
+
         with timer("calibrate_s"):
-            stats, calibration = calibration_stats(model, tokenizer, config, calib_data)
+            stats, calibration = calibrate(model, tokenizer, config, calib_data)
+    sensitive = []
+    if config.skip_sensitive:
+        from actprune_compiler.sensitivity import layer_sensitivity
+
+        with timer("sensitivity_s"):
+            ranking = layer_sensitivity(model, tokenizer, config, calib_data, stats)
+        sensitive = [row["module"] for row in ranking[: config.skip_sensitive]]
     with timer("passes_s"):
-        sparsified = sparsify(program, config, stats, copy_program=False)
+        effective = config.replace(exclude=config.exclude + tuple(sensitive), skip_sensitive=0)
+        sparsified = sparsify(program, effective, stats, copy_program=False)
     report = {
         "model": model_spec, "model_class": type(model).__name__, "dtype": str(dtype),
         "config": config.to_dict(), "label": config.label,
         "inputs": ["input_ids", "attention_mask"] if with_attention_mask else ["input_ids"],
         "totals": layer_totals(sparsified.layers), "graph_ops": count_ops(sparsified.program.graph),
-        "calibration": calibration, "timings": timer.seconds, "versions": versions(),
+        "calibration": calibration, "excluded_as_sensitive": sensitive, "timings": timer.seconds,
+        "versions": versions(),
         "layers": sparsified.layers,
     }
     return Compiled(model, tokenizer, sparsified, report)

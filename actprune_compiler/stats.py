@@ -17,6 +17,8 @@ class LayerStats:
     total: Tensor = field(init=False)
     total_sq: Tensor = field(init=False)
     absmax: Tensor = field(init=False)
+    error_total: Tensor | None = None  # sum of x - x_sparse, for the calibrated-bias correction
+    error_count: int = 0
 
     def __post_init__(self) -> None:
         self.total = torch.zeros(self.in_features, dtype=torch.float64)
@@ -29,6 +31,18 @@ class LayerStats:
         self.total += tokens.sum(0)
         self.total_sq += tokens.square().sum(0)
         self.absmax = torch.maximum(self.absmax, tokens.abs().amax(0))
+
+    def update_error(self, error: Tensor) -> None:
+        tokens = error.detach().reshape(-1, self.in_features).to(torch.float64)
+        if self.error_total is None:
+            self.error_total = torch.zeros(self.in_features, dtype=torch.float64)
+        self.error_total += tokens.sum(0)
+        self.error_count += tokens.shape[0]
+
+    def pruning_error_mean(self) -> Tensor:
+        if self.error_total is None:
+            raise ValueError("no pruning error was collected for this layer (calibrate with correction 'bias')")
+        return (self.error_total / max(self.error_count, 1)).float()
 
     def mean(self) -> Tensor:
         return (self.total / max(self.count, 1)).float()

@@ -27,6 +27,8 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8
     p.add_argument("--modules", default=",".join(DEFAULT_MODULES),
                    help="comma-separated fnmatch patterns on module path or name (lm_head only if named)")
     p.add_argument("--exclude", default="", help="comma-separated patterns of layers to keep dense")
+    p.add_argument("--skip-sensitive", type=int, default=0, metavar="K",
+                   help="keep the K layers with the largest output error (see actprune sensitivity) dense")
     p.add_argument("--calib-data", default=None,
                    help="calibration text: wikitext2-validation (default), wikitext2-train, or a text file")
     p.add_argument("--calib-samples", type=int, default=16, help="calibration sequences")
@@ -40,4 +42,5 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
     return SparsityConfig(pattern=args.pattern, target=args.target, criterion=args.criterion,
                           correction=args.correction, modules=args.modules,
                           exclude=tuple(x for x in args.exclude.split(",") if x.strip()),
-                          calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
+                          skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
+                          calib_seqlen=args.calib_seqlen)

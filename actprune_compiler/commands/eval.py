@@ -20,6 +20,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--data-dir", default=None, help="evaluation data folder (default: ../shared/data)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="score the uncompiled program (reference kernels): quick quality checks; recorded")
 
 
 def options_from_args(args: argparse.Namespace):
@@ -30,7 +32,7 @@ def options_from_args(args: argparse.Namespace):
     return EvalOptions(tasks=tasks, seqlen=args.seqlen, max_windows=args.max_windows, batch_size=args.batch_size,
                        bos=args.bos, limit=limit, num_fewshot=args.num_fewshot,
                        apply_chat_template=args.apply_chat_template, data_dir=args.data_dir,
-                       calib_data=args.calib_data)
+                       calib_data=args.calib_data, compile=not args.no_compile)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -53,7 +55,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
             m = value["metrics"]
             row[task] = f"{m['acc']:.3f} ± {m.get('acc_stderr', float('nan')):.3f}"
     row["runtime (min)"] = round(result["runtime_s"] / 60, 2)
-    row["compile (s)"] = round(result["stages_s"].get("compile_s", 0.0), 1)
+    row["compile (s)"] = round(result["stages_s"]["compile_s"], 1) if result["compiled"] else "not compiled"
     row["replaced linears"] = result["replaced_linears"]
     return row
 

@@ -17,19 +17,38 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def describe(sweep, results: list[dict[str, Any]], source: str) -> str:
     o = sweep.options
-    limits = (f"WikiText-2 test: first {o.max_windows or 'all'} windows of {o.seqlen} tokens; zero-shot: "
-              f"{o.limit or 'all'} examples per task ({', '.join(t for t in o.tasks if t != 'wikitext2')}), "
-              f"{o.num_fewshot or 0}-shot; batch size {o.batch_size}")
+    zero_shot = [t for t in o.tasks if t != "wikitext2"]
+    limits = f"WikiText-2 test: first {o.max_windows or 'all'} windows of {o.seqlen} tokens"
+    if zero_shot:
+        limits += (f"; zero-shot: {o.limit or 'all'} examples per task ({', '.join(zero_shot)}), "
+                   f"{o.num_fewshot or 0}-shot; batch size {o.batch_size}")
+    scored = ("Scored through the Inductor-compiled program. Runtime is its scoring wall time (compilation "
+              "excluded, reported per run in results.jsonl); 'vs dense' divides by the dense run of this sweep."
+              if o.compile else
+              "Scored through the uncompiled exported program (reference kernels; the same masks as the "
+              "compiled program up to float32 rounding), to keep 90 configurations within an hour.")
     total = sum(r["total_s"] for r in results) / 60
-    return (f"Sweep `{source}`, rerun with `actprune sweep {source}`.\n\n{limits}. "
-            f"Runtime is the scoring wall time of the compiled program (Inductor compilation excluded, "
-            f"reported per run in results.jsonl); 'vs dense' divides by the dense run of the same sweep. "
+    return (f"Sweep `{source}`, rerun with `actprune sweep {source}`.\n\n{limits}. {scored} "
+            f"Calibration (where a method needs it): WikiText-2 validation, 16 x 512 tokens. "
             f"Sum of run wall times: {total:.0f} min.\n")
+
+
+def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Path) -> tuple[list[str], Path]:
+    from actprune_compiler.eval.render import methods_table, plot, plot_methods, seed_table, stderr_note
+
+    mine = [r for r in results if r["model"] == model]
+    if sweep.table == "methods":
+        table, gaps = methods_table(results, model)
+        notes = [f"- {p}: best activation method **{g['best']}** ppl {g['ppl_best']:.2f} vs magnitude "
+                 f"{g['ppl_magnitude']:.2f}: closes {g['gap_closed']:.0%} of the gap to dense" for p, g in gaps.items()]
+        image = plot_methods(results, model, folder / f"methods-{model}.png")
+        return [f"\n## {model}\n", table, "", *notes], image
+    image = plot(results, model, folder / f"plot-{model}.png")
+    return [f"\n## {model}\n", seed_table(results, model), "", stderr_note(mine)], image
 
 
 def render(sweep, source: str) -> list[Path]:
     from actprune_compiler.artifact import atomic_write
-    from actprune_compiler.eval.render import plot, seed_table, stderr_note
     from actprune_compiler.eval.sweep import read_results
 
     results = read_results(sweep.results)
@@ -37,12 +56,10 @@ def render(sweep, source: str) -> list[Path]:
     parts = [f"# actprune results ({time.strftime('%Y-%m-%d')})\n", describe(sweep, results, source)]
     written = []
     for model in sweep.models:
-        if not any(r["model"] == model for r in results):
-            continue
-        parts += [f"\n## {model}\n", seed_table(results, model), "", stderr_note(
-            [r for r in results if r["model"] == model])]
-        written.append(plot(results, model, folder / f"plot-{model}.png"))
-        parts.append(f"\n![{model}](plot-{model}.png)\n")
+        if any(r["model"] == model for r in results):
+            lines, image = _model_section(sweep, results, model, folder)
+            parts += [*lines, f"\n![{model}]({image.name})\n"]
+            written.append(image)
     table = folder / "table.md"
     atomic_write(table, lambda tmp: Path(tmp).write_text("\n".join(parts)))
     return [table, *written]

@@ -98,3 +98,75 @@ def plot(results: list[dict[str, Any]], model: str, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
+
+
+def method_name(config: dict[str, Any] | None) -> str:
+    if config is None:
+        return "dense"
+    if config["target"] == "weight":
+        return f"weight {config['criterion']}"
+    name = config["criterion"] if config["correction"] == "none" else f"{config['criterion']} + {config['correction']}"
+    return name + (f" (skip {config['skip_sensitive']})" if config.get("skip_sensitive") else "")
+
+
+def methods_table(results: list[dict[str, Any]], model: str) -> tuple[str, dict[str, Any]]:
+    """Perplexity per method (rows) and pattern (columns); the best activation method per pattern in bold.
+
+    Also returns, per pattern, how much of the gap between plain magnitude and dense the best
+    activation method closes: (ppl_magnitude - ppl_best) / (ppl_magnitude - ppl_dense).
+    """
+    rows = [r for r in results if r["model"] == model and "wikitext2" in r["metrics"]]
+    dense = next((r["metrics"]["wikitext2"]["ppl"] for r in rows if r["config"] is None), None)
+    patterns = sorted({r["config"]["pattern"] for r in rows if r["config"]},
+                      key=lambda p: int(p.split(":")[1]) if ":" in p else 1000)
+    cells: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["config"]:
+            cells.setdefault(method_name(r["config"]), {})[r["config"]["pattern"]] = r["metrics"]["wikitext2"]["ppl"]
+    best, gaps = {}, {}
+    for p in patterns:
+        activation = {name: v[p] for name, v in cells.items() if p in v and not name.startswith("weight")}
+        if activation:
+            best[p] = min(activation, key=activation.get)
+            magnitude = cells.get("magnitude", {}).get(p)
+            if magnitude and dense and magnitude > dense:
+                gaps[p] = {"best": best[p], "ppl_best": activation[best[p]], "ppl_magnitude": magnitude,
+                           "gap_closed": (magnitude - activation[best[p]]) / (magnitude - dense)}
+    ordered = sorted(cells, key=lambda n: (n.startswith("weight"), n != "magnitude", n))
+    lines = ["| method | " + " | ".join(patterns) + " |", "|---|" + "---|" * len(patterns)]
+    for name in ordered:
+        values = [f"**{cells[name][p]:.2f}**" if best.get(p) == name else
+                  (f"{cells[name][p]:.2f}" if p in cells[name] else "") for p in patterns]
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
+    if dense:
+        lines.append(f"| dense (no pruning) | {dense:.2f} |" + " |" * (len(patterns) - 1))
+    return "\n".join(lines), gaps
+
+
+def plot_methods(results: list[dict[str, Any]], model: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["model"] == model and "wikitext2" in r["metrics"] and r["config"]]
+    series: dict[str, dict[str, float]] = {}
+    for r in rows:
+        series.setdefault(method_name(r["config"]), {})[r["config"]["pattern"]] = r["metrics"]["wikitext2"]["ppl"]
+    patterns = sorted({p for v in series.values() for p in v}, key=lambda p: int(p.split(":")[1]) if ":" in p else 1000)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name, values in sorted(series.items()):
+        style = "s--" if name.startswith("weight") else ("o-" if name == "magnitude" else ".-")
+        ax.plot([p for p in patterns if p in values], [values[p] for p in patterns if p in values], style,
+                label=name, linewidth=2 if name in ("magnitude", "weight magnitude") else 1)
+    dense = next((r["metrics"]["wikitext2"]["ppl"] for r in results if r["model"] == model and r["config"] is None
+                  and "wikitext2" in r["metrics"]), None)
+    if dense:
+        ax.axhline(dense, color="black", linestyle=":", label="dense")
+    ax.set(yscale="log", xlabel="pattern", ylabel="WikiText-2 perplexity", title=f"{model}: criteria and corrections")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path

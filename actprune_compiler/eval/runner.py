@@ -29,6 +29,9 @@ class EvalOptions:
     apply_chat_template: bool = False
     data_dir: str | None = None
     calib_data: str | None = None
+    # False scores the uncompiled program (reference kernels, same masks up to float32 rounding):
+    # for quality sweeps where Inductor's compile would cost more than the scoring. Recorded.
+    compile: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -36,7 +39,8 @@ class EvalOptions:
         """What makes two runs comparable (used by sweeps to skip finished runs)."""
         return {"tasks": list(self.tasks), "seqlen": self.seqlen, "max_windows": self.max_windows,
                 "bos": self.bos, "limit": self.limit, "num_fewshot": self.num_fewshot,
-                "apply_chat_template": self.apply_chat_template}
+                "apply_chat_template": self.apply_chat_template, "compile": self.compile,
+                "calib_data": self.calib_data}
 
 
 def warm_up_shapes(options: EvalOptions) -> list[tuple[int, int]]:
@@ -49,8 +53,8 @@ def warm_up_shapes(options: EvalOptions) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def _compiled_runner(model, tokenizer, config: SparsityConfig | None, calib_data: str | None):
-    """(compiled callable, per-layer rows, seconds by stage) for a config, or the dense model."""
+def _runner(model, tokenizer, config: SparsityConfig | None, calib_data: str | None, compile: bool):
+    """(callable, sparsified program, calibration, seconds by stage) for a config, or the dense model."""
     from actprune_compiler.pipeline import Timer, build
 
     timer = Timer()
@@ -62,8 +66,15 @@ def _compiled_runner(model, tokenizer, config: SparsityConfig | None, calib_data
         built = build("(loaded)", config, calib_data=calib_data, loaded=(model, tokenizer))
         sparsified, calibration = built.sparsified, built.report["calibration"]
         timer.seconds.update(built.report["timings"])
-    runner = compile_program(sparsified.program)
-    return runner, sparsified, calibration, timer.seconds
+    if compile:
+        return compile_program(sparsified.program), sparsified, calibration, timer.seconds
+    module = sparsified.program.module()
+
+    def uncompiled(ids):
+        with torch.no_grad():
+            return module(ids)
+
+    return uncompiled, sparsified, calibration, timer.seconds
 
 
 def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOptions, *, dtype: str = "float32",
@@ -77,12 +88,14 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
     model, tokenizer = loaded or load_model(model_spec, dtype)
     if tokenizer is None:
         raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
-    runner, sparsified, calibration, stage_s = _compiled_runner(model, tokenizer, config, options.calib_data)
-    with torch.no_grad():  # compile up front, so runtime_s is scoring time alone
-        start = time.perf_counter()
-        for shape in warm_up_shapes(options):
-            runner(torch.zeros(shape, dtype=torch.long))
-        stage_s["compile_s"] = round(time.perf_counter() - start, 3)
+    runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options.calib_data,
+                                                       options.compile)
+    if options.compile:
+        with torch.no_grad():  # compile up front, so runtime_s is scoring time alone
+            start = time.perf_counter()
+            for shape in warm_up_shapes(options):
+                runner(torch.zeros(shape, dtype=torch.long))
+            stage_s["compile_s"] = round(time.perf_counter() - start, 3)
     eval_start = time.perf_counter()
     metrics: dict[str, Any] = {}
     if "wikitext2" in options.tasks:
@@ -101,7 +114,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
     return {
         "model": model_spec, "model_class": type(model).__name__, "dtype": dtype,
         "pruning": config.label if config else "none", "config": config.to_dict() if config else None,
-        "options": options.key(), "metrics": metrics,
+        "options": options.key(), "compiled": options.compile, "metrics": metrics,
         "replaced_linears": layer_totals(sparsified.layers)["replaced"] if config else 0,
         "runtime_s": round(now - eval_start, 3),  # scoring alone; compilation is stages_s["compile_s"]
         "total_s": round(now - wall, 3), "stages_s": stage_s, "calibration": calibration,

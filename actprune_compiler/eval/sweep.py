@@ -22,6 +22,7 @@ class Sweep:
     options: EvalOptions
     results: Path  # results.jsonl; table.md and plot.png are written beside it
     dtype: str = "float32"
+    table: str = "seed"  # seed: the seed's columns; methods: ppl per criterion/correction and pattern
 
 
 def _config(entry: dict[str, Any] | str | None) -> SparsityConfig | None:
@@ -34,7 +35,7 @@ def _config(entry: dict[str, Any] | str | None) -> SparsityConfig | None:
 
 def load_sweep(path: str | Path) -> Sweep:
     spec = yaml.safe_load(Path(path).read_text())
-    known = {"models", "configs", "options", "results", "dtype"}
+    known = {"models", "configs", "options", "results", "dtype", "table"}
     if not isinstance(spec, dict) or set(spec) - known or not spec.get("models") or not spec.get("configs"):
         raise ValueError(f"sweep file {path} must be a mapping with keys {sorted(known)} "
                          "(models and configs required)")
@@ -44,8 +45,11 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ValueError(f"unknown sweep options {sorted(unknown)}; allowed: {sorted(option_names)}")
     options = EvalOptions(**{**options, "tasks": tuple(options.get("tasks", ("wikitext2",)))})
     results = Path(spec.get("results", Path(path).with_suffix("").name + "/results.jsonl"))
+    table = spec.get("table", "seed")
+    if table not in ("seed", "methods"):
+        raise ValueError(f"sweep table {table!r} is unknown; allowed: seed, methods")
     return Sweep(list(spec["models"]), [_config(c) for c in spec["configs"]], options, results,
-                 spec.get("dtype", "float32"))
+                 spec.get("dtype", "float32"), table)
 
 
 def run_key(model: str, config: SparsityConfig | None, options: EvalOptions) -> str:

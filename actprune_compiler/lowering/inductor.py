@@ -20,6 +20,7 @@ import actprune_compiler.kernels.cpu  # noqa: F401  (registers actprune::sparse_
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
 from actprune_compiler.activation import sparsify_activation
 from actprune_compiler.corrections import CORRECTIONS
+from actprune_compiler.kernels.gpu import gpu_path_supports
 from actprune_compiler.masks import prune_by_rank, prune_sorted
 
 # Pairwise ranking costs m comparisons per element: right for N:M groups, wrong for unstructured
@@ -49,6 +50,9 @@ def use_decode_kernel(x: Tensor, correction: str) -> bool:
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
                          criterion: str = "magnitude", correction: str = "none",
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+    if x.device.type == "cuda" and gpu_path_supports(m, criterion, correction):
+        # Triton GEMM with the mask in its prologue (or cuSPARSELt for 2:4): no pass over memory.
+        return torch.ops.actprune.nm_matmul(x, weight, bias, n, m, score_scale)
     prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
     x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, prune)
     if use_decode_kernel(x, correction):

@@ -1,0 +1,160 @@
+"""Speed, measured against baselines in the same process: dense eager, the seed's eager mask
+(topk + scatter, then a dense matmul), dense compiled, and actprune compiled.
+
+Variants of one measurement are timed interleaved (A B C A B C ...), so drift in the machine's
+speed reaches them all alike; each figure is the median of the repeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from actprune_compiler.config import SparsityConfig
+
+
+def seed_mask(x: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The seed's masking: topk over |x| per group, scatter a 0/1 mask, multiply."""
+    groups = x.reshape(*x.shape[:-1], -1, m)
+    index = groups.abs().topk(n, dim=-1).indices
+    mask = torch.zeros_like(groups).scatter_(-1, index, 1.0)
+    return (groups * mask).reshape(x.shape)
+
+
+@contextlib.contextmanager
+def seed_hooks(model: nn.Module, config: SparsityConfig):
+    """The seed's module-level approach: mask the inputs of the selected nn.Linear in eager mode."""
+    from actprune_compiler.passes.calibrate import selected_linears
+
+    handles = []
+    for layer in selected_linears(model, config).values():
+        n, m = config.parsed_pattern.group(layer.in_features)
+        handles.append(layer.register_forward_pre_hook(lambda mod, args, n=n, m=m: (seed_mask(args[0], n, m),)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Median seconds (and all samples) per variant, the variants taking turns."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(s), "samples_s": s} for name, s in samples.items()}
+
+
+def with_ratios(timings: dict[str, dict], baselines: tuple[str, ...]) -> dict[str, dict]:
+    for name, t in timings.items():
+        for base in baselines:
+            if base in timings and base != name:
+                t[f"vs {base}"] = t["median_s"] / timings[base]["median_s"]
+    return timings
+
+
+def layer_shapes(model: nn.Module, config: SparsityConfig) -> list[tuple[int, int]]:
+    from actprune_compiler.passes.calibrate import selected_linears
+
+    return sorted({(layer.in_features, layer.out_features) for layer in selected_linears(model, config).values()})
+
+
+def _layer_timings(k: int, n_out: int, tokens: int, n: int, m: int, repeats: int) -> dict[str, dict]:
+    from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
+
+    x, w = torch.randn(tokens, k), torch.randn(n_out, k)
+    dense = inference_call(torch.compile(lambda x, w: F.linear(x, w), backend=inductor_with_nm_lowering), True)
+    sparse = inference_call(torch.compile(lambda x, w: torch.ops.actprune.nm_linear(x, w, None, n, m),
+                                          backend=inductor_with_nm_lowering), True)
+    variants = {"dense compiled": lambda: dense(x, w), "seed eager mask": lambda: F.linear(seed_mask(x, n, m), w),
+                "actprune compiled": lambda: sparse(x, w)}
+    timings = interleaved(variants, repeats, warmup=2)
+    torch._dynamo.reset()
+    return with_ratios(timings, ("dense compiled", "seed eager mask"))
+
+
+def bench_layers(model: nn.Module, config: SparsityConfig, tokens: list[int], repeats: int) -> list[dict]:
+    """Each distinct projection shape: dense F.linear, the seed's eager mask, nm_linear compiled."""
+    rows = []
+    for (k, n_out), t in tqdm([(s, t) for s in layer_shapes(model, config) for t in tokens], desc="layers"):
+        n, m = config.parsed_pattern.group(k)
+        rows.append({"shape": f"{t}x{k} -> {n_out}", **_layer_timings(k, n_out, t, n, m, repeats)})
+    return rows
+
+
+def _prefill_timings(model: nn.Module, config: SparsityConfig, dense, pruned, ids: torch.Tensor,
+                     repeats: int) -> dict[str, dict]:
+    def eager():
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=False).logits
+
+    def seed():
+        with seed_hooks(model, config):
+            return eager()
+
+    variants = {"dense eager": eager, "seed eager mask": seed, "dense compiled": lambda: dense(ids),
+                "actprune compiled": lambda: pruned(ids)}
+    timings = interleaved(variants, repeats)  # the warm-up call compiles
+    return with_ratios(timings, ("dense compiled", "seed eager mask", "dense eager"))
+
+
+def bench_prefill(model: nn.Module, config: SparsityConfig, shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
+    """Whole-model forward at each (batch, seqlen): exported programs, compiled with Inductor."""
+    from actprune_compiler import compile_program, export_causal_lm, sparsify
+
+    program = export_causal_lm(model)
+    dense, pruned = compile_program(program), compile_program(sparsify(program, config).program)
+    rows = []
+    for batch, seqlen in tqdm(shapes, desc="prefill"):
+        ids = torch.randint(0, model.config.vocab_size, (batch, seqlen))
+        rows.append({"shape": f"batch {batch} x {seqlen}",
+                     **_prefill_timings(model, config, dense, pruned, ids, repeats)})
+    return rows
+
+
+def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int,
+                 repeats: int) -> dict[str, dict]:
+    """Greedy generation with the KV cache, batch 1: decode tokens per second."""
+    from actprune_compiler.backends.dynamo import compile_model
+    from actprune_compiler.backends.inductor import inference_call
+    from actprune_compiler.commands.generate import timed_generate
+
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len))
+    dense_c, pruned_c = copy.deepcopy(model), copy.deepcopy(model)
+    dense_c.forward = inference_call(torch.compile(dense_c.forward, backend="inductor", dynamic=True), freeze=True)
+    compile_model(pruned_c, config.to_dict())
+
+    def seed():
+        with seed_hooks(model, config):
+            return timed_generate(model, ids, new_tokens)
+
+    runs = {"dense eager": lambda: timed_generate(model, ids, new_tokens), "seed eager mask": seed,
+            "dense compiled": lambda: timed_generate(dense_c, ids, new_tokens),
+            "actprune compiled": lambda: timed_generate(pruned_c, ids, new_tokens)}
+    for fn in runs.values():  # compile prefill and decode graphs
+        fn()
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in tqdm(range(repeats), desc="decode"):
+        for name, fn in runs.items():
+            rates[name].append(fn()["decode_tokens_per_s"])
+    out = {name: {"tokens_per_s": statistics.median(r), "samples": r} for name, r in rates.items()}
+    for name, r in out.items():
+        for base in ("dense compiled", "seed eager mask", "dense eager"):
+            if base != name:
+                r[f"speed-up vs {base}"] = r["tokens_per_s"] / out[base]["tokens_per_s"]
+    return out

@@ -1,0 +1,116 @@
+"""actprune bench: prefill, decode and per-layer timings against dense and the seed's eager mask."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args
+from actprune_compiler.tables import format_table
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="time dense, the seed's eager mask and actprune in one process")
+    add_model_args(p)
+    add_config_args(p)
+    p.add_argument("--prefill", default="1x512,8x512", help="batch x seqlen shapes for whole-model prefill")
+    p.add_argument("--layer-tokens", default="1,512", help="token counts for the per-layer GEMMs")
+    p.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per decode run (0: skip)")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default=None, help="folder for bench.json, bench.md, bench.png")
+    return p
+
+
+def _ms(t: dict) -> str:
+    return f"{t['median_s'] * 1e3:.3g}"
+
+
+def timing_rows(rows: list[dict], kind: str) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        for variant, t in row.items():
+            if variant == "shape":
+                continue
+            out.append({"measure": kind, "shape": row["shape"], "variant": variant, "median ms": _ms(t),
+                        "vs dense compiled": f"{t.get('vs dense compiled', 1.0):.3f}",
+                        "vs seed eager mask": f"{t.get('vs seed eager mask', 1.0):.3f}"})
+    return out
+
+
+def decode_rows(decode: dict[str, dict]) -> list[dict[str, Any]]:
+    return [{"variant": name, "tokens/s": f"{r['tokens_per_s']:.2f}",
+             "vs dense compiled": f"{r.get('speed-up vs dense compiled', 1.0):.2f}x",
+             "vs seed eager mask": f"{r.get('speed-up vs seed eager mask', 1.0):.2f}x"} for name, r in decode.items()]
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from actprune_compiler.artifact import atomic_write
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels, ratios = [], []
+    for row in result["prefill"]:
+        for variant in ("seed eager mask", "actprune compiled"):
+            labels.append(f"{row['shape']}\n{variant}")
+            ratios.append(row[variant]["vs dense compiled"])
+    axes[0].bar(range(len(ratios)), ratios, color=["tab:red", "tab:green"] * len(result["prefill"]))
+    axes[0].axhline(1.0, color="gray", linestyle=":")
+    axes[0].set(xticks=range(len(labels)), title="prefill time / dense compiled (lower is better)")
+    axes[0].set_xticklabels(labels, fontsize=7)
+    if result.get("decode"):
+        names = list(result["decode"])
+        axes[1].bar(names, [result["decode"][n]["tokens_per_s"] for n in names])
+        axes[1].set(title="greedy decode tokens/s, batch 1 (higher is better)")
+        axes[1].tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"{result['model']} {result['config']['pattern']} ({result['machine']})", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from actprune_compiler import bench
+    from actprune_compiler.api import versions
+    from actprune_compiler.artifact import atomic_write, write_json
+    from actprune_compiler.models import load_model
+
+    config = config_from_args(args)
+    if config is None or config.target != "activation":
+        raise ValueError("bench times activation pruning: give --pattern N:M")
+    model, _ = load_model(args.model, args.dtype)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.prefill.split(",") if s]
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    result: dict[str, Any] = {"model": args.model, "config": config.to_dict(), "repeats": args.repeats,
+                              "threads": torch.get_num_threads(), "versions": versions(), "machine": machine,
+                              "date": time.strftime("%Y-%m-%d")}
+    result["layers"] = bench.bench_layers(model, config, [int(t) for t in args.layer_tokens.split(",")], args.repeats)
+    result["prefill"] = bench.bench_prefill(model, config, shapes, args.repeats)
+    if args.decode_tokens:
+        result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
+    text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
+            f"Medians of {args.repeats} interleaved repeats; ratios are time / baseline (below 1 is faster).", "",
+            "## prefill (whole model) and per-layer GEMMs", "",
+            format_table(timing_rows(result["prefill"], "prefill") + timing_rows(result["layers"], "layer"),
+                         ["measure", "shape", "variant", "median ms", "vs dense compiled", "vs seed eager mask"],
+                         markdown=True)]
+    if "decode" in result:
+        text += ["", f"## greedy decode, batch 1, prompt {args.prompt_len}, {args.decode_tokens} new tokens", "",
+                 format_table(decode_rows(result["decode"]), ["variant", "tokens/s", "vs dense compiled",
+                                                              "vs seed eager mask"], markdown=True)]
+    print("\n".join(text))
+    out = Path(args.out or f"results/bench-{args.model}-{config.pattern.replace(':', '-')}")
+    write_json(out / "bench.json", result)
+    atomic_write(out / "bench.md", lambda tmp: Path(tmp).write_text("\n".join(text) + "\n"))
+    plot(result, out / "bench.png")
+    print(f"\nwrote {out}/bench.json, bench.md, bench.png")
+    return 0

@@ -1,0 +1,47 @@
+"""actprune sensitivity: rank the layers by the output error that pruning each one alone causes."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args
+from actprune_compiler.tables import format_table
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("sensitivity", help="per-layer output error when only that layer is pruned")
+    add_model_args(p)
+    add_config_args(p)
+    p.add_argument("--top", type=int, default=15, help="how many of the most sensitive layers to list")
+    p.add_argument("--output", default=None, help="write every layer's figure as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from actprune_compiler.artifact import write_json
+    from actprune_compiler.models import load_model
+    from actprune_compiler.passes.calibrate import calibrate
+    from actprune_compiler.sensitivity import layer_sensitivity
+
+    config = config_from_args(args)
+    if config is None or config.target != "activation":
+        raise ValueError("sensitivity ranks activation pruning: give --pattern N:M and --target activation")
+    model, tokenizer = load_model(args.model, args.dtype)
+    stats = calibrate(model, tokenizer, config, args.calib_data)[0] if config.needs_calibration() else None
+    rows = layer_sensitivity(model, tokenizer, config, args.calib_data, stats)
+    print(f"{args.model}, {config.label}: relative output error ||W(x - x_sparse)||^2 / ||Wx||^2 on "
+          f"{config.calib_samples} x {config.calib_seqlen} calibration tokens")
+    print(format_table([{**r, "relative_error": f"{r['relative_error']:.4f}"} for r in rows[: args.top]],
+                       ["module", "relative_error"]))
+    by_kind = defaultdict(list)
+    for r in rows:
+        by_kind[r["module"].rsplit(".", 1)[-1]].append(r["relative_error"])
+    print("\nmean by layer kind:")
+    print(format_table([{"kind": k, "layers": len(v), "mean_relative_error": f"{sum(v) / len(v):.4f}",
+                         "max": f"{max(v):.4f}"} for k, v in sorted(by_kind.items(), key=lambda kv: -max(kv[1]))],
+                       ["kind", "layers", "mean_relative_error", "max"]))
+    if args.output:
+        write_json(args.output, {"model": args.model, "config": config.to_dict(), "layers": rows})
+        print(f"wrote {args.output}")
+    return 0

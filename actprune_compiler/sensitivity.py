@@ -1,0 +1,57 @@
+"""Per-layer sensitivity: how much each layer's output changes when only that layer is pruned.
+
+Measured on calibration text as the relative output error ||W (x - x_sparse)||^2 / ||W x||^2 of
+the layer, with the config's own criterion and correction constants: one forward pass for all
+layers. (A perplexity-per-layer measure would need one pass per layer.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actprune_compiler.config import SparsityConfig
+
+
+def layer_sensitivity(model: nn.Module, tokenizer, config: SparsityConfig, calib_data: str | None = None,
+                      stats: dict | None = None) -> list[dict[str, Any]]:
+    """Rows {module, relative_error}, most sensitive first."""
+    from actprune_compiler.activation import sparsify_activation
+    from actprune_compiler.masks import prune_sorted
+    from actprune_compiler.passes.calibrate import (
+        _run,
+        calibration_batches,
+        calibration_text,
+        collect_stats,
+        input_hooks,
+        selected_linears,
+    )
+    from actprune_compiler.passes.insert_nm_linear import layer_constants
+
+    text, _ = calibration_text(calib_data)
+    batches = calibration_batches(tokenizer, text, config.calib_samples, config.calib_seqlen)
+    layers = selected_linears(model, config)
+    if stats is None and config.needs_calibration():
+        stats = collect_stats(model, batches, config)
+    plain = config.replace(correction="none") if config.correction == "bias" else config
+    constants = {name: layer_constants(plain, layer.weight.detach(), layer.bias, (stats or {}).get(name))
+                 for name, layer in layers.items()}
+    error = dict.fromkeys(layers, 0.0)
+    signal = dict.fromkeys(layers, 0.0)
+
+    def observe(name, mod, x):
+        n, m = config.parsed_pattern.group(mod.in_features)
+        c = constants[name]
+        sparse = sparsify_activation(x, n, m, config.criterion, plain.correction, c.score_scale, c.shift, prune_sorted)
+        if c.shift is not None:  # what the GEMM sees is x - eta; the bias gives W @ eta back
+            sparse = sparse + c.shift
+        error[name] += float(F.linear(x - sparse, mod.weight).double().square().sum())
+        signal[name] += float(F.linear(x, mod.weight).double().square().sum())
+
+    with torch.no_grad(), input_hooks(layers, observe):
+        _run(model, batches, "sensitivity")
+    rows = [{"module": name, "relative_error": error[name] / max(signal[name], 1e-30)} for name in layers]
+    return sorted(rows, key=lambda r: r["relative_error"], reverse=True)
