@@ -74,15 +74,32 @@ def layer_shapes(model: nn.Module, config: SparsityConfig) -> list[tuple[int, in
     return sorted({(layer.in_features, layer.out_features) for layer in selected_linears(model, config).values()})
 
 
+class _NMLinear(nn.Linear):
+    """An nn.Linear whose forward is nm_linear: weights stay parameters, so freezing folds W^T."""
+
+    def __init__(self, k: int, n_out: int, n: int, m: int) -> None:
+        super().__init__(k, n_out, bias=False)
+        self.n, self.m = n, m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.actprune.nm_linear(x, self.weight, None, self.n, self.m)
+
+
 def _layer_timings(k: int, n_out: int, tokens: int, n: int, m: int, repeats: int) -> dict[str, dict]:
     from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
 
-    x, w = torch.randn(tokens, k), torch.randn(n_out, k)
-    dense = inference_call(torch.compile(lambda x, w: F.linear(x, w), backend=inductor_with_nm_lowering), True)
-    sparse = inference_call(torch.compile(lambda x, w: torch.ops.actprune.nm_linear(x, w, None, n, m),
-                                          backend=inductor_with_nm_lowering), True)
-    variants = {"dense compiled": lambda: dense(x, w), "seed eager mask": lambda: F.linear(seed_mask(x, n, m), w),
-                "actprune compiled": lambda: sparse(x, w)}
+    x = torch.randn(tokens, k)
+    sparse_layer = _NMLinear(k, n_out, n, m).eval()
+    dense_layer = nn.Linear(k, n_out, bias=False).eval()
+    dense_layer.weight = sparse_layer.weight
+    dense = inference_call(torch.compile(dense_layer, backend=inductor_with_nm_lowering), freeze=True)
+    sparse = inference_call(torch.compile(sparse_layer, backend=inductor_with_nm_lowering), freeze=True)
+
+    def seed():
+        with torch.no_grad():
+            return F.linear(seed_mask(x, n, m), sparse_layer.weight)
+
+    variants = {"dense compiled": lambda: dense(x), "seed eager mask": seed, "actprune compiled": lambda: sparse(x)}
     timings = interleaved(variants, repeats, warmup=2)
     torch._dynamo.reset()
     return with_ratios(timings, ("dense compiled", "seed eager mask"))

@@ -9,6 +9,7 @@ Writes gpu_bench.json and gpu_bench.png to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -29,6 +30,22 @@ def check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, n: int, m: int) -
     return float((got.float() - want).abs().max() / want.abs().max())
 
 
+def measure(x: torch.Tensor, w: torch.Tensor, n: int, m: int, dense_ms: float) -> dict:
+    row = {"tokens": x.shape[0], "k": x.shape[1], "n": w.shape[0], "pattern": f"{n}:{m}", "dense_ms": dense_ms}
+    triton_path = functools.partial(nm_matmul, x, w, None, n, m)
+    row["triton_rel_err"] = check(triton_path(), x, w, n, m)
+    row["triton_ms"] = triton.testing.do_bench(triton_path)
+    if cusparselt_eligible(x, w, n, m):
+        sparse = functools.partial(nm_matmul_cusparselt, x, w, None)
+        try:
+            row["cusparselt_rel_err"] = check(sparse(), x, w, n, m)
+            row["cusparselt_ms"] = triton.testing.do_bench(sparse)
+        except RuntimeError as error:  # reported, never hidden
+            row["cusparselt_error"] = str(error).splitlines()[0]
+    row["speedup_vs_dense"] = dense_ms / min(row.get("cusparselt_ms", float("inf")), row["triton_ms"])
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -39,21 +56,10 @@ def main() -> None:
     for tokens, k, n_out in SHAPES:
         x = torch.randn(tokens, k, device="cuda", dtype=dtype)
         w = torch.randn(n_out, k, device="cuda", dtype=dtype) / k ** 0.5
-        dense_ms = triton.testing.do_bench(lambda: torch.nn.functional.linear(x, w))
+        dense_ms = triton.testing.do_bench(functools.partial(torch.nn.functional.linear, x, w))
         for n, m in PATTERNS:
-            row = {"tokens": tokens, "k": k, "n": n_out, "pattern": f"{n}:{m}", "dense_ms": dense_ms}
-            row["triton_rel_err"] = check(nm_matmul(x, w, None, n, m), x, w, n, m)
-            row["triton_ms"] = triton.testing.do_bench(lambda: nm_matmul(x, w, None, n, m))
-            if cusparselt_eligible(x, w, n, m):
-                try:
-                    row["cusparselt_rel_err"] = check(nm_matmul_cusparselt(x, w, None), x, w, n, m)
-                    row["cusparselt_ms"] = triton.testing.do_bench(lambda: nm_matmul_cusparselt(x, w, None))
-                except RuntimeError as error:  # reported, never hidden
-                    row["cusparselt_error"] = str(error).splitlines()[0]
-            best = min(v for key, v in row.items() if key in ("triton_ms", "cusparselt_ms"))
-            row["speedup_vs_dense"] = dense_ms / best
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(measure(x, w, n, m, dense_ms))
+            print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     result = {"gpu": torch.cuda.get_device_name(), "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"),
               "torch": torch.__version__, "triton": triton.__version__, "rows": rows}

@@ -19,7 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_model_args(p)
     add_config_args(p)
     p.add_argument("--prefill", default="1x512,8x512", help="batch x seqlen shapes for whole-model prefill")
-    p.add_argument("--layer-tokens", default="1,512", help="token counts for the per-layer GEMMs")
+    p.add_argument("--layer-tokens", default="1,4,8,512",
+                   help="token counts for the per-layer GEMMs (small ones: where the decode kernel pays)")
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per decode run (0: skip)")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)

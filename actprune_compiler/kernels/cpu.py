@@ -1,4 +1,5 @@
-"""actprune::sparse_rows_linear: the decode kernel, built from sparse_rows.cpp on first use.
+"""actprune::sparse_rows_linear: the decode kernel. CPU: built from sparse_rows.cpp on first use;
+CUDA: the Triton GEMV in triton_nm.py.
 
 The build (a torch C++ extension, about a minute) is cached under ~/.cache/torch_extensions.
 If it cannot be built, nothing falls back silently: the error says why, and the lowering only
@@ -47,6 +48,13 @@ def sparse_rows_linear(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tens
     """x [..., K] @ weight_t [K, N] + bias, reading only the rows of weight_t where x is nonzero."""
     flat = x.reshape(-1, x.shape[-1])
     return _extension().sparse_rows_linear(flat, weight_t, bias).reshape(*x.shape[:-1], weight_t.shape[1])
+
+
+@sparse_rows_linear.register_kernel("cuda")
+def _sparse_rows_linear_cuda(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    from actprune_compiler.kernels.triton_nm import sparse_rows_gemv
+
+    return sparse_rows_gemv(x, weight_t, bias)
 
 
 @sparse_rows_linear.register_fake

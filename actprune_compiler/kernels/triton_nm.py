@@ -92,3 +92,42 @@ def nm_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
         x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
         N_KEEP=n, GROUP=m, HAS_BIAS=bias is not None, HAS_SCALE=score_scale is not None, **meta)
     return y.reshape(*x.shape[:-1], out_features)
+
+
+@triton.jit
+def sparse_rows_gemv_kernel(
+    x_ptr, wt_ptr, bias_ptr, y_ptr,  # x [T, K] (mostly zeros), wt [K, N], bias [N], y [T, N]
+    N, K,
+    stride_xt, stride_wk, stride_yt,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One token, BLOCK_N outputs: rows of W^T whose input is zero are never loaded (masked loads
+    fetch nothing), so a token keeping N of M features reads N/M of the weight bytes."""
+    token, pid_n = tl.program_id(0), tl.program_id(1)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + token * stride_xt + ks, mask=ks < K, other=0.0).to(tl.float32)
+        used = (x != 0.0) & (ks < K)
+        w = tl.load(wt_ptr + ks[:, None] * stride_wk + cols[None, :], mask=used[:, None] & (cols[None, :] < N),
+                    other=0.0)
+        acc += tl.sum(x[:, None] * w.to(tl.float32), axis=0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(y_ptr + token * stride_yt + cols, acc.to(y_ptr.dtype.element_ty), mask=cols < N)
+
+
+def sparse_rows_gemv(x: Tensor, weight_t: Tensor, bias: Tensor | None, block_n: int = 128,
+                     block_k: int = 32) -> Tensor:
+    """x [..., K] @ weight_t [K, N] + bias, loading only the rows of weight_t where x is nonzero."""
+    k, out_features = weight_t.shape
+    if x.shape[-1] != k or weight_t.stride(1) != 1:
+        raise ValueError(f"sparse_rows_gemv: x [..., {k}] and a row-major weight_t [{k}, N] expected")
+    x2 = x.reshape(-1, k).contiguous()
+    y = torch.empty((x2.shape[0], out_features), dtype=x.dtype, device=x.device)
+    grid = (x2.shape[0], triton.cdiv(out_features, block_n))
+    sparse_rows_gemv_kernel[grid](x2, weight_t, bias if bias is not None else x2, y, out_features, k,
+                                  x2.stride(0), weight_t.stride(0), y.stride(0), HAS_BIAS=bias is not None,
+                                  BLOCK_N=block_n, BLOCK_K=block_k)
+    return y.reshape(*x.shape[:-1], out_features)

@@ -34,7 +34,8 @@ DECODE_MAX_TOKENS = 4
 
 
 def use_decode_kernel(x: Tensor, correction: str) -> bool:
-    """Decode-sized, static shapes on CPU, frozen weights (so W^T is made once), sparse GEMM input."""
+    """Decode-sized static shapes, frozen weights (so W^T is made once), a sparse GEMM input, and a
+    kernel for the device: the native one on CPU, the Triton GEMV on CUDA."""
     from torch._dynamo.utils import is_parameter_freezing
 
     from actprune_compiler.kernels import cpu
@@ -43,14 +44,15 @@ def use_decode_kernel(x: Tensor, correction: str) -> bool:
     # and recompile the graph for every new prompt length.
     dims = x.shape[:-1]
     static = all(isinstance(d, int) for d in dims)
-    return (static and math.prod(dims) <= DECODE_MAX_TOKENS and x.device.type == "cpu"
-            and is_parameter_freezing() and CORRECTIONS[correction].token_shift is None and cpu.available())
+    native = x.device.type == "cuda" or (x.device.type == "cpu" and cpu.available())
+    return (static and math.prod(dims) <= DECODE_MAX_TOKENS and native and is_parameter_freezing()
+            and CORRECTIONS[correction].token_shift is None)
 
 
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
                          criterion: str = "magnitude", correction: str = "none",
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-    if x.device.type == "cuda" and gpu_path_supports(m, criterion, correction):
+    if x.device.type == "cuda" and gpu_path_supports(m, criterion, correction) and not use_decode_kernel(x, correction):
         # Triton GEMM with the mask in its prologue (or cuSPARSELt for 2:4): no pass over memory.
         return torch.ops.actprune.nm_matmul(x, weight, bias, n, m, score_scale)
     prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
