@@ -138,6 +138,8 @@ class SparsityConfig:
         elif self.criterion != "magnitude" or self.correction != "none":
             extra = self.criterion if self.correction == "none" else f"{self.criterion}+{self.correction}"
             parts.append(extra)
+        if self.modules != DEFAULT_MODULES:
+            parts.append("[" + ",".join(m.removesuffix("_proj") for m in self.modules) + "]")
         if self.skip_sensitive:
             parts.append(f"skip{self.skip_sensitive}")
         if self.exclude:

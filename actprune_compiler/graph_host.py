@@ -109,6 +109,7 @@ class GraphModuleHost(GraphHost):
         self.module_prefix = module_prefix
         self.example_inputs = list(example_inputs)
         self._placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        self.overwritten: list[torch.Tensor] = []  # real tensors pruned in place, for the backend's log
 
     def value(self, node: fx.Node) -> torch.Tensor:
         if node.op == "get_attr":
@@ -119,8 +120,10 @@ class GraphModuleHost(GraphHost):
 
     def _overwrite(self, node: fx.Node, tensor: torch.Tensor) -> None:
         # The real parameter is modified once, in place: every later call sees the pruned weight.
+        target = self.value(node)
         with torch.no_grad():
-            self.value(node).copy_(tensor)
+            target.copy_(tensor)
+        self.overwritten.append(target)
 
     def add_constant(self, name: str, tensor: torch.Tensor) -> fx.Node:
         attr = f"actprune_{_safe_name(name)}"

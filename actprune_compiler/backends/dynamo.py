@@ -90,11 +90,11 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     rewritten = [r["module"] for r in rows if not r["decision"].startswith("dense")]
     dense = [r["module"] for r in rows if r["decision"].startswith("dense")]
     LOG.graphs.append(GraphRecord(config.label, rewritten, dense))
-    if config.target == "weight" and rewritten:
-        for value in _parameters(host):
-            LOG.pruned_weights.setdefault(id(value), config.label)
+    newly = [t for t in host.overwritten if id(t) not in LOG.pruned_weights]
+    if newly:  # a recompile prunes the same weights again, to the same values: say it once
+        LOG.pruned_weights.update({id(t): config.label for t in newly})
         log.warning("actprune: pruned the weights of %d linear layers in place (%s); the model's parameters "
-                    "are now sparse", len(rewritten), config.label)
+                    "are now sparse", len(newly), config.label)
     if inner == "eager":
         return gm.forward
     from actprune_compiler.backends.inductor import inductor_with_nm_lowering

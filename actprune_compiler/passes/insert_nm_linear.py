@@ -67,9 +67,8 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
         bias_node = site.bias
         bias = host.value(bias_node) if bias_node is not None else None
         consts = layer_constants(config, weight, bias, (stats or {}).get(site.path))
-        if consts.bias is not None:
-            bias_node = (host.replace_value(bias_node, consts.bias) if bias_node is not None
-                         else host.add_constant(f"{site.path}.bias", consts.bias))
+        if consts.bias is not None:  # a new constant: the model's own bias parameter stays untouched
+            bias_node = host.add_constant(f"{site.path}.corrected_bias", consts.bias)
         kwargs = {"criterion": config.criterion, "correction": config.correction}
         for name in ("score_scale", "shift"):
             if (t := getattr(consts, name)) is not None:
@@ -78,7 +77,8 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
             new = host.graph.call_function(torch.ops.actprune.nm_linear.default,
                                            (site.x, site.weight, bias_node, site.n, site.m), kwargs)
         new.meta.update(site.node.meta)
-        new.meta["actprune"] = {"module": site.path, "pattern": f"{site.n}:{site.m}", **kwargs}
+        new.meta["actprune"] = {"module": site.path, "pattern": f"{site.n}:{site.m}",
+                                "criterion": config.criterion, "correction": config.correction}
         site.node.replace_all_uses_with(new)
         host.graph.erase_node(site.node)
         site.node = new
