@@ -82,6 +82,7 @@ class ExportedProgramHost(GraphHost):
         store[spec.target] = new
 
     def add_constant(self, name: str, tensor: torch.Tensor) -> fx.Node:
+        tensor = tensor.detach()  # calibrated from parameters; a constant must not carry autograd state
         target = f"actprune.{name}"
         specs = self.program.graph_signature.input_specs
         first_user_input = next(i for i, s in enumerate(specs) if s.kind == InputKind.USER_INPUT)
@@ -126,6 +127,7 @@ class GraphModuleHost(GraphHost):
         self.overwritten.append(target)
 
     def add_constant(self, name: str, tensor: torch.Tensor) -> fx.Node:
+        tensor = tensor.detach()  # calibrated from parameters; a constant must not carry autograd state
         attr = f"actprune_{_safe_name(name)}"
         self.gm.register_buffer(attr, tensor)
         anchor = next(n for n in self.graph.nodes if n.op != "placeholder")

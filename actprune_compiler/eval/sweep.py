@@ -57,17 +57,33 @@ def run_key(model: str, config: SparsityConfig | None, options: EvalOptions) -> 
                        "options": options.key()}, sort_keys=True)
 
 
+def result_key(result: dict[str, Any]) -> str | None:
+    """The run key of a stored result, recomputed from its config and options: a record written
+    before a field existed holds that field's default, so it still counts as done."""
+    try:
+        config = SparsityConfig.from_dict(result["config"]) if result.get("config") else None
+        known = {f.name for f in fields(EvalOptions)}
+        options = EvalOptions(**{k: v for k, v in result["options"].items() if k in known})
+        return run_key(result["model"], config, options)
+    except (KeyError, TypeError, ValueError):
+        return result.get("key")
+
+
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """Finished runs; a torn last line (a crash mid-write) is ignored and will be redone."""
+    """Finished runs, the latest one per key; a torn last line (a crash mid-write) is ignored and
+    will be redone."""
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
+    latest: dict[Any, dict[str, Any]] = {}
+    for index, line in enumerate(path.read_text().splitlines()):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return rows
+        key = result_key(row) or index
+        latest.pop(key, None)  # a rerun replaces the older record and takes its place in file order
+        latest[key] = row
+    return list(latest.values())
 
 
 def append_result(path: Path, result: dict[str, Any]) -> None:
@@ -81,7 +97,7 @@ def append_result(path: Path, result: dict[str, Any]) -> None:
 def run_sweep(sweep: Sweep, *, progress: bool = True) -> list[dict[str, Any]]:
     from actprune_compiler.models import load_model
 
-    done = {r["key"] for r in read_results(sweep.results) if "key" in r}
+    done = {result_key(r) for r in read_results(sweep.results)}
     todo = [(m, c) for m in sweep.models for c in sweep.configs if run_key(m, c, sweep.options) not in done]
     print(f"sweep: {len(done)} run(s) already in {sweep.results}, {len(todo)} to do")
     loaded: dict[str, Any] = {}
