@@ -5,6 +5,7 @@ import json
 import pytest
 
 from actprune_compiler import SparsityConfig
+from actprune_compiler.commands.sweep import render
 from actprune_compiler.eval import sweep as sweep_module
 from actprune_compiler.eval.runner import EvalOptions
 from actprune_compiler.eval.sweep import load_sweep, read_results, result_key, run_key, run_sweep
@@ -33,8 +34,11 @@ def fake_evaluate(monkeypatch):
 
     def evaluate(model_spec, config, options, *, dtype, loaded):
         calls.append(config.label if config else "none")
+        ppl = {"none": 10.0, "2:4": 30.0, "8:16 wt": 90.0}.get(calls[-1], 20.0)
         return {"model": model_spec, "config": config.to_dict() if config else None, "options": options.key(),
-                "metrics": {"wikitext2": {"ppl": 10.0 + len(calls)}}}
+                "pruning": calls[-1], "runtime_s": 60.0 * len(calls), "total_s": 70.0, "replaced_linears": 14,
+                "metrics": {"wikitext2": {"ppl": ppl},
+                            "boolq": {"metrics": {"acc": 0.6, "acc_stderr": 0.02}}}}
 
     monkeypatch.setattr(sweep_module, "evaluate", evaluate)
     monkeypatch.setattr("actprune_compiler.models.load_model", lambda spec, dtype: (None, None))
@@ -78,3 +82,18 @@ def test_bad_sweep_files_say_what_is_allowed(tmp_path):
     path.write_text("configs: [none]\n")
     with pytest.raises(ValueError, match="models and configs required"):
         load_sweep(path)
+
+
+def test_render_writes_the_seed_table_and_the_methods_table(sweep_file, fake_evaluate, tmp_path):
+    sweep = load_sweep(sweep_file)
+    run_sweep(sweep, progress=False)
+    table, image = render(sweep, "sweep.yaml")
+    text = table.read_text()
+    assert "| 2:4 | 30.000 |" in text and "| 2.00x | 14 |" in text  # runtime vs the dense run of the sweep
+    assert "differences under about 0.040 are within noise" in text and image.stat().st_size > 0
+    methods = load_sweep(sweep_file)
+    methods.table = "methods"
+    table, _ = render(methods, "sweep.yaml")
+    text = table.read_text()
+    assert "| magnitude | **30.00** |" in text and "| weight magnitude |  | 90.00 |" in text
+    assert "closes 0% of the gap to dense (short of the goal of half)" in text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     result: dict[str, Any] = {"model": args.model, "config": config.to_dict(), "repeats": args.repeats,
                               "threads": torch.get_num_threads(), "versions": versions(), "machine": machine,
-                              "date": time.strftime("%Y-%m-%d")}
+                              "date": time.strftime("%Y-%m-%d"), "command": "actprune " + shlex.join(sys.argv[1:])}
     result["layers"] = bench.bench_layers(model, config, [int(t) for t in args.layer_tokens.split(",")], args.repeats)
     result["prefill"] = bench.bench_prefill(model, config, shapes, args.repeats)
     if args.decode_tokens:
         result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
     text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
-            f"Medians of {args.repeats} interleaved repeats; ratios are time / baseline (below 1 is faster).", "",
+            f"`{result['command']}`. Medians of {args.repeats} interleaved repeats; ratios are time / baseline "
+            "(below 1 is faster).", "",
             "## prefill (whole model) and per-layer GEMMs", "",
             format_table(timing_rows(result["prefill"], "prefill") + timing_rows(result["layers"], "layer"),
                          ["measure", "shape", "variant", "median ms", "vs dense compiled", "vs seed eager mask"],

@@ -26,11 +26,11 @@ def describe(sweep, results: list[dict[str, Any]], source: str) -> str:
               "excluded, reported per run in results.jsonl); 'vs dense' divides by the dense run of this sweep."
               if o.compile else
               "Scored through the uncompiled exported program (reference kernels; the same masks as the "
-              "compiled program up to float32 rounding), to keep 90 configurations within an hour.")
+              f"compiled program up to float32 rounding), so that {len(results)} configurations fit one session.")
     total = sum(r["total_s"] for r in results) / 60
     return (f"Sweep `{source}`, rerun with `actprune sweep {source}`.\n\n{limits}. {scored} "
             f"Calibration (where a method needs it): WikiText-2 validation, 16 x 512 tokens. "
-            f"Sum of run wall times: {total:.0f} min.\n")
+            f"Sum of run wall times: {total:.0f} min.\n" + (f"\n{sweep.note}\n" if sweep.note else ""))
 
 
 def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Path) -> tuple[list[str], Path]:
@@ -40,7 +40,8 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
     if sweep.table == "methods":
         table, gaps = methods_table(results, model)
         notes = [f"- {p}: best activation method **{g['best']}** ppl {g['ppl_best']:.2f} vs magnitude "
-                 f"{g['ppl_magnitude']:.2f}: closes {g['gap_closed']:.0%} of the gap to dense" for p, g in gaps.items()]
+                 f"{g['ppl_magnitude']:.2f}: closes {g['gap_closed']:.0%} of the gap to dense "
+                 f"({'meets' if g['gap_closed'] >= 0.5 else 'short of'} the goal of half)" for p, g in gaps.items()]
         image = plot_methods(results, model, folder / f"methods-{model}.png")
         return [f"\n## {model}\n", table, "", *notes], image
     image = plot(results, model, folder / f"plot-{model}.png")

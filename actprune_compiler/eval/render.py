@@ -144,29 +144,41 @@ def methods_table(results: list[dict[str, Any]], model: str) -> tuple[str, dict[
 
 
 def plot_methods(results: list[dict[str, Any]], model: str, path: Path) -> Path:
+    """One panel per pattern: every method's perplexity as a sorted bar, magnitude and dense as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    rows = [r for r in results if r["model"] == model and "wikitext2" in r["metrics"] and r["config"]]
-    series: dict[str, dict[str, float]] = {}
+    rows = [r for r in results if r["model"] == model and "wikitext2" in r["metrics"]]
+    dense = next((r["metrics"]["wikitext2"]["ppl"] for r in rows if r["config"] is None), None)
+    by_pattern: dict[str, dict[str, float]] = {}
     for r in rows:
-        series.setdefault(method_name(r["config"]), {})[r["config"]["pattern"]] = r["metrics"]["wikitext2"]["ppl"]
-    patterns = sorted({p for v in series.values() for p in v}, key=lambda p: int(p.split(":")[1]) if ":" in p else 1000)
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for name, values in sorted(series.items()):
-        style = "s--" if name.startswith("weight") else ("o-" if name == "magnitude" else ".-")
-        ax.plot([p for p in patterns if p in values], [values[p] for p in patterns if p in values], style,
-                label=name, linewidth=2 if name in ("magnitude", "weight magnitude") else 1)
-    dense = next((r["metrics"]["wikitext2"]["ppl"] for r in results if r["model"] == model and r["config"] is None
-                  and "wikitext2" in r["metrics"]), None)
-    if dense:
-        ax.axhline(dense, color="black", linestyle=":", label="dense")
-    ax.set(yscale="log", xlabel="pattern", ylabel="WikiText-2 perplexity", title=f"{model}: criteria and corrections")
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
+        if config := r["config"]:
+            by_pattern.setdefault(config["pattern"], {})[method_name(config)] = r["metrics"]["wikitext2"]["ppl"]
+    patterns = sorted(by_pattern, key=lambda p: int(p.split(":")[1]) if ":" in p else 1000)
+    height = max(len(v) for v in by_pattern.values()) * 0.22 + 1.2
+    fig, axes = plt.subplots(1, len(patterns), figsize=(3.6 * len(patterns), height), squeeze=False)
+    for ax, pattern in zip(axes[0], patterns, strict=True):
+        methods = sorted(by_pattern[pattern].items(), key=lambda kv: -kv[1])
+        best = min(((v, name) for name, v in methods if not name.startswith("weight")), default=(0, None))[1]
+        colors = ["tab:green" if name == best else "tab:gray" if name.startswith("weight") else "tab:blue"
+                  for name, _ in methods]
+        ax.barh([name for name, _ in methods], [v for _, v in methods], color=colors)
+        if (magnitude := by_pattern[pattern].get("magnitude")) is not None:
+            ax.axvline(magnitude, color="tab:red", linewidth=1, label="magnitude")
+        if dense:
+            ax.axvline(dense, color="black", linestyle=":", label="dense")
+        ax.set(xscale="log", title=pattern, xlabel="WikiText-2 ppl (log)")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{model}: criteria and corrections (green: best; gray: weight pruning)")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -23,6 +23,7 @@ class Sweep:
     results: Path  # results.jsonl; table.md and plot.png are written beside it
     dtype: str = "float32"
     table: str = "seed"  # seed: the seed's columns; methods: ppl per criterion/correction and pattern
+    note: str = ""  # how the committed results were run (machine load, pinning), printed under the table
 
 
 def _config(entry: dict[str, Any] | str | None) -> SparsityConfig | None:
@@ -35,7 +36,7 @@ def _config(entry: dict[str, Any] | str | None) -> SparsityConfig | None:
 
 def load_sweep(path: str | Path) -> Sweep:
     spec = yaml.safe_load(Path(path).read_text())
-    known = {"models", "configs", "options", "results", "dtype", "table"}
+    known = {"models", "configs", "options", "results", "dtype", "table", "note"}
     if not isinstance(spec, dict) or set(spec) - known or not spec.get("models") or not spec.get("configs"):
         raise ValueError(f"sweep file {path} must be a mapping with keys {sorted(known)} "
                          "(models and configs required)")
@@ -49,7 +50,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if table not in ("seed", "methods"):
         raise ValueError(f"sweep table {table!r} is unknown; allowed: seed, methods")
     return Sweep(list(spec["models"]), [_config(c) for c in spec["configs"]], options, results,
-                 spec.get("dtype", "float32"), table)
+                 spec.get("dtype", "float32"), table, spec.get("note", "").strip())
 
 
 def run_key(model: str, config: SparsityConfig | None, options: EvalOptions) -> str:

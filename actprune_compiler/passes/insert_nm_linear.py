@@ -34,6 +34,7 @@ class LayerConstants:
         return out
 
 
+@torch.no_grad()  # constants are computed from parameters once; they must not carry autograd state
 def layer_constants(config: SparsityConfig, weight: Tensor, bias: Tensor | None,
                     stats: LayerStats | None) -> LayerConstants:
     """Everything the criterion and correction fix before run time, for one layer."""
