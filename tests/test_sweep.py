@@ -47,9 +47,9 @@ def fake_evaluate(monkeypatch):
 
 def test_sweep_runs_each_config_once_and_resumes(sweep_file, fake_evaluate):
     sweep = load_sweep(sweep_file)
-    assert len(run_sweep(sweep, progress=False)) == 3
+    assert len(run_sweep(sweep, progress=False, isolate=False)) == 3
     assert fake_evaluate == ["none", "2:4", "8:16 wt"]
-    run_sweep(sweep, progress=False)
+    run_sweep(sweep, progress=False, isolate=False)
     assert len(fake_evaluate) == 3  # nothing redone
 
 
@@ -60,7 +60,7 @@ def test_record_from_before_a_field_existed_counts_as_done(sweep_file, fake_eval
     sweep.results.parent.mkdir()
     sweep.results.write_text(json.dumps(old) + "\n" + '{"torn": ')  # and a crash mid-write
     assert result_key(old) == run_key("tiny", SparsityConfig("2:4"), sweep.options)
-    run_sweep(sweep, progress=False)
+    run_sweep(sweep, progress=False, isolate=False)
     assert fake_evaluate == ["none", "8:16 wt"]
 
 
@@ -86,7 +86,7 @@ def test_bad_sweep_files_say_what_is_allowed(tmp_path):
 
 def test_render_writes_the_seed_table_and_the_methods_table(sweep_file, fake_evaluate, tmp_path):
     sweep = load_sweep(sweep_file)
-    run_sweep(sweep, progress=False)
+    run_sweep(sweep, progress=False, isolate=False)
     table, image = render(sweep, "sweep.yaml")
     text = table.read_text()
     assert "| 2:4 | 30.000 |" in text and "| 2.00x | 14 |" in text  # runtime vs the dense run of the sweep
