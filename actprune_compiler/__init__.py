@@ -12,12 +12,17 @@ or, in ordinary PyTorch code (KV-cache generation included):
 __version__ = "0.1.0"
 
 from actprune_compiler import ops  # noqa: E402,F401  (registers actprune::nm_linear)
-from actprune_compiler.api import SparsifiedProgram, count_ops, sparsify  # noqa: E402
-from actprune_compiler.backends import compile_program  # noqa: E402
-from actprune_compiler.backends.dynamo import compile_model, register  # noqa: E402
-from actprune_compiler.config import SparsityConfig, parse_pattern  # noqa: E402
+from actprune_compiler.api import (  # noqa: E402
+    SparsifiedProgram,
+    compile_model,
+    compile_program,
+    count_ops,
+    load_model,
+    sparsify,
+)
+from actprune_compiler.backends.dynamo import register  # noqa: E402
 from actprune_compiler.export import export_causal_lm  # noqa: E402
-from actprune_compiler.models import load_model  # noqa: E402
+from actprune_compiler.sparsity.config import SparsityConfig, parse_pattern  # noqa: E402
 
 register()  # torch.compile(..., backend="actprune")
 

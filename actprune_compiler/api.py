@@ -1,9 +1,14 @@
-"""The Python front door: sparsify(model or exported program, SparsityConfig) -> rewritten program."""
+"""The Python front door.
+
+    load_model(spec)                  -> (model, tokenizer)
+    sparsify(model, config)           -> SparsifiedProgram: the exported program, rewritten
+    compile_program(program)          -> the program compiled by Inductor with actprune's lowering
+    compile_model(model, options)     -> model.forward compiled by the torch.compile backend (KV cache)
+"""
 
 from __future__ import annotations
 
 import copy
-import platform
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,12 +17,20 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 
-from actprune_compiler.config import SparsityConfig
+from actprune_compiler.backends.dynamo import compile_model
+from actprune_compiler.backends.inductor import compile_program
 from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
 from actprune_compiler.graph_host import ExportedProgramHost
+from actprune_compiler.models import load_model
 from actprune_compiler.passes import run_passes
 from actprune_compiler.passes.select_linears import LINEAR_TARGETS
-from actprune_compiler.stats import LayerStats
+from actprune_compiler.runinfo import Timer
+from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.decision import LayerDecision
+from actprune_compiler.sparsity.stats import LayerStats
+
+__all__ = ["SparsifiedProgram", "compile_model", "compile_program", "count_ops", "layer_totals", "load_model",
+           "sparsify"]
 
 
 def count_ops(graph: fx.Graph) -> dict[str, int]:
@@ -33,17 +46,21 @@ def count_ops(graph: fx.Graph) -> dict[str, int]:
 
 
 def layer_totals(layers: list[dict[str, Any]]) -> dict[str, int]:
-    return {"linears": len(layers), "replaced": sum(1 for row in layers if not row["decision"].startswith("dense")),
-            "dense_not_matched": sum(1 for r in layers if r["decision"] == "dense: not matched by modules"),
-            "dense_excluded": sum(1 for r in layers if r["decision"] == "dense: excluded"),
-            "decisions": dict(Counter(row["decision"] for row in layers))}
+    decisions = [LayerDecision.from_dict(row["decided"]) for row in layers]
+    reasons = Counter(d.reason for d in decisions if not d.is_sparse)
+    return {"linears": len(layers), "replaced": sum(d.is_sparse for d in decisions),
+            "dense_not_matched": reasons["not matched by modules"], "dense_excluded": reasons["excluded"],
+            "dense_sensitive": reasons["sensitive"], "decisions": dict(Counter(str(d) for d in decisions))}
 
 
 @dataclass
 class SparsifiedProgram:
+    """A rewritten exported program, with what was decided per layer and how it was made."""
+
     program: ExportedProgram
     config: SparsityConfig
     layers: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def replaced(self) -> int:
@@ -53,31 +70,51 @@ class SparsifiedProgram:
         return self.program.module()
 
 
-def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConfig,
-             stats: dict[str, LayerStats] | None = None, *, copy_program: bool = True) -> SparsifiedProgram:
-    """Apply actprune's passes. A model is exported first; a program is copied unless told otherwise."""
+def _needs_text(what: str, config: SparsityConfig) -> ValueError:
+    return ValueError(f"config {config.label!r} needs {what}: pass the model, its tokenizer and "
+                      "calib_text=... (e.g. actprune_compiler.eval.data.calibration_text()[0])")
+
+
+def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConfig, *, tokenizer=None,
+             calib_text: str | None = None, calib_source: str = "caller's text",
+             stats: dict[str, LayerStats] | None = None, model: nn.Module | None = None,
+             with_attention_mask: bool = False, copy_program: bool = True) -> SparsifiedProgram:
+    """Export (a model) or copy (a program), calibrate if the method needs it, and apply the passes.
+
+    Calibrated criteria/corrections and skip_sensitive run the eager model over `calib_text`; give
+    `stats` to reuse statistics already gathered. A program is copied unless copy_program=False.
+    """
+    timer = Timer()
     if isinstance(model_or_program, ExportedProgram):
         program = copy.deepcopy(model_or_program) if copy_program else model_or_program
     elif isinstance(model_or_program, nn.Module):
-        program = export_causal_lm(model_or_program)
+        model = model_or_program
+        with timer("export_s"):
+            program = export_causal_lm(model, with_attention_mask=with_attention_mask)
     else:
         raise TypeError(f"sparsify takes a causal LM (nn.Module) or an ExportedProgram, "
                         f"not {type(model_or_program).__name__}")
-    if config.skip_sensitive:
-        raise ValueError("skip_sensitive needs the model and calibration text: use "
-                         "actprune_compiler.pipeline.build (or the CLI), which ranks the layers first")
+    calibration = None
     if config.needs_calibration() and stats is None:
-        raise ValueError(f"config {config.label!r} needs calibration statistics: pass "
-                         "stats=calibrate(model, tokenizer, config) (see actprune_compiler.calibrate)")
-    layers = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), config, stats)
-    return SparsifiedProgram(program, config, layers)
+        if model is None or calib_text is None:
+            raise _needs_text("calibration statistics", config)
+        from actprune_compiler.calibration import calibrate
 
+        with timer("calibrate_s"):
+            stats, calibration = calibrate(model, tokenizer, config, calib_text, calib_source)
+    sensitive: list[str] = []
+    if config.skip_sensitive:
+        if model is None or calib_text is None:
+            raise _needs_text(f"a sensitivity ranking (skip_sensitive={config.skip_sensitive})", config)
+        from actprune_compiler.calibration import most_sensitive
 
-def versions() -> dict[str, str]:
-    import transformers
-
-    from actprune_compiler import __version__
-
-    return {"actprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "machine": f"{platform.machine()} {platform.system()}, "
-            f"{torch.get_num_threads()} threads"}
+        with timer("sensitivity_s"):
+            sensitive = most_sensitive(model, tokenizer, config, calib_text, stats)
+    with timer("passes_s"):
+        layers = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), config, stats,
+                            keep_dense=frozenset(sensitive))
+    report = {"config": config.to_dict(), "label": config.label,
+              "inputs": ["input_ids", "attention_mask"] if with_attention_mask else ["input_ids"],
+              "totals": layer_totals(layers), "graph_ops": count_ops(program.graph), "calibration": calibration,
+              "excluded_as_sensitive": sensitive, "timings": timer.seconds, "layers": layers}
+    return SparsifiedProgram(program, config, layers, report)

@@ -1,58 +1,64 @@
-"""An artifact directory: program.pt2, report.json, graph.txt; every file written atomically."""
+"""An artifact folder: program.pt2, report.json, graph.txt, written as one atomic folder.
+
+program.pt2 is a torch.export archive, which holds pickled data: loading it runs code, so only
+load artifacts from a source you trust. report.json and graph.txt are plain text and can be read
+(`actprune inspect`) without loading the program.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.export import ExportedProgram
 
+from actprune_compiler.files import atomic_folder
+
 PROGRAM, REPORT, GRAPH = "program.pt2", "report.json", "graph.txt"
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an artifact is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_artifact(out_dir: str | Path, program: ExportedProgram, report: dict[str, Any], *,
+                  force: bool = False) -> Path:
+    """Write the three files into a new folder; an existing non-empty one is replaced only with force."""
+
+    def fill(folder: Path) -> None:
+        torch.export.save(program, folder / PROGRAM)
+        (folder / GRAPH).write_text(program.graph_module.print_readable(print_output=False, include_stride=False,
+                                                                        include_device=False))
+        (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+
+    return atomic_folder(out_dir, fill, force=force)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
-
-
-def save_artifact(out_dir: str | Path, program: ExportedProgram, report: dict[str, Any]) -> Path:
-    out = Path(out_dir)
-    atomic_write(out / PROGRAM, lambda tmp: torch.export.save(program, tmp))
-    atomic_write(out / GRAPH, lambda tmp: Path(tmp).write_text(
-        program.graph_module.print_readable(print_output=False, include_stride=False, include_device=False)))
-    write_json(out / REPORT, report)  # last: its presence means the artifact is complete
-    return out
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / REPORT).is_file()
 
 
 def load_report(out_dir: str | Path) -> dict[str, Any]:
+    """The report, read as JSON: nothing is unpickled."""
     path = Path(out_dir) / REPORT
     if not path.exists():
         raise FileNotFoundError(f"{out_dir} is not an actprune artifact (no {REPORT}); "
                                 "create one with: actprune compile --model ... --out DIR")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
+                         "recompile the artifact") from None
 
 
 def load_program(out_dir: str | Path) -> ExportedProgram:
+    """Deserialise program.pt2 (this unpickles: trusted artifacts only)."""
     import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear before deserialising)
 
-    return torch.export.load(Path(out_dir) / PROGRAM)
+    path = Path(out_dir) / PROGRAM
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir} has no {PROGRAM}; recompile it with actprune compile")
+    try:
+        return torch.export.load(path)
+    except Exception as error:  # noqa: BLE001  (any failure to read the archive means the same thing)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable torch.export program ({type(error).__name__}: {first}); "
+                         "recompile it with actprune compile") from None

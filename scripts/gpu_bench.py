@@ -19,7 +19,7 @@ import triton.testing
 
 from actprune_compiler.kernels.gpu import cusparselt_eligible, nm_matmul_cusparselt
 from actprune_compiler.kernels.triton_nm import nm_matmul
-from actprune_compiler.masks import prune_sorted
+from actprune_compiler.sparsity.masks import prune_sorted
 
 SHAPES = [(2048, 4096, 11008), (4096, 4096, 11008), (8192, 4096, 11008), (4096, 11008, 4096), (1, 4096, 11008)]
 PATTERNS = [(2, 4), (8, 16)]

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from actprune_compiler.config import SparsityConfig
 from actprune_compiler.graph_host import GraphModuleHost
 from actprune_compiler.passes import run_passes
-from actprune_compiler.passes.select_linears import matches
+from actprune_compiler.sparsity.config import SparsityConfig, matches
+from actprune_compiler.sparsity.stats import LayerStats
 
 log = logging.getLogger("actprune")
 INNER_BACKENDS = ("inductor", "eager")
@@ -50,17 +50,41 @@ class BackendLog:
 LOG = BackendLog()
 
 
-def parse_options(options: dict[str, Any] | None) -> tuple[SparsityConfig, str, dict | None]:
+@dataclass
+class BackendOptions:
+    config: SparsityConfig
+    inner: str = "inductor"
+    stats: dict[str, LayerStats] | None = None  # calibration statistics by module path
+    keep_dense: frozenset[str] = frozenset()  # module paths chosen to stay dense (skip_sensitive)
+
+
+EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration statistics by module path",
+                 "keep_dense": "module paths to leave dense (what skip_sensitive chose)"}
+
+
+def parse_options(options: dict[str, Any] | None) -> BackendOptions:
+    """Backend options -> what the backend needs; every option that changes the result is either used
+    or refused here, before anything is traced."""
     options = dict(options or {})
     inner = options.pop("inner_backend", "inductor")
     if inner not in INNER_BACKENDS:
         raise ValueError(f"inner_backend {inner!r} is unknown; allowed: {', '.join(INNER_BACKENDS)}")
     stats = options.pop("stats", None)
+    keep_dense = frozenset(options.pop("keep_dense", ()))
     unknown = sorted(set(options) - _CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"unknown actprune backend options {unknown}; allowed: "
-                         f"{sorted(_CONFIG_FIELDS | {'inner_backend', 'stats'})}")
-    return SparsityConfig(**options), inner, stats
+                         f"{sorted(_CONFIG_FIELDS | set(EXTRA_OPTIONS))}")
+    config = SparsityConfig(**options)
+    hint = ("use compile_model(model, options, tokenizer=..., calib_text=...), which gathers it from the eager "
+            "model first")
+    if config.needs_calibration() and stats is None:
+        raise ValueError(f"config {config.label!r} needs calibration statistics, which the backend cannot gather "
+                         f"from a traced graph: {hint}, or pass options['stats']")
+    if config.skip_sensitive and not keep_dense:
+        raise ValueError(f"skip_sensitive={config.skip_sensitive} needs a sensitivity ranking: {hint}, or pass "
+                         "options['keep_dense'] with the module paths to keep dense")
+    return BackendOptions(config, inner, stats, keep_dense)
 
 
 def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
@@ -82,20 +106,21 @@ def _refuse_repruning(host: GraphModuleHost, config: SparsityConfig) -> None:
 def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
                      options: dict[str, Any] | None = None) -> Callable:
     """(Dynamo graph, real inputs) -> compiled callable, with actprune's passes applied first."""
-    config, inner, stats = parse_options(options)
+    parsed = parse_options(options)
+    config = parsed.config
     host = GraphModuleHost(gm, example_inputs)
     if config.target == "weight":
         _refuse_repruning(host, config)
-    rows = run_passes(host, config, stats)
-    rewritten = [r["module"] for r in rows if not r["decision"].startswith("dense")]
-    dense = [r["module"] for r in rows if r["decision"].startswith("dense")]
+    rows = run_passes(host, config, parsed.stats, keep_dense=parsed.keep_dense)
+    rewritten = [r["module"] for r in rows if r["decided"]["action"] == "sparse"]
+    dense = [r["module"] for r in rows if r["decided"]["action"] == "dense"]
     LOG.graphs.append(GraphRecord(config.label, rewritten, dense))
     newly = [t for t in host.overwritten if id(t) not in LOG.pruned_weights]
     if newly:  # a recompile prunes the same weights again, to the same values: say it once
         LOG.pruned_weights.update({id(t): config.label for t in newly})
         log.warning("actprune: pruned the weights of %d linear layers in place (%s); the model's parameters "
                     "are now sparse", len(newly), config.label)
-    if inner == "eager":
+    if parsed.inner == "eager":
         return gm.forward
     from actprune_compiler.backends.inductor import inductor_with_nm_lowering
 
@@ -109,20 +134,38 @@ def register() -> None:
         register_backend(name="actprune")(actprune_backend)
 
 
-def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, freeze: bool = True,
-                  dynamic: bool | None = True, **compile_kwargs) -> nn.Module:
+def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, tokenizer=None,
+                  calib_text: str | None = None, freeze: bool = True, dynamic: bool | None = True,
+                  **compile_kwargs) -> nn.Module:
     """Compile `model.forward` in place with the actprune backend, so `model.generate` uses it too.
 
-    Inference only. freeze=True treats the weights as constants (needed by the decode kernel).
+    Inference only. Calibrated criteria/corrections and skip_sensitive run the eager model over
+    `calib_text` once, here, and hand the statistics to the backend. freeze=True lets Inductor
+    treat the weights as constants (faster prefill on CPU; the decode kernel does not need it).
     dynamic=True: prompt and cache lengths are symbolic from the first compile; left to Dynamo's
     automatic detection they are not (a prompt length is followed by decode's length 1, which is
     always specialised), and every new prompt length recompiles.
     """
     from actprune_compiler.backends.inductor import inference_call
 
+    options = dict(options or {})
+    config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
+    if config.needs_calibration() and options.get("stats") is None:
+        if calib_text is None:
+            raise ValueError(f"config {config.label!r} needs calibration statistics: pass tokenizer=... and "
+                             "calib_text=... (e.g. actprune_compiler.eval.data.calibration_text()[0])")
+        from actprune_compiler.calibration import calibrate
+
+        options["stats"] = calibrate(model, tokenizer, config, calib_text)[0]
+    if config.skip_sensitive and not options.get("keep_dense"):
+        if calib_text is None:
+            raise ValueError(f"skip_sensitive={config.skip_sensitive} needs a sensitivity ranking: pass "
+                             "tokenizer=... and calib_text=...")
+        from actprune_compiler.calibration import most_sensitive
+
+        options["keep_dense"] = most_sensitive(model, tokenizer, config, calib_text, options.get("stats"))
     parse_options(options)  # fail now, not at the first call
-    compiled = torch.compile(model.forward, backend="actprune", options=dict(options or {}), dynamic=dynamic,
-                             **compile_kwargs)
+    compiled = torch.compile(model.forward, backend="actprune", options=options, dynamic=dynamic, **compile_kwargs)
     model.forward = inference_call(compiled, freeze)
     return model
 

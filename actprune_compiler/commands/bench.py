@@ -58,7 +58,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from actprune_compiler.artifact import atomic_write
+    from actprune_compiler.files import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels, ratios = [], []
@@ -84,7 +84,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from actprune_compiler import bench
     from actprune_compiler.api import versions
-    from actprune_compiler.artifact import atomic_write, write_json
+    from actprune_compiler.files import atomic_write, write_json
     from actprune_compiler.models import load_model
 
     config = config_from_args(args)

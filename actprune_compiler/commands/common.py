@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from actprune_compiler.config import DEFAULT_MODULES, SparsityConfig
-from actprune_compiler.corrections import CORRECTIONS
-from actprune_compiler.criteria import CRITERIA, WEIGHT_CRITERIA
 from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPES
+from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig
+from actprune_compiler.sparsity.corrections import CORRECTIONS
+from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -44,3 +44,12 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
                           exclude=tuple(x for x in args.exclude.split(",") if x.strip()),
                           skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
                           calib_seqlen=args.calib_seqlen)
+
+
+def calibration_input(args: argparse.Namespace, config: SparsityConfig | None) -> tuple[str | None, str]:
+    """(text, description) when the config needs calibration text (statistics or sensitivity), else (None, '')."""
+    if config is None or not (config.needs_calibration() or config.skip_sensitive):
+        return None, ""
+    from actprune_compiler.eval.data import calibration_text
+
+    return calibration_text(args.calib_data, getattr(args, "data_dir", None))

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args
+from actprune_compiler.commands.common import add_config_args, add_model_args, calibration_input, config_from_args
+from actprune_compiler.generation import timed_generate
 from actprune_compiler.tables import format_table
 
 
@@ -25,32 +26,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-class StepClock:
-    """A logits processor that only records when each generated token's logits were ready."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
-
-
-def timed_generate(model, ids: torch.Tensor, new_tokens: int) -> dict[str, Any]:
-    from transformers import LogitsProcessorList
-
-    clock = StepClock()
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             logits_processor=LogitsProcessorList([clock]), pad_token_id=0)
-    decode_steps = len(clock.times) - 1
-    decode_s = clock.times[-1] - clock.times[0]
-    return {"tokens": out[0, ids.shape[1]:].tolist(), "prefill_ms": (clock.times[0] - start) * 1e3,
-            "decode_tokens_per_s": decode_steps / decode_s if decode_s > 0 else float("nan")}
-
-
-def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, Any] | None) -> dict[str, Any]:
+def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, Any] | None, *, tokenizer=None,
+                calib_text: str | None = None) -> dict[str, Any]:
     """Compile (a warm-up generate builds the prefill and decode graphs), then time a second run."""
     from actprune_compiler.backends import dynamo
     from actprune_compiler.backends.inductor import inference_call
@@ -59,7 +36,7 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
     if options is None:  # the baseline: Inductor as it comes, with the same freezing
         model.forward = inference_call(torch.compile(model.forward, backend="inductor"), freeze=True)
     else:
-        dynamo.compile_model(model, options)
+        dynamo.compile_model(model, options, tokenizer=tokenizer, calib_text=calib_text)
     start = time.perf_counter()
     timed_generate(model, ids, new_tokens)
     result = timed_generate(model, ids, new_tokens)
@@ -83,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
     variants = {config.label: {**config.to_dict(), "inner_backend": args.inner_backend}}
     if args.compare_dense:
         variants["dense"] = None
+    calib_text, _ = calibration_input(args, config)
     rows = []
     for name, options in variants.items():
-        result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options)
+        result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options, tokenizer=tokenizer,
+                             calib_text=calib_text)
         print(f"\n[{name}] {args.prompt}{tokenizer.decode(result['tokens'], skip_special_tokens=True)}")
         rows.append({"model": name, "prefill (ms)": round(result["prefill_ms"], 1),
                      "decode tokens/s": round(result["decode_tokens_per_s"], 2),

@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--layer", default="*", help="fnmatch filter on module paths, e.g. '*.0.mlp.*'")
     p.add_argument("--show", default=None, metavar="LAYER", help="before/after graph view of one layer")
+    p.add_argument("--program", action="store_true",
+                   help="also load program.pt2 to list the layer's graph nodes (this unpickles: trusted artifacts "
+                        "only); without it only report.json is read")
     return p
 
 
@@ -31,20 +34,27 @@ def layer_graph_lines(graph: fx.Graph, path: str) -> list[str]:
 
 
 def load_source(args: argparse.Namespace):
-    """(report, graph) from an artifact folder, or built in memory from a model spec."""
-    from actprune_compiler.artifact import load_program, load_report
+    """(report, graph or None) from an artifact folder, or built in memory from a model spec."""
+    from actprune_compiler.artifact import is_artifact, load_program, load_report
 
-    if Path(args.source, "report.json").exists():
+    if is_artifact(args.source):
         report = load_report(args.source)
-        graph = load_program(args.source).graph if args.show else None
+        graph = load_program(args.source).graph if args.program else None
         return report, graph
-    from actprune_compiler.pipeline import build
+    if Path(args.source).is_dir() and not Path(args.source, "config.json").exists():
+        raise ValueError(f"{args.source} is neither an actprune artifact (no report.json) nor a model folder")
+    from actprune_compiler.api import sparsify
+    from actprune_compiler.commands.common import calibration_input
+    from actprune_compiler.models import load_model
 
     config = config_from_args(args)
     if config is None:
         raise ValueError("inspecting a model needs a pattern such as 8:16")
-    compiled = build(args.source, config, dtype=args.dtype, calib_data=args.calib_data)
-    return compiled.report, compiled.sparsified.program.graph
+    model, tokenizer = load_model(args.source, args.dtype)
+    text, source = calibration_input(args, config)
+    sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
+    report = {"model": args.source, "model_class": type(model).__name__, "dtype": args.dtype, **sparsified.report}
+    return report, sparsified.program.graph
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  after:  {row.get('after', '(not rewritten)')}")
         for name, summary in row.get("constants", {}).items():
             print(f"  constant {name}: {summary}")
-        print("  nodes of this layer in the rewritten graph:")
-        for line in layer_graph_lines(graph, args.show):
-            print(f"    {line}")
+        if graph is None:
+            print("  (add --program to list this layer's nodes from program.pt2)")
+        else:
+            print("  nodes of this layer in the rewritten graph:")
+            for line in layer_graph_lines(graph, args.show):
+                print(f"    {line}")
     return 0

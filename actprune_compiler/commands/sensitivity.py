@@ -19,17 +19,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.artifact import write_json
+    from actprune_compiler.calibration import calibrate, layer_sensitivity
+    from actprune_compiler.eval.data import calibration_text
+    from actprune_compiler.files import write_json
     from actprune_compiler.models import load_model
-    from actprune_compiler.passes.calibrate import calibrate
-    from actprune_compiler.sensitivity import layer_sensitivity
 
     config = config_from_args(args)
     if config is None or config.target != "activation":
         raise ValueError("sensitivity ranks activation pruning: give --pattern N:M and --target activation")
     model, tokenizer = load_model(args.model, args.dtype)
-    stats = calibrate(model, tokenizer, config, args.calib_data)[0] if config.needs_calibration() else None
-    rows = layer_sensitivity(model, tokenizer, config, args.calib_data, stats)
+    text, source = calibration_text(args.calib_data)
+    stats = calibrate(model, tokenizer, config, text, source)[0] if config.needs_calibration() else None
+    rows = layer_sensitivity(model, tokenizer, config, text, stats)
     print(f"{args.model}, {config.label}: relative output error ||W(x - x_sparse)||^2 / ||Wx||^2 on "
           f"{config.calib_samples} x {config.calib_seqlen} calibration tokens")
     print(format_table([{**r, "relative_error": f"{r['relative_error']:.4f}"} for r in rows[: args.top]],

@@ -49,8 +49,8 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
 
 
 def render(sweep, source: str) -> list[Path]:
-    from actprune_compiler.artifact import atomic_write
     from actprune_compiler.eval.sweep import read_results
+    from actprune_compiler.files import atomic_write
 
     results = read_results(sweep.results)
     folder = sweep.results.parent

@@ -148,3 +148,19 @@ def prepared_task_file(task: str, files: dict[str, Path]) -> Path:
 
 def data_checksums(files: dict[str, Path]) -> dict[str, str]:
     return {rel: sha256_file(path) for rel, path in files.items()}
+
+
+CALIB_SOURCES = ("wikitext2-validation", "wikitext2-train")
+
+
+def calibration_text(source: str | None = None, data_dir: str | Path | None = None) -> tuple[str, str]:
+    """(text, description) for calibration: wikitext2-validation (default), wikitext2-train, or a text
+    file. Never the test split that perplexity is scored on."""
+    source = source or "wikitext2-validation"
+    if source in CALIB_SOURCES:
+        text = load_wikitext2(source.split("-", 1)[1], data_dir)
+        return text.text, f"{source} ({text.source})"
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"--calib-data {source!r} is neither {' nor '.join(CALIB_SOURCES)} nor a text file")
+    return path.read_text(), f"file {path}"

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from actprune_compiler.artifact import atomic_write
+from actprune_compiler.files import atomic_write
 from actprune_compiler.tables import format_table
 
 ZERO_SHOT = ("arc_easy", "boolq", "piqa", "winogrande")

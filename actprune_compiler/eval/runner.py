@@ -10,11 +10,13 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.api import SparsifiedProgram, layer_totals, versions
+from actprune_compiler.api import sparsify
 from actprune_compiler.backends import compile_program
-from actprune_compiler.config import SparsityConfig
+from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.export import export_causal_lm
 from actprune_compiler.models import load_model
+from actprune_compiler.runinfo import Timer, versions
+from actprune_compiler.sparsity.config import SparsityConfig
 
 
 @dataclass
@@ -53,22 +55,22 @@ def warm_up_shapes(options: EvalOptions) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def _runner(model, tokenizer, config: SparsityConfig | None, calib_data: str | None, compile: bool):
-    """(callable, sparsified program, calibration, seconds by stage) for a config, or the dense model."""
-    from actprune_compiler.pipeline import Timer, build
-
+def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOptions):
+    """(callable, sparsified program or None, calibration summary, seconds by stage) for a config or dense."""
     timer = Timer()
     if config is None:
         with timer("export_s"):
             program = export_causal_lm(model)
-        sparsified, calibration = SparsifiedProgram(program, None, []), None
+        sparsified, calibration = None, None
     else:
-        built = build("(loaded)", config, calib_data=calib_data, loaded=(model, tokenizer))
-        sparsified, calibration = built.sparsified, built.report["calibration"]
-        timer.seconds.update(built.report["timings"])
-    if compile:
-        return compile_program(sparsified.program), sparsified, calibration, timer.seconds
-    module = sparsified.program.module()
+        text, source = (calibration_text(options.calib_data, options.data_dir)
+                        if config.needs_calibration() or config.skip_sensitive else (None, ""))
+        sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
+        program, calibration = sparsified.program, sparsified.report["calibration"]
+        timer.seconds.update(sparsified.report["timings"])
+    if options.compile:
+        return compile_program(program), sparsified, calibration, timer.seconds
+    module = program.module()
 
     def uncompiled(ids):
         with torch.no_grad():
@@ -88,8 +90,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
     model, tokenizer = loaded or load_model(model_spec, dtype)
     if tokenizer is None:
         raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
-    runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options.calib_data,
-                                                       options.compile)
+    runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options)
     if options.compile:
         with torch.no_grad():  # compile up front, so runtime_s is scoring time alone
             start = time.perf_counter()
@@ -115,7 +116,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
         "model": model_spec, "model_class": type(model).__name__, "dtype": dtype,
         "pruning": config.label if config else "none", "config": config.to_dict() if config else None,
         "options": options.key(), "compiled": options.compile, "metrics": metrics,
-        "replaced_linears": layer_totals(sparsified.layers)["replaced"] if config else 0,
+        "replaced_linears": sparsified.replaced if sparsified else 0,
         "runtime_s": round(now - eval_start, 3),  # scoring alone; compilation is stages_s["compile_s"]
         "total_s": round(now - wall, 3), "stages_s": stage_s, "calibration": calibration,
         "versions": versions(), "machine": {"cpu": platform.processor() or platform.machine(),
@@ -125,6 +126,6 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
-    from actprune_compiler.artifact import write_json
+    from actprune_compiler.files import write_json
 
     write_json(path, result)

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from actprune_compiler.config import SparsityConfig
 from actprune_compiler.eval.runner import EvalOptions, evaluate
+from actprune_compiler.sparsity.config import SparsityConfig
 
 
 @dataclass

@@ -2,8 +2,8 @@
 CUDA: the Triton GEMV in triton_nm.py.
 
 The build (a torch C++ extension, about a minute) is cached under ~/.cache/torch_extensions.
-If it cannot be built, nothing falls back silently: the error says why, and the lowering only
-chooses this kernel after `available()` said yes.
+If it cannot be built, nothing falls back silently: the lowering says so once on stderr, with the
+build error, and decodes with the dense GEMM on the masked input (same results, dense speed).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from actprune_compiler.kernels.transposed import transposed
 
 SOURCE = Path(__file__).with_name("sparse_rows.cpp")
 
@@ -44,19 +46,19 @@ def build_error() -> str | None:
 
 
 @torch.library.custom_op("actprune::sparse_rows_linear", mutates_args=())
-def sparse_rows_linear(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
-    """x [..., K] @ weight_t [K, N] + bias, reading only the rows of weight_t where x is nonzero."""
+def sparse_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x [..., K] @ weight [N, K]^T + bias, reading only the rows of W^T where x is nonzero."""
     flat = x.reshape(-1, x.shape[-1])
-    return _extension().sparse_rows_linear(flat, weight_t, bias).reshape(*x.shape[:-1], weight_t.shape[1])
+    return _extension().sparse_rows_linear(flat, transposed(weight), bias).reshape(*x.shape[:-1], weight.shape[0])
 
 
 @sparse_rows_linear.register_kernel("cuda")
-def _sparse_rows_linear_cuda(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+def _sparse_rows_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     from actprune_compiler.kernels.triton_nm import sparse_rows_gemv
 
-    return sparse_rows_gemv(x, weight_t, bias)
+    return sparse_rows_gemv(x, transposed(weight), bias)
 
 
 @sparse_rows_linear.register_fake
-def _sparse_rows_linear_shape(x, weight_t, bias):
-    return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
+def _sparse_rows_linear_shape(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))

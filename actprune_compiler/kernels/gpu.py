@@ -14,7 +14,7 @@ import functools
 import torch
 from torch import Tensor
 
-from actprune_compiler.masks import prune_by_rank
+from actprune_compiler.sparsity.masks import prune_by_rank
 
 _CHOICE: dict[tuple, str] = {}
 
@@ -27,7 +27,7 @@ def cusparselt_eligible(x2: Tensor, weight: Tensor, n: int, m: int) -> bool:
 
 def nm_matmul_cusparselt(x2: Tensor, weight: Tensor, bias: Tensor | None, n: int = 2, m: int = 4) -> Tensor:
     """Exact per-row top-2-of-4 by |x|, compressed, times W^T on the sparse tensor cores."""
-    masked = prune_by_rank(x2, x2.abs(), n, m)
+    masked = prune_by_rank(x2, x2.abs().float(), n, m)  # float32 scores, as every implementation ranks
     compressed = torch._cslt_compress(masked)
     return torch._cslt_sparse_mm(compressed, weight.t(), bias=bias)
 
@@ -65,16 +65,23 @@ def nm_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
     return triton_path().reshape(*x.shape[:-1], weight.shape[0])
 
 
+def kernel_choices() -> dict[str, str]:
+    """Which kernel each measured (tokens bucket, out, in, dtype) shape took, for results files."""
+    return {f"{t}x{k}->{n} {str(d).removeprefix('torch.')}": choice for (t, n, k, d), choice in _CHOICE.items()}
+
+
 @nm_matmul.register_fake
 def _nm_matmul_shape(x, weight, bias, n, m, score_scale=None):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def gpu_path_supports(m: int, criterion: str, correction: str) -> bool:
-    """The fused GPU GEMM handles |x| times a static per-feature scale, and no run-time correction."""
-    from actprune_compiler.corrections import CORRECTIONS
-    from actprune_compiler.criteria import CRITERIA
+def gpu_path_supports(m: int, criterion: str, correction: str, dtype: torch.dtype) -> bool:
+    """The fused GPU GEMM handles |x| times a static per-feature scale, no run-time correction, and
+    the dtypes tl.dot takes (float64 goes through the decomposed ops)."""
+    from actprune_compiler.sparsity.corrections import CORRECTIONS
+    from actprune_compiler.sparsity.criteria import CRITERIA
 
     fix = CORRECTIONS[correction]
-    return (m <= 64 and m & (m - 1) == 0 and criterion != "clact" and CRITERIA[criterion].score is not None
+    return (m <= 64 and m & (m - 1) == 0 and not CRITERIA[criterion].batch_dependent
+            and dtype in (torch.float16, torch.bfloat16, torch.float32)
             and fix.token_shift is None and not fix.variance and fix.static_shift is None)

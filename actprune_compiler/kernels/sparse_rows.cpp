@@ -3,8 +3,9 @@
 // M features needs N/M of the weight bytes, and decode is bound by weight bytes.
 //
 // Threads split the output columns, so each one streams contiguous segments of the kept rows
-// into private fp32 accumulators; no reduction across threads is needed.
+// into private accumulators (fp32, or fp64 for double); no reduction across threads is needed.
 #include <torch/extension.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <vector>
@@ -14,13 +15,15 @@ namespace {
 template <typename scalar_t>
 void token_rows(const scalar_t* x, const scalar_t* wt, const scalar_t* bias, scalar_t* y,
                 int64_t K, int64_t N) {
+  // float for float/half/bfloat16, double for double: a float64 run stays float64 throughout.
+  using acc_t = at::opmath_type<scalar_t>;
   std::vector<int64_t> rows;
-  std::vector<float> values;
+  std::vector<acc_t> values;
   rows.reserve(K);
   values.reserve(K);
   for (int64_t k = 0; k < K; ++k) {
-    float v = static_cast<float>(x[k]);
-    if (v != 0.0f) {  // NaN and inf are kept: they must reach the output as in a dense GEMM
+    acc_t v = static_cast<acc_t>(x[k]);
+    if (v != acc_t(0)) {  // NaN and inf are kept: they must reach the output as in a dense GEMM
       rows.push_back(k);
       values.push_back(v);
     }
@@ -28,24 +31,24 @@ void token_rows(const scalar_t* x, const scalar_t* wt, const scalar_t* bias, sca
   const int64_t used = static_cast<int64_t>(rows.size());
   at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
-    std::vector<float> acc(width);
-    for (int64_t j = 0; j < width; ++j) acc[j] = bias ? static_cast<float>(bias[begin + j]) : 0.0f;
+    std::vector<acc_t> acc(width);
+    for (int64_t j = 0; j < width; ++j) acc[j] = bias ? static_cast<acc_t>(bias[begin + j]) : acc_t(0);
     int64_t i = 0;
     for (; i + 4 <= used; i += 4) {  // four rows per pass: a quarter of the accumulator traffic
       const scalar_t* r0 = wt + rows[i] * N + begin;
       const scalar_t* r1 = wt + rows[i + 1] * N + begin;
       const scalar_t* r2 = wt + rows[i + 2] * N + begin;
       const scalar_t* r3 = wt + rows[i + 3] * N + begin;
-      const float v0 = values[i], v1 = values[i + 1], v2 = values[i + 2], v3 = values[i + 3];
+      const acc_t v0 = values[i], v1 = values[i + 1], v2 = values[i + 2], v3 = values[i + 3];
       for (int64_t j = 0; j < width; ++j) {
-        acc[j] += v0 * static_cast<float>(r0[j]) + v1 * static_cast<float>(r1[j]) +
-                  v2 * static_cast<float>(r2[j]) + v3 * static_cast<float>(r3[j]);
+        acc[j] += v0 * static_cast<acc_t>(r0[j]) + v1 * static_cast<acc_t>(r1[j]) +
+                  v2 * static_cast<acc_t>(r2[j]) + v3 * static_cast<acc_t>(r3[j]);
       }
     }
     for (; i < used; ++i) {
       const scalar_t* r = wt + rows[i] * N + begin;
-      const float v = values[i];
-      for (int64_t j = 0; j < width; ++j) acc[j] += v * static_cast<float>(r[j]);
+      const acc_t v = values[i];
+      for (int64_t j = 0; j < width; ++j) acc[j] += v * static_cast<acc_t>(r[j]);
     }
     for (int64_t j = 0; j < width; ++j) y[begin + j] = static_cast<scalar_t>(acc[j]);
   });

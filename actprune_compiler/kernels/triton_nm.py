@@ -43,7 +43,7 @@ def nm_matmul_kernel(
     M, N, K,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
     N_KEEP: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -59,7 +59,7 @@ def nm_matmul_kernel(
         a = _masked_tile(a, scale, N_KEEP, GROUP, BLOCK_M, BLOCK_K)
         b = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None] * stride_wk,
                     mask=(cols[None, :] < N) & (ks[:, None] < K), other=0.0)
-        acc += tl.dot(a, b)
+        acc += tl.dot(a, b, input_precision=INPUT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0)[None, :].to(tl.float32)
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn, acc.to(y_ptr.dtype.element_ty),
@@ -70,6 +70,12 @@ def nm_matmul_kernel(
 # configurations, so it runs one fixed, small configuration.
 nm_matmul_autotuned = triton.autotune(configs=_configs(), key=["M", "N", "K"])(nm_matmul_kernel)
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64}
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 GEMMs use TF32 only when torch is told to (torch.backends.cuda.matmul.allow_tf32), as
+    torch's own matmul does; otherwise full IEEE float32."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def nm_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
@@ -90,7 +96,8 @@ def nm_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
         x2, weight, bias if bias is not None else x2, score_scale if score_scale is not None else x2, y,
         rows, out_features, k,
         x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
-        N_KEEP=n, GROUP=m, HAS_BIAS=bias is not None, HAS_SCALE=score_scale is not None, **meta)
+        N_KEEP=n, GROUP=m, HAS_BIAS=bias is not None, HAS_SCALE=score_scale is not None,
+        INPUT_PRECISION=dot_precision(x.dtype), **meta)
     return y.reshape(*x.shape[:-1], out_features)
 
 

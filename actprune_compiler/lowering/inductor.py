@@ -10,7 +10,9 @@ Inductor's IR, and its compile time, several-fold.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +20,10 @@ from torch import Tensor
 
 import actprune_compiler.kernels.cpu  # noqa: F401  (registers actprune::sparse_rows_linear)
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
-from actprune_compiler.activation import sparsify_activation
-from actprune_compiler.corrections import CORRECTIONS
 from actprune_compiler.kernels.gpu import gpu_path_supports
-from actprune_compiler.masks import prune_by_rank, prune_sorted
+from actprune_compiler.sparsity.activation import sparsify_activation
+from actprune_compiler.sparsity.corrections import CORRECTIONS
+from actprune_compiler.sparsity.masks import prune_by_rank, prune_sorted
 
 # Pairwise ranking costs m comparisons per element: right for N:M groups, wrong for unstructured
 # top-k over a whole row (m = in_features), where a sort is cheaper.
@@ -33,33 +35,42 @@ MAX_PAIRWISE_GROUP = 64
 DECODE_MAX_TOKENS = 4
 
 
-def use_decode_kernel(x: Tensor, correction: str) -> bool:
-    """Decode-sized static shapes, frozen weights (so W^T is made once), a sparse GEMM input, and a
-    kernel for the device: the native one on CPU, the Triton GEMV on CUDA."""
-    from torch._dynamo.utils import is_parameter_freezing
+@functools.cache
+def _say_native_kernel_missing(error: str | None) -> None:
+    print(f"actprune: the native CPU decode kernel could not be built ({error}); decode steps multiply the "
+          "masked input with the dense GEMM instead: same results, dense speed", file=sys.stderr)
 
+
+def use_decode_kernel(x: Tensor, correction: str) -> bool:
+    """Decode-sized static shapes, a sparse GEMM input, and a kernel for the device: the native one
+    on CPU, the Triton GEMV on CUDA. W^T comes from a cache keyed by the weight (kernels/transposed.py),
+    so this holds with and without Inductor's freezing."""
     from actprune_compiler.kernels import cpu
 
     # Look at each dimension: Size.numel() would turn symbolic sizes into a guard on their value
     # and recompile the graph for every new prompt length.
     dims = x.shape[:-1]
-    static = all(isinstance(d, int) for d in dims)
-    native = x.device.type == "cuda" or (x.device.type == "cpu" and cpu.available())
-    return (static and math.prod(dims) <= DECODE_MAX_TOKENS and native and is_parameter_freezing()
-            and CORRECTIONS[correction].token_shift is None)
+    decode = all(isinstance(d, int) for d in dims) and math.prod(dims) <= DECODE_MAX_TOKENS
+    if not decode or CORRECTIONS[correction].token_shift is not None:
+        return False
+    if x.device.type == "cpu" and not cpu.available():
+        _say_native_kernel_missing(cpu.build_error())
+        return False
+    return x.device.type in ("cpu", "cuda")
 
 
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
                          criterion: str = "magnitude", correction: str = "none",
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-    if x.device.type == "cuda" and gpu_path_supports(m, criterion, correction) and not use_decode_kernel(x, correction):
+    decode = use_decode_kernel(x, correction)
+    if x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype):
         # Triton GEMM with the mask in its prologue (or cuSPARSELt for 2:4): no pass over memory.
         return torch.ops.actprune.nm_matmul(x, weight, bias, n, m, score_scale)
     prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
     x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, prune)
-    if use_decode_kernel(x, correction):
-        # W^T is a constant Inductor's freezing folds once; the kernel reads only its kept rows.
-        return torch.ops.actprune.sparse_rows_linear(x_sparse, weight.t().contiguous(), bias)
+    if decode:
+        # The kernel reads only the rows of W^T under kept inputs.
+        return torch.ops.actprune.sparse_rows_linear(x_sparse, weight, bias)
     return F.linear(x_sparse, weight, bias)
 
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from actprune_compiler.activation import sparsify_activation
-from actprune_compiler.corrections import CORRECTIONS
-from actprune_compiler.criteria import CRITERIA
-from actprune_compiler.masks import prune_sorted
+from actprune_compiler.sparsity.activation import sparsify_activation
+from actprune_compiler.sparsity.corrections import CORRECTIONS
+from actprune_compiler.sparsity.criteria import CRITERIA
+from actprune_compiler.sparsity.masks import prune_sorted
 
 
 def check_nm_linear_args(x: Tensor, weight: Tensor, n: int, m: int, criterion: str, correction: str) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from actprune_compiler.config import SparsityConfig
 from actprune_compiler.graph_host import GraphHost
 from actprune_compiler.passes.fold_weight_masks import fold_weight_masks
 from actprune_compiler.passes.insert_nm_linear import insert_nm_linear
 from actprune_compiler.passes.select_linears import LinearSite, select_linears
-from actprune_compiler.stats import LayerStats
+from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.stats import LayerStats
 
 __all__ = ["run_passes", "select_linears", "insert_nm_linear", "fold_weight_masks", "layer_rows"]
 
@@ -19,7 +19,7 @@ def layer_rows(sites: list[LinearSite], changes: dict[str, Any]) -> list[dict[st
     rows = []
     for site in sites:
         row = {"module": site.path, "in_features": site.in_features, "out_features": site.out_features,
-               "bias": site.has_bias, "decision": site.decision}
+               "bias": site.has_bias, "decision": str(site.decision), "decided": site.decision.to_dict()}
         if site.selected:
             row["before"], row["after"] = site.before, site.after
         change = changes.get(site.path)
@@ -32,10 +32,10 @@ def layer_rows(sites: list[LinearSite], changes: dict[str, Any]) -> list[dict[st
     return rows
 
 
-def run_passes(host: GraphHost, config: SparsityConfig,
-               stats: dict[str, LayerStats] | None = None) -> list[dict[str, Any]]:
+def run_passes(host: GraphHost, config: SparsityConfig, stats: dict[str, LayerStats] | None = None, *,
+               keep_dense: frozenset[str] = frozenset(), require_match: bool = True) -> list[dict[str, Any]]:
     """select_linears -> insert_nm_linear (activation) or fold_weight_masks (weight) -> cleanup."""
-    sites = select_linears(host, config)
+    sites = select_linears(host, config, keep_dense, require_match)
     rewrite = insert_nm_linear if config.target == "activation" else fold_weight_masks
     changes = rewrite(host, sites, config, stats)
     host.finish()

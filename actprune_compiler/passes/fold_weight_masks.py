@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from actprune_compiler.config import SparsityConfig
-from actprune_compiler.criteria import WEIGHT_CRITERIA
 from actprune_compiler.graph_host import GraphHost
-from actprune_compiler.masks import keep_mask_sorted
 from actprune_compiler.passes.select_linears import LinearSite, format_node
-from actprune_compiler.stats import LayerStats
+from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.criteria import WEIGHT_CRITERIA
+from actprune_compiler.sparsity.masks import keep_mask_sorted
+from actprune_compiler.sparsity.stats import LayerStats
 
 
 def prune_weight(weight: torch.Tensor, n: int, m: int, criterion: str, stats: LayerStats | None) -> torch.Tensor:

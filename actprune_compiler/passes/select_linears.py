@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 import torch
 from torch import fx
 
-from actprune_compiler.config import Pattern, SparsityConfig
 from actprune_compiler.graph_host import GraphHost
+from actprune_compiler.sparsity.config import Pattern, SparsityConfig, matches
+from actprune_compiler.sparsity.decision import LayerDecision
 
 # aten.linear in exported graphs (rewrite before decomposing); torch-level linear in Dynamo graphs.
 LINEAR_TARGETS = (torch.ops.aten.linear.default, torch._C._nn.linear, torch.nn.functional.linear)
@@ -22,12 +22,21 @@ class LinearSite:
     path: str  # module path as in model.named_modules(), e.g. "model.layers.0.self_attn.q_proj"
     in_features: int
     out_features: int
-    selected: bool = False
-    decision: str = "dense: not matched by modules"
-    n: int = 0
-    m: int = 0
+    decision: LayerDecision = LayerDecision.dense("not matched by modules")
     before: str = ""  # the node as the pass found it, and as it left it (for `actprune inspect`)
     after: str = ""
+
+    @property
+    def selected(self) -> bool:
+        return self.decision.is_sparse
+
+    @property
+    def n(self) -> int:
+        return self.decision.n
+
+    @property
+    def m(self) -> int:
+        return self.decision.m
 
     @property
     def x(self) -> fx.Node:
@@ -65,11 +74,6 @@ def format_node(node: fx.Node) -> str:
     return f"{node.name} = {node.target}({args}{kwargs})"
 
 
-def matches(path: str, patterns: tuple[str, ...]) -> bool:
-    leaf = path.rsplit(".", 1)[-1]
-    return any(fnmatchcase(path, p) or fnmatchcase(leaf, p) for p in patterns)
-
-
 def _weight_shape(node: fx.Node) -> tuple[int, int]:
     val = node.args[1].meta.get("val", node.args[1].meta.get("example_value"))
     if val is None:
@@ -78,22 +82,31 @@ def _weight_shape(node: fx.Node) -> tuple[int, int]:
     return int(in_features), int(out_features)
 
 
-def _decide(site: LinearSite, config: SparsityConfig, pattern: Pattern) -> None:
+def _decide(site: LinearSite, config: SparsityConfig, pattern: Pattern, keep_dense: frozenset[str]) -> LayerDecision:
     if matches(site.path, config.exclude):
-        site.decision = "dense: excluded"
-        return
-    site.n, site.m = pattern.group(site.in_features)
-    if site.in_features % site.m:
+        return LayerDecision.dense("excluded")
+    if site.path in keep_dense:
+        return LayerDecision.dense("sensitive")
+    n, m = pattern.group(site.in_features)
+    if site.in_features % m:
         raise ValueError(
-            f"layer {site.path} has {site.in_features} input features, not a multiple of M={site.m} "
+            f"layer {site.path} has {site.in_features} input features, not a multiple of M={m} "
             f"(pattern {config.pattern}); choose a pattern whose M divides {site.in_features} "
             f"or leave the layer dense with exclude={site.path!r}")
-    site.selected = True
-    site.decision = f"{config.target} {site.n}:{site.m}"
+    if not 0 < n < m:
+        raise ValueError(
+            f"pattern {config.pattern} keeps {n} of the {m} input features of layer {site.path}, which is "
+            f"{'no sparsity' if n else 'nothing'}; choose a ratio that keeps between 1 and {m - 1} of them")
+    return LayerDecision.sparse(config.target, n, m)
 
 
-def select_linears(host: GraphHost, config: SparsityConfig) -> list[LinearSite]:
-    """Every linear node, in graph order, with the config's decision about it."""
+def select_linears(host: GraphHost, config: SparsityConfig, keep_dense: frozenset[str] = frozenset(),
+                   require_match: bool = True) -> list[LinearSite]:
+    """Every linear node, in graph order, with the config's decision about it.
+
+    keep_dense: module paths chosen to stay dense (e.g. the most sensitive layers). With
+    require_match, a config whose `modules` match no linear is an error, not a dense no-op.
+    """
     sites = []
     for node in host.graph.nodes:
         if node.op != "call_function" or node.target not in LINEAR_TARGETS:
@@ -102,6 +115,10 @@ def select_linears(host: GraphHost, config: SparsityConfig) -> list[LinearSite]:
         site = LinearSite(node, module_path(node, host.module_prefix), in_features, out_features)
         site.before = site.after = format_node(node)
         if matches(site.path, config.modules):
-            _decide(site, config, config.parsed_pattern)
+            site.decision = _decide(site, config, config.parsed_pattern, keep_dense)
         sites.append(site)
+    if require_match and sites and not any(matches(s.path, config.modules) for s in sites):
+        names = sorted({s.path.rsplit(".", 1)[-1] for s in sites})
+        raise ValueError(f"modules {', '.join(config.modules)} match none of the {len(sites)} linear layers; "
+                         f"their names are {', '.join(names)} (e.g. {sites[0].path})")
     return sites

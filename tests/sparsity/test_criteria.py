@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from conftest import char_tokenizer, tiny_model, tiny_program, token_ids
+from conftest import tiny_program
 from reference import masked_input, numpy_keep_mask
 
 from actprune_compiler import SparsityConfig, sparsify
-from actprune_compiler.criteria import CRITERIA, WEIGHT_CRITERIA, amber_column_score
-from actprune_compiler.passes.insert_nm_linear import layer_constants
-from actprune_compiler.stats import LayerStats
+from actprune_compiler.sparsity.constants import layer_constants
+from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA, amber_column_score
+from actprune_compiler.sparsity.stats import LayerStats
 
 nm_linear = torch.ops.actprune.nm_linear.default
 G = torch.Generator().manual_seed(0)
@@ -135,34 +135,3 @@ def test_registries_name_what_the_cli_offers():
 def test_missing_calibration_is_an_error_not_a_silent_default():
     with pytest.raises(ValueError, match="needs calibration statistics"):
         sparsify(tiny_program("llama"), SparsityConfig("8:16", criterion="clact_static"))
-
-
-@pytest.fixture(scope="module")
-def calib_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    path.write_text("Calibration text for a tiny model. " * 200)
-    return str(path)
-
-
-@pytest.mark.parametrize("criterion,correction", [("clact_static", "none"), ("amber", "shift_static"),
-                                                  ("magnitude", "scaling"), ("wina", "bias")])
-def test_calibrated_constants_round_trip_through_program_pt2(tmp_path, calib_file, criterion, correction):
-    import actprune_compiler
-    from actprune_compiler.artifact import load_program, save_artifact
-    from actprune_compiler.passes.calibrate import calibrate
-
-    model, tok = tiny_model("llama"), char_tokenizer()
-    config = SparsityConfig("8:16", criterion=criterion, correction=correction, calib_samples=4, calib_seqlen=32)
-    stats, summary = calibrate(model, tok, config, calib_file)
-    assert summary["tokens"] == 128 and "file" in summary["source"]
-    result = actprune_compiler.sparsify(tiny_program("llama"), config, stats)
-    node = next(n for n in result.program.graph.nodes if n.target is nm_linear)
-    assert node.kwargs["criterion"] == criterion and node.kwargs["correction"] == correction
-    assert any("constants" in row for row in result.layers)
-    save_artifact(tmp_path, result.program, {"layers": result.layers})
-    loaded = load_program(tmp_path)
-    for name, value in result.program.constants.items():
-        if name.startswith("actprune."):
-            torch.testing.assert_close(loaded.constants[name], value, rtol=0, atol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.module()(token_ids()), result.module()(token_ids()), rtol=0, atol=0)

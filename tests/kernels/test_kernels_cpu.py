@@ -7,7 +7,7 @@ from torch._inductor.utils import run_and_get_code
 
 from actprune_compiler import SparsityConfig, compile_program, sparsify
 from actprune_compiler.kernels import cpu
-from actprune_compiler.masks import prune_sorted
+from actprune_compiler.sparsity.masks import prune_sorted
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"native kernel does not build: {cpu.build_error()}")
 

@@ -31,8 +31,12 @@ def test_compile_writes_the_three_files_and_the_program_matches_the_reference(ti
     assert len(report["layers"]) == 15 and report["versions"]["torch"] == torch.__version__
     printed = capsys.readouterr().out
     assert "replaced 14" in printed
-    if pattern == "8:16":
-        assert report["check"]["max_abs_diff_vs_uncompiled"] < 1e-4
+    if pattern == "8:16" and target == "activation":
+        assert report["check"]["passed"] and report["check"]["max_relative_diff"] < 1e-9
+        assert len(report["check"]["layers"]) == 3 and "check: 3 of 14 rewritten layers" in printed
+    elif pattern == "8:16":
+        assert report["check"]["passed"] and report["check"]["layers"] == 14
+        assert "keeps at most N nonzeros in all 14 pruned layers" in printed
     ids = token_ids()
     with torch.no_grad():
         got = load_program(out).module()(ids)
@@ -84,5 +88,5 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, args, me
     assert main(["compile", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # earlier lines: progress bars of the setup
-    assert last.startswith("actprune compile: error: ") and message in last and "Traceback" not in err
+    assert last.startswith("actprune: error: ") and message in last and "Traceback" not in err
     assert not out.exists()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from actprune_compiler.stats import LayerStats
+from actprune_compiler.sparsity.stats import LayerStats
 
 
 @dataclass(frozen=True)

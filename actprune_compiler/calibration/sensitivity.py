@@ -9,30 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actprune_compiler.config import SparsityConfig
+from actprune_compiler.calibration.hooks import run_eager, selected_linears, token_batches
+from actprune_compiler.calibration.statistics import collect_stats
+from actprune_compiler.sparsity.activation import sparsify_activation
+from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.constants import layer_constants
+from actprune_compiler.sparsity.masks import prune_sorted
+from actprune_compiler.sparsity.stats import LayerStats
 
 
-def layer_sensitivity(model: nn.Module, tokenizer, config: SparsityConfig, calib_data: str | None = None,
-                      stats: dict | None = None) -> list[dict[str, Any]]:
+def layer_sensitivity(model: nn.Module, tokenizer, config: SparsityConfig, text: str,
+                      stats: dict[str, LayerStats] | None = None) -> list[dict[str, Any]]:
     """Rows {module, relative_error}, most sensitive first."""
-    from actprune_compiler.activation import sparsify_activation
-    from actprune_compiler.masks import prune_sorted
-    from actprune_compiler.passes.calibrate import (
-        _run,
-        calibration_batches,
-        calibration_text,
-        collect_stats,
-        input_hooks,
-        selected_linears,
-    )
-    from actprune_compiler.passes.insert_nm_linear import layer_constants
-
-    text, _ = calibration_text(calib_data)
-    batches = calibration_batches(tokenizer, text, config.calib_samples, config.calib_seqlen)
+    batches = token_batches(tokenizer, text, config.calib_samples, config.calib_seqlen)
     layers = selected_linears(model, config)
     if stats is None and config.needs_calibration():
         stats = collect_stats(model, batches, config)
@@ -51,7 +43,13 @@ def layer_sensitivity(model: nn.Module, tokenizer, config: SparsityConfig, calib
         error[name] += float(F.linear(x - sparse, mod.weight).double().square().sum())
         signal[name] += float(F.linear(x, mod.weight).double().square().sum())
 
-    with torch.no_grad(), input_hooks(layers, observe):
-        _run(model, batches, "sensitivity")
+    run_eager(model, batches, layers, observe, "sensitivity")
     rows = [{"module": name, "relative_error": error[name] / max(signal[name], 1e-30)} for name in layers]
     return sorted(rows, key=lambda r: r["relative_error"], reverse=True)
+
+
+def most_sensitive(model: nn.Module, tokenizer, config: SparsityConfig, text: str,
+                   stats: dict[str, LayerStats] | None = None) -> list[str]:
+    """The config.skip_sensitive layers with the largest output error: the ones to keep dense."""
+    ranking = layer_sensitivity(model, tokenizer, config.replace(skip_sensitive=0), text, stats)
+    return [row["module"] for row in ranking[: config.skip_sensitive]]

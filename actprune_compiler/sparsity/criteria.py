@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from actprune_compiler.stats import LayerStats
+from actprune_compiler.sparsity.stats import LayerStats
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class Criterion:
     # (weight, calibration stats) -> per-input-feature scale, built once per layer.
     static_scale: Callable[[Tensor, LayerStats | None], Tensor] | None = None
     needs_calibration: bool = False
+    # A token's mask depends on the other tokens of the call. Every other criterion is |z| times a
+    # static per-feature scale, which the fused GPU kernel computes in its prologue.
+    batch_dependent: bool = False
 
 
 def _magnitude(z: Tensor, scale: Tensor | None) -> Tensor:
@@ -35,8 +38,7 @@ def _clact_per_batch(z: Tensor, scale: Tensor | None) -> Tensor:
     # |z_ij| * ||Z_:,j|| / ||Z_i,:||. The row norm is one positive number per token, so it cannot
     # change which features of that token win; it is left out. The column norm runs over every
     # token of the call (padding included): that is what makes this form batch-dependent.
-    tokens = z.reshape(-1, z.shape[-1]).float()
-    column_norm = tokens.norm(dim=0).to(z.dtype)
+    column_norm = z.reshape(-1, z.shape[-1]).norm(dim=0)
     return _magnitude(z, scale) * column_norm
 
 
@@ -73,7 +75,7 @@ CRITERIA: dict[str, Criterion] = {
     for c in (
         Criterion("magnitude", "|x_j|", _magnitude),
         Criterion("clact", "|x_ij| * ||X_:,j|| / ||X_i,:||, column norm over the tokens of the batch",
-                  _clact_per_batch),
+                  _clact_per_batch, batch_dependent=True),
         Criterion("clact_static", "|x_ij| * calibrated ||X_:,j|| (independent of other tokens)",
                   _magnitude, calibrated_column_norm, needs_calibration=True),
         Criterion("amber", "|x_j| * standardised, outlier-clipped ||W_:,j|| / min_k ||W_:,k||",

@@ -64,7 +64,7 @@ def test_unsupported_shapes_are_refused_with_a_reason(args, match):
 def test_sparse_rows_gemv_equals_dense_matmul_and_skips_zero_rows():
     result = run_interpreted("""
         from actprune_compiler.kernels.triton_nm import sparse_rows_gemv
-        from actprune_compiler.masks import prune_sorted
+        from actprune_compiler.sparsity.masks import prune_sorted
         for i, (tokens, k, n) in enumerate([(1, 64, 40), (3, 96, 130), (2, 576, 257)]):
             g = torch.Generator().manual_seed(i)
             x = prune_sorted(torch.randn(tokens, k, generator=g), torch.rand(tokens, k, generator=g), 8, 16)

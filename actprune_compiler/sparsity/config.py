@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 # The linear layers of a decoder block; lm_head is never pruned unless asked for by name.
@@ -62,6 +63,12 @@ def parse_pattern(value: str | float) -> Pattern:
     raise ValueError(f"pattern {value!r} is not understood; {allowed}")
 
 
+def matches(path: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a module path, or its last name, matches one of the fnmatch patterns."""
+    leaf = path.rsplit(".", 1)[-1]
+    return any(fnmatchcase(path, p) or fnmatchcase(leaf, p) for p in patterns)
+
+
 def _choice(field_name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{field_name} {value!r} is unknown; allowed: {', '.join(allowed)}")
@@ -86,8 +93,8 @@ class SparsityConfig:
     pattern:    "N:M" (keep N of every M consecutive input features) or an unstructured ratio ("50%").
     target:     "activation" (mask each token's input features at run time) or "weight"
                 (mask the weight constants once, along the input dimension).
-    criterion:  how elements are scored (see actprune_compiler.criteria for the registry).
-    correction: error mitigation around the activation mask (see actprune_compiler.corrections).
+    criterion:  how elements are scored (see actprune_compiler.sparsity.criteria for the registry).
+    correction: error mitigation around the activation mask (see actprune_compiler.sparsity.corrections).
     modules:    fnmatch patterns on the module path or its last name; default: the 7 projections.
     exclude:    fnmatch patterns of layers to leave dense even if `modules` matches them.
     skip_sensitive: leave the K layers with the largest output error (on calibration text) dense.
@@ -110,8 +117,8 @@ class SparsityConfig:
         object.__setattr__(self, "modules", _names("modules", self.modules))
         object.__setattr__(self, "exclude", _names("exclude", self.exclude))
         _choice("target", self.target, TARGETS)
-        from actprune_compiler.corrections import CORRECTIONS
-        from actprune_compiler.criteria import criteria_for
+        from actprune_compiler.sparsity.corrections import CORRECTIONS
+        from actprune_compiler.sparsity.criteria import criteria_for
 
         _choice(f"criterion for target {self.target!r}", self.criterion, criteria_for(self.target))
         if self.target == "weight" and self.correction != "none":
@@ -170,8 +177,8 @@ class SparsityConfig:
         return cls.from_dict(json.loads(text))
 
     def needs_calibration(self) -> bool:
-        from actprune_compiler.corrections import CORRECTIONS
-        from actprune_compiler.criteria import CRITERIA, WEIGHT_CRITERIA
+        from actprune_compiler.sparsity.corrections import CORRECTIONS
+        from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 
         registry = CRITERIA if self.target == "activation" else WEIGHT_CRITERIA
         return registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration

@@ -1,4 +1,4 @@
-"""Per-layer input statistics gathered on calibration data (see passes/calibrate.py)."""
+"""Per-layer input statistics gathered on calibration data (see calibration/statistics.py)."""
 
 from __future__ import annotations
 

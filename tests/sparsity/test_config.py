@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actprune_compiler import SparsityConfig, parse_pattern
-from actprune_compiler.config import DEFAULT_MODULES
+from actprune_compiler.sparsity.config import DEFAULT_MODULES
 
 
 @pytest.mark.parametrize("text,n,m", [("2:4", 2, 4), ("4:8", 4, 8), ("8:16", 8, 16), ("16:32", 16, 32),

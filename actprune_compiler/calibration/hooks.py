@@ -1,0 +1,52 @@
+"""The one loop every calibration step shares: run the eager model, observe selected linears' inputs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from actprune_compiler.sparsity.config import SparsityConfig, matches
+
+# (module path, the layer, its input) -> None
+Observer = Callable[[str, nn.Linear, torch.Tensor], None]
+
+
+def token_batches(tokenizer, text: str, samples: int, seqlen: int) -> torch.Tensor:
+    """The first `samples` non-overlapping windows of `seqlen` tokens of `text`: [samples, seqlen]."""
+    if tokenizer is None:
+        raise ValueError("calibration needs a tokenizer, and this model has none")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+    if ids.numel() < samples * seqlen:
+        raise ValueError(f"calibration text has {ids.numel()} tokens, fewer than calib_samples x calib_seqlen "
+                         f"= {samples} x {seqlen}; lower them or give more text")
+    return ids[: samples * seqlen].view(samples, seqlen)
+
+
+def selected_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Linear]:
+    """The nn.Linear modules the config selects (its modules, minus its exclusions), by path."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and matches(name, config.modules) and not matches(name, config.exclude)}
+
+
+@contextlib.contextmanager
+def input_hooks(layers: dict[str, nn.Linear], observe: Observer) -> Iterator[None]:
+    handles = [layer.register_forward_pre_hook(lambda mod, args, name=name: observe(name, mod, args[0]))
+               for name, layer in layers.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_eager(model: nn.Module, batches: torch.Tensor, layers: dict[str, nn.Linear], observe: Observer,
+              desc: str) -> None:
+    """One eager forward per calibration sequence, with `observe` called on each layer's input."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), input_hooks(layers, observe):
+        for row in tqdm(batches, desc=desc, leave=False):
+            model(input_ids=row.unsqueeze(0).to(device), use_cache=False)

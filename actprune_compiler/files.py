@@ -1,0 +1,83 @@
+"""Writing results so that a crash or Ctrl-C never leaves a half-written file or folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+
+
+def check_output_file(path: str | Path | None, flag: str = "--output") -> None:
+    """Refuse, before any work, an output path that is a folder or sits under a file."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{flag} {path} lies under {parent}, which is a file, not a folder")
+
+
+def check_output_folder(path: str | Path, force: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, a folder target that is a file, or is not empty without force."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file; give a folder path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{flag} {path} lies under {parent}, which is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise ValueError(f"{flag} {path} already exists and is not empty; pass --force to replace it")
+
+
+def atomic_folder(path: str | Path, fill: Callable[[Path], Any], *, force: bool = False) -> Path:
+    """Build a folder in a hidden sibling, then rename it into place: readers see the old folder
+    or the whole new one, never a mix. An existing folder is replaced only with force."""
+    path = Path(path)
+    check_output_folder(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
+    try:
+        fill(building)
+        os.chmod(building, 0o777 & ~_umask())
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(building, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(building, path)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,45 @@
+"""W^T for the decode kernels, made once per weight and reused while the weight is unchanged.
+
+The decode kernels read the rows of W^T that a token keeps, so they need W^T row-major; making
+it on every call would copy the whole weight, costing more than the GEMV saves. The cache is
+keyed by the weight tensor itself (weakly: an entry dies with its weight, so a new tensor at a
+recycled address never finds a stale W^T) and checked against the weight's storage pointer and
+version counter, so an in-place update of the weight (load_state_dict, pruning) is seen. This
+makes the decode speed-up independent of Inductor's freezing: a plain
+torch.compile(model.forward, backend="actprune") reaches it too.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+STATS = {"hits": 0, "misses": 0}
+
+
+def _fingerprint(weight: Tensor) -> tuple:
+    try:
+        version = weight._version
+    except RuntimeError:  # an inference tensor has no version counter and cannot be changed later
+        version = -1
+    return weight.untyped_storage().data_ptr(), weight.storage_offset(), version, tuple(weight.shape), \
+        tuple(weight.stride()), weight.dtype, weight.device
+
+
+def transposed(weight: Tensor) -> Tensor:
+    """weight [N, K] -> a row-major [K, N] copy, cached for as long as the weight lives unchanged."""
+    fingerprint = _fingerprint(weight)
+    entry = _CACHE.get(weight)
+    if entry is not None and entry[0] == fingerprint:
+        STATS["hits"] += 1
+        return entry[1]
+    STATS["misses"] += 1
+    weight_t = weight.detach().t().contiguous()
+    _CACHE[weight] = (fingerprint, weight_t)
+    return weight_t
+
+
+def clear() -> None:
+    _CACHE.clear()
+    STATS.update(hits=0, misses=0)
