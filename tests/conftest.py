@@ -67,11 +67,23 @@ def char_tokenizer():
                                    pad_token="</s>")
 
 
-def shared_data_dir():
-    from actprune_compiler.eval.data import find_data_dir
+@pytest.fixture(scope="session")
+def data_dir():
+    """The evaluation data folder (the project's data/ unless $ACTPRUNE_DATA_DIR says otherwise).
 
-    return find_data_dir()
+    Fails, never skips, when the data is not there: a clone ships it, so missing data is a bug that CI must see.
+    """
+    from actprune_compiler.eval.data import TASK_FILES, WIKITEXT_DIR, find_data_dir, where_data_goes
+
+    root = find_data_dir()
+    needed = [f"{WIKITEXT_DIR}/test", f"{WIKITEXT_DIR}/validation",
+              *(f for task in ("arc_easy", "boolq", "piqa", "winogrande") for f in TASK_FILES[task])]
+    missing = needed if root is None else [rel for rel in needed if not (root / rel).exists()]
+    if missing:
+        pytest.fail(f"evaluation data not found ({', '.join(missing)} under {root or 'no data folder'}): "
+                    f"it goes in {where_data_goes()}", pytrace=False)
+    return root
 
 
-needs_data = pytest.mark.skipif(shared_data_dir() is None,
-                                reason="evaluation data (../shared/data or $ACTPRUNE_DATA_DIR) is not on this machine")
+# For tests that do not take the path: @needs_data fails (not skips) like the fixture.
+needs_data = pytest.mark.usefixtures("data_dir")

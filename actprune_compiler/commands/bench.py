@@ -12,7 +12,15 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args
+from actprune_compiler.commands.common import (
+    add_config_args,
+    add_model_args,
+    config_from_args,
+    non_negative_int,
+    positive_int,
+    positive_int_list,
+    shape_list,
+)
 from actprune_compiler.tables import format_table
 
 
@@ -20,12 +28,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time dense, the seed's eager mask and actprune in one process")
     add_model_args(p)
     add_config_args(p)
-    p.add_argument("--prefill", default="1x512,8x512", help="batch x seqlen shapes for whole-model prefill")
-    p.add_argument("--layer-tokens", default="1,4,8,512",
+    # String defaults go through type= too: args.prefill is a list of (batch, seqlen), args.layer_tokens of ints.
+    p.add_argument("--prefill", type=shape_list, default="1x512,8x512",
+                   help="batch x seqlen shapes for whole-model prefill")
+    p.add_argument("--layer-tokens", type=positive_int_list, default="1,4,8,512",
                    help="token counts for the per-layer GEMMs (small ones: where the decode kernel pays)")
-    p.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per decode run (0: skip)")
-    p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--decode-tokens", type=non_negative_int, default=32,
+                   help="tokens generated per decode run (0: skip)")
+    p.add_argument("--prompt-len", type=positive_int, default=32)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--out", default=None, help="folder for bench.json, bench.md, bench.png")
     return p
 
@@ -83,21 +94,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from actprune_compiler import bench
-    from actprune_compiler.api import versions
-    from actprune_compiler.files import atomic_write, write_json
+    from actprune_compiler.files import atomic_write, check_output_folder, write_json
     from actprune_compiler.models import load_model
+    from actprune_compiler.runinfo import versions
 
     config = config_from_args(args)
     if config is None or config.target != "activation":
         raise ValueError("bench times activation pruning: give --pattern N:M")
+    out = Path(args.out or f"results/bench-{args.model}-{config.pattern.replace(':', '-')}")
+    check_output_folder(out, force=True)  # files in it are replaced one by one; a file there fails now
     model, _ = load_model(args.model, args.dtype)
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.prefill.split(",") if s]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     result: dict[str, Any] = {"model": args.model, "config": config.to_dict(), "repeats": args.repeats,
                               "threads": torch.get_num_threads(), "versions": versions(), "machine": machine,
                               "date": time.strftime("%Y-%m-%d"), "command": "actprune " + shlex.join(sys.argv[1:])}
-    result["layers"] = bench.bench_layers(model, config, [int(t) for t in args.layer_tokens.split(",")], args.repeats)
-    result["prefill"] = bench.bench_prefill(model, config, shapes, args.repeats)
+    result["layers"] = bench.bench_layers(model, config, args.layer_tokens, args.repeats)
+    result["prefill"] = bench.bench_prefill(model, config, args.prefill, args.repeats)
     if args.decode_tokens:
         result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
     text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
@@ -112,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
                  format_table(decode_rows(result["decode"]), ["variant", "tokens/s", "vs dense compiled",
                                                               "vs seed eager mask"], markdown=True)]
     print("\n".join(text))
-    out = Path(args.out or f"results/bench-{args.model}-{config.pattern.replace(':', '-')}")
     write_json(out / "bench.json", result)
     atomic_write(out / "bench.md", lambda tmp: Path(tmp).write_text("\n".join(text) + "\n"))
     plot(result, out / "bench.png")

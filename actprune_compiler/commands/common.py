@@ -1,13 +1,112 @@
-"""Arguments shared by several subcommands."""
+"""Arguments shared by several subcommands.
+
+Every flag is checked as it is parsed (argparse `type=` functions below) or at the top of run(),
+so that a bad value fails in a second with one sentence, never after a model has loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPES
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum. argparse prefixes the flag ("argument --seqlen: ...")."""
+    allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; it must be {allowed}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; it must be {allowed}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def example_limit(text: str) -> int | float:
+    """lm-eval's --limit: a fraction of each task below 1, a whole count of examples from 1 up."""
+    allowed = "it must be a fraction between 0 and 1 or a whole count of examples >= 1"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; {allowed}") from None
+    if not value > 0:  # also catches nan
+        raise argparse.ArgumentTypeError(f"{text} is too small; {allowed}")
+    if value < 1:
+        return value
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text} is not a whole count; {allowed}")
+    return int(value)
+
+
+def existing_folder(text: str) -> str:
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not an existing folder")
+    return text
+
+
+def calib_source(text: str) -> str:
+    """A named calibration split or an existing text file (eval.data.calibration_text reads it later)."""
+    from actprune_compiler.eval.data import CALIB_SOURCES
+
+    if text not in CALIB_SOURCES and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is neither {', '.join(CALIB_SOURCES)} nor an existing text file")
+    return text
+
+
+def task_list(text: str) -> tuple[str, ...]:
+    """Comma-separated tasks, checked now so that a typo does not surface after perplexity has run."""
+    from actprune_compiler.eval.harness import TASKS  # the tuple only: harness imports lm_eval lazily
+
+    allowed = ("wikitext2", *TASKS)
+    tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # ordered, de-duplicated
+    if not tasks:
+        raise argparse.ArgumentTypeError(f"no task given; choose from {', '.join(allowed)}")
+    unknown = [t for t in tasks if t not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task {', '.join(map(repr, unknown))}; "
+                                         f"choose from {', '.join(allowed)}")
+    return tasks
+
+
+def positive_int_list(text: str) -> list[int]:
+    """'1,4,8,512' -> [1, 4, 8, 512]."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("no value given; give comma-separated positive integers such as 1,4,8")
+    bad = next((item for item in items if not item.isdigit() or int(item) < 1), None)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"{bad!r} in {text!r} is not a positive integer; "
+                                         "give comma-separated positive integers such as 1,4,8")
+    return [int(item) for item in items]
+
+
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """'1x512,8x512' -> [(1, 512), (8, 512)]: batch x sequence length."""
+    allowed = "give comma-separated BATCHxSEQLEN shapes of positive integers such as 1x512,8x512"
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"no shape given; {allowed}")
+    shapes = []
+    for item in items:
+        parts = [p.strip() for p in item.lower().split("x")]
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is not a shape; {allowed}")
+        shapes.append((int(parts[0]), int(parts[1])))
+    return shapes
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -17,6 +116,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8:16") -> None:
+    # --pattern, --criterion and --correction are checked together by SparsityConfig (the criteria
+    # depend on --target); config_from_args builds it first thing in every run().
     p.add_argument("--pattern", default=pattern_default,
                    help="N:M (e.g. 8:16) or an unstructured ratio (50%%)" +
                    ("; 'none' for the dense model" if pattern_default is None else ""))
@@ -27,12 +128,12 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8
     p.add_argument("--modules", default=",".join(DEFAULT_MODULES),
                    help="comma-separated fnmatch patterns on module path or name (lm_head only if named)")
     p.add_argument("--exclude", default="", help="comma-separated patterns of layers to keep dense")
-    p.add_argument("--skip-sensitive", type=int, default=0, metavar="K",
+    p.add_argument("--skip-sensitive", type=non_negative_int, default=0, metavar="K",
                    help="keep the K layers with the largest output error (see actprune sensitivity) dense")
-    p.add_argument("--calib-data", default=None,
+    p.add_argument("--calib-data", type=calib_source, default=None,
                    help="calibration text: wikitext2-validation (default), wikitext2-train, or a text file")
-    p.add_argument("--calib-samples", type=int, default=16, help="calibration sequences")
-    p.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration sequence")
+    p.add_argument("--calib-samples", type=positive_int, default=16, help="calibration sequences")
+    p.add_argument("--calib-seqlen", type=positive_int, default=512, help="tokens per calibration sequence")
 
 
 def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:

@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         raise ValueError("actprune compile needs a pattern such as 8:16 (use 'actprune eval' for the dense model)")
     check_output_folder(args.out, args.force)
+    text, source = calibration_input(args, config)  # missing calibration data fails before the model loads
     timer = Timer()
     with timer("load_s"):
         model, tokenizer = load_model(args.model, args.dtype)
-    text, source = calibration_input(args, config)
     sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source,
                           with_attention_mask=args.attention_mask)
     report = {"model": args.model, "model_class": type(model).__name__, "dtype": args.dtype, **sparsified.report,

@@ -5,21 +5,37 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args
+from actprune_compiler.commands.common import (
+    add_config_args,
+    add_model_args,
+    config_from_args,
+    example_limit,
+    existing_folder,
+    int_at_least,
+    non_negative_int,
+    positive_int,
+    task_list,
+)
+from actprune_compiler.eval.perplexity import BOS_MODES
 from actprune_compiler.tables import format_table
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", default="wikitext2",
+    # A string default goes through type= too, so args.tasks is always a tuple of known tasks.
+    p.add_argument("--tasks", type=task_list, default="wikitext2",
                    help="comma-separated: wikitext2, arc_easy, arc_challenge, boolq, piqa, winogrande, hellaswag")
-    p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length (tokens)")
-    p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows")
-    p.add_argument("--batch-size", type=int, default=1, help="windows (ppl) or requests (lm-eval) per forward")
-    p.add_argument("--bos", default="auto", help="auto | window | start | none (see README: perplexity)")
-    p.add_argument("--limit", type=float, default=None, help="examples per zero-shot task (lm-eval --limit)")
-    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--seqlen", type=int_at_least(2), default=2048,  # one token predicts nothing
+                   help="perplexity window length (tokens)")
+    p.add_argument("--max-windows", type=positive_int, default=None, help="score only the first N windows")
+    p.add_argument("--batch-size", type=positive_int, default=1,
+                   help="windows (ppl) or requests (lm-eval) per forward")
+    p.add_argument("--bos", default="auto", choices=BOS_MODES, help="see README: perplexity")
+    p.add_argument("--limit", type=example_limit, default=None,
+                   help="examples per zero-shot task (lm-eval --limit): a fraction below 1 or a count")
+    p.add_argument("--num-fewshot", type=non_negative_int, default=None)
     p.add_argument("--apply-chat-template", action="store_true")
-    p.add_argument("--data-dir", default=None, help="evaluation data folder (default: ../shared/data)")
+    p.add_argument("--data-dir", type=existing_folder, default=None,
+                   help="evaluation data folder (default: $ACTPRUNE_DATA_DIR, else the project's data/)")
     p.add_argument("--no-compile", action="store_true",
                    help="score the uncompiled program (reference kernels): quick quality checks; recorded")
 
@@ -27,10 +43,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace):
     from actprune_compiler.eval.runner import EvalOptions
 
-    limit = args.limit if args.limit is None or args.limit < 1 else int(args.limit)
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    return EvalOptions(tasks=tasks, seqlen=args.seqlen, max_windows=args.max_windows, batch_size=args.batch_size,
-                       bos=args.bos, limit=limit, num_fewshot=args.num_fewshot,
+    return EvalOptions(tasks=args.tasks, seqlen=args.seqlen, max_windows=args.max_windows,
+                       batch_size=args.batch_size, bos=args.bos, limit=args.limit, num_fewshot=args.num_fewshot,
                        apply_chat_template=args.apply_chat_template, data_dir=args.data_dir,
                        calib_data=args.calib_data, compile=not args.no_compile)
 
@@ -62,8 +76,11 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from actprune_compiler.eval.runner import evaluate, write_result
+    from actprune_compiler.files import check_output_file
 
-    result = evaluate(args.model, config_from_args(args), options_from_args(args), dtype=args.dtype)
+    config, options = config_from_args(args), options_from_args(args)
+    check_output_file(args.output)  # before the model loads, not after an hour of scoring
+    result = evaluate(args.model, config, options, dtype=args.dtype)
     row = result_row(result)
     print(format_table([row], list(row)))
     if args.output:

@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.commands.common import add_config_args, add_model_args, calibration_input, config_from_args
+from actprune_compiler.commands.common import (
+    add_config_args,
+    add_model_args,
+    calibration_input,
+    config_from_args,
+    positive_int,
+)
 from actprune_compiler.generation import timed_generate
 from actprune_compiler.tables import format_table
 
@@ -19,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_model_args(p)
     add_config_args(p)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--compare-dense", action="store_true", help="also run the dense model, compiled the same way")
     p.add_argument("--inner-backend", default="inductor", choices=["inductor", "eager"])
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config is None:
         raise ValueError("actprune generate needs a pattern such as 8:16")
+    calib_text, _ = calibration_input(args, config)  # missing calibration data fails before the model loads
     model, tokenizer = load_model(args.model, args.dtype)
     if tokenizer is None:
         raise ValueError(f"model {args.model!r} has no tokenizer; generate needs one")
@@ -60,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
     variants = {config.label: {**config.to_dict(), "inner_backend": args.inner_backend}}
     if args.compare_dense:
         variants["dense"] = None
-    calib_text, _ = calibration_input(args, config)
     rows = []
     for name, options in variants.items():
         result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options, tokenizer=tokenizer,

@@ -50,8 +50,8 @@ def load_source(args: argparse.Namespace):
     config = config_from_args(args)
     if config is None:
         raise ValueError("inspecting a model needs a pattern such as 8:16")
+    text, source = calibration_input(args, config)  # missing calibration data fails before the model loads
     model, tokenizer = load_model(args.source, args.dtype)
-    text, source = calibration_input(args, config)
     sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
     report = {"model": args.source, "model_class": type(model).__name__, "dtype": args.dtype, **sparsified.report}
     return report, sparsified.program.graph

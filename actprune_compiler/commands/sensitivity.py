@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args
+from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args, positive_int
 from actprune_compiler.tables import format_table
 
 
@@ -13,7 +13,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sensitivity", help="per-layer output error when only that layer is pruned")
     add_model_args(p)
     add_config_args(p)
-    p.add_argument("--top", type=int, default=15, help="how many of the most sensitive layers to list")
+    p.add_argument("--top", type=positive_int, default=15, help="how many of the most sensitive layers to list")
     p.add_argument("--output", default=None, help="write every layer's figure as JSON")
     return p
 
@@ -21,14 +21,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from actprune_compiler.calibration import calibrate, layer_sensitivity
     from actprune_compiler.eval.data import calibration_text
-    from actprune_compiler.files import write_json
+    from actprune_compiler.files import check_output_file, write_json
     from actprune_compiler.models import load_model
 
     config = config_from_args(args)
     if config is None or config.target != "activation":
         raise ValueError("sensitivity ranks activation pruning: give --pattern N:M and --target activation")
+    check_output_file(args.output)  # before the model loads
+    text, source = calibration_text(args.calib_data)  # missing calibration data fails before the model loads
     model, tokenizer = load_model(args.model, args.dtype)
-    text, source = calibration_text(args.calib_data)
     stats = calibrate(model, tokenizer, config, text, source)[0] if config.needs_calibration() else None
     rows = layer_sensitivity(model, tokenizer, config, text, stats)
     print(f"{args.model}, {config.label}: relative output error ||W(x - x_sparse)||^2 / ||Wx||^2 on "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,10 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
 
 
 def render(sweep, source: str) -> list[Path]:
-    from actprune_compiler.eval.sweep import read_results
+    from actprune_compiler.eval.sweep import is_failed, read_results
     from actprune_compiler.files import atomic_write
 
-    results = read_results(sweep.results)
+    results = [r for r in read_results(sweep.results) if not is_failed(r)]  # a failed run has no metrics
     folder = sweep.results.parent
     parts = [f"# actprune results ({time.strftime('%Y-%m-%d')})\n", describe(sweep, results, source)]
     written = []
@@ -67,15 +68,30 @@ def render(sweep, source: str) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.eval.sweep import load_sweep, run_sweep
+    """0 when every run of the sweep finished; 1 when some failed (recorded; the next invocation retries
+    them); Ctrl-C re-raises after the note (the CLI exits 130), finished runs being saved already."""
+    from actprune_compiler.eval.sweep import is_failed, run_sweep
+    from actprune_compiler.eval.sweep_file import load_sweep
 
     sweep = load_sweep(args.sweep)
+    results = []
     if not args.render_only:
         try:
-            run_sweep(sweep)
+            results = run_sweep(sweep)
         except KeyboardInterrupt:
-            print("\ninterrupted: finished runs are saved; run the same command again to resume")
+            print(f"\ninterrupted: finished runs are saved in {sweep.results}; run the same command again to "
+                  "resume, or add --render-only to draw the table of what is done")
+            raise
     for path in render(sweep, args.sweep):
         print(f"wrote {path}")
     print(Path(sweep.results.parent / "table.md").read_text())
-    return 0
+    return _report_failures([r for r in results if is_failed(r)], sweep.results)
+
+
+def _report_failures(failed: list[dict[str, Any]], results: Path) -> int:
+    for record in failed:
+        print(f"failed: {record['model']} {record['pruning']}: {record['error']}", file=sys.stderr)
+    if failed:
+        print(f"actprune: {len(failed)} run(s) failed (recorded with their tracebacks in {results}); "
+              "run the same command again to retry them", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,4 +1,4 @@
-"""Evaluation data on disk (laid out as ../shared/data), or from the hub when a network exists."""
+"""Evaluation data on disk (the project's data/ folder, shipped with the repository), or from the hub."""
 
 from __future__ import annotations
 
@@ -23,22 +23,40 @@ TASK_FILES = {
 }
 
 
+# The repository's data/ folder (beside this package, not inside it): a clone or an editable install
+# (`pip install -e .`, what `make setup` does) has it. data/SOURCES.md and data/checksums.sha256 describe it.
+_REPO = Path(__file__).resolve().parents[2]
+PROJECT_DATA_DIR = _REPO / "data"
+SHARED_DATA_DIR = _REPO.parent / "shared" / "data"  # a shared checkout's data, beside the repository
+CHECKSUMS = "checksums.sha256"
+
+
 def default_data_dirs() -> list[Path]:
-    """Where data is looked for: $ACTPRUNE_DATA_DIR, then ../shared/data beside the repo or the cwd."""
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "data"]
+    """Where data is looked for: $ACTPRUNE_DATA_DIR, the project's data/, then ../shared/data beside the repo."""
+    candidates = [PROJECT_DATA_DIR, SHARED_DATA_DIR]
     if env := os.environ.get(DATA_ENV):
-        candidates.insert(0, Path(env))
+        candidates.insert(0, Path(env).expanduser())
     return candidates
 
 
 def find_data_dir(explicit: str | Path | None = None) -> Path | None:
+    """--data-dir when given (it must exist), else the first of default_data_dirs() that exists."""
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"--data-dir {explicit} is not a folder")
         return path
     return next((p for p in default_data_dirs() if p.is_dir()), None)
+
+
+def where_data_goes() -> str:
+    """The sentence that says where evaluation data goes, for error messages and the tests."""
+    sentence = (f"the project's data folder {PROJECT_DATA_DIR} (shipped with the repository: restore it with "
+                f"`git checkout -- data`, check it with `sha256sum -c {CHECKSUMS}` there), or a folder passed as "
+                f"--data-dir or set in ${DATA_ENV}, or {SHARED_DATA_DIR}")
+    if env := os.environ.get(DATA_ENV):
+        sentence += f" (${DATA_ENV} is set to {env} and is searched first)"
+    return sentence
 
 
 def sha256_file(path: Path) -> str:
@@ -49,6 +67,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verify_data_dir(path: str | Path | None = None) -> list[str]:
+    """Check a data folder against its checksums.sha256 (`sha256sum -c` format; paths relative to the folder).
+
+    Returns one line per problem (a missing or changed file, or no checksums file); empty when all match.
+    Reads every listed file, so it runs only when asked.
+    """
+    root = Path(path).expanduser() if path is not None else PROJECT_DATA_DIR
+    listing = root / CHECKSUMS
+    if not listing.is_file():
+        return [f"{listing}: missing"]
+    problems = []
+    for number, line in enumerate(listing.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        expected, sep, name = line.partition("  ")
+        if not sep:  # "<hash> *<name>" is sha256sum's binary mode
+            expected, sep, name = line.partition(" *")
+        if not sep or len(expected) != 64:
+            problems.append(f"{listing}:{number}: not a `sha256sum` line: {line!r}")
+            continue
+        file = root / name
+        if not file.is_file():
+            problems.append(f"{name}: missing")
+        elif (actual := sha256_file(file)) != expected.lower():
+            problems.append(f"{name}: sha256 {actual}, expected {expected}")
+    return problems
+
+
 @dataclass(frozen=True)
 class WikiText:
     text: str
@@ -57,10 +103,9 @@ class WikiText:
 
 
 def _missing(what: str, relative: str) -> FileNotFoundError:
-    places = ", ".join(str(p) for p in default_data_dirs())
     return FileNotFoundError(
-        f"{what} not found: put it at DATA/{relative} with DATA one of {places} "
-        f"(or pass --data-dir / set {DATA_ENV}), or run where the Hugging Face hub is reachable")
+        f"{what} not found: put it at DATA/{relative} with DATA {where_data_goes()}; "
+        f"or run where the Hugging Face hub is reachable")
 
 
 def load_wikitext2(split: str = "test", data_dir: str | Path | None = None) -> WikiText:

@@ -14,6 +14,7 @@ from actprune_compiler.api import sparsify
 from actprune_compiler.backends import compile_program
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.export import export_causal_lm
+from actprune_compiler.kernels.gpu import kernel_choices
 from actprune_compiler.models import load_model
 from actprune_compiler.runinfo import Timer, versions
 from actprune_compiler.sparsity.config import SparsityConfig
@@ -38,9 +39,10 @@ class EvalOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> dict[str, Any]:
-        """What makes two runs comparable (used by sweeps to skip finished runs)."""
+        """What makes two runs comparable (used by sweeps to skip finished runs); data_dir is a place,
+        the sweep's data checksum stands for what is in it."""
         return {"tasks": list(self.tasks), "seqlen": self.seqlen, "max_windows": self.max_windows,
-                "bos": self.bos, "limit": self.limit, "num_fewshot": self.num_fewshot,
+                "batch_size": self.batch_size, "bos": self.bos, "limit": self.limit, "num_fewshot": self.num_fewshot,
                 "apply_chat_template": self.apply_chat_template, "compile": self.compile,
                 "calib_data": self.calib_data}
 
@@ -121,6 +123,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
         "total_s": round(now - wall, 3), "stages_s": stage_s, "calibration": calibration,
         "versions": versions(), "machine": {"cpu": platform.processor() or platform.machine(),
                                             "threads": torch.get_num_threads()},
+        "kernels": kernel_choices(),  # which GPU kernel each shape took (empty on CPU)
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

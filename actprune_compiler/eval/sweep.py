@@ -1,101 +1,151 @@
-"""Sweeps: models x configs, one JSON line per finished run, resumable, rendered as the seed's table."""
+"""Sweeps: models x configs, one JSON line per run, resumable, rendered as the seed's table.
+
+A sweep may run for a week, so it has to survive anything: a kill mid-run (finished runs are kept, the
+killed one is redone), a kill mid-write (the torn line is skipped, the next record starts on a new line),
+a run that raises (recorded as failed, the others go on, the next invocation retries it), and Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
+import sys
+import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm import tqdm
 
+from actprune_compiler.eval.data import CALIB_SOURCES, WIKITEXT_DIR, find_data_dir, sha256_file, task_data
 from actprune_compiler.eval.runner import EvalOptions, evaluate
+from actprune_compiler.eval.sweep_file import Sweep
 from actprune_compiler.sparsity.config import SparsityConfig
 
-
-@dataclass
-class Sweep:
-    models: list[str]
-    configs: list[SparsityConfig | None]  # None: the dense model
-    options: EvalOptions
-    results: Path  # results.jsonl; table.md and plot.png are written beside it
-    dtype: str = "float32"
-    table: str = "seed"  # seed: the seed's columns; methods: ppl per criterion/correction and pattern
-    note: str = ""  # how the committed results were run (machine load, pinning), printed under the table
+FAILED = "failed"  # the "status" of a run that raised; any other record is a finished run
 
 
-def _config(entry: dict[str, Any] | str | None) -> SparsityConfig | None:
-    if entry in (None, "none", "dense") or (isinstance(entry, dict) and entry.get("pattern") in ("none", "dense")):
-        return None
-    if isinstance(entry, str):
-        return SparsityConfig(pattern=entry)
-    return SparsityConfig.from_dict(entry)
+# --- run keys: everything that changes a result --------------------------------------------------------
+
+def data_checksum(options: EvalOptions) -> str:
+    """12 hex digits over the evaluation files the sweep's runs read, so that changed data means new runs.
+    Computed once per sweep; data that is not here (it would come from the hub) enters by name."""
+    digest = hashlib.sha256()
+    for name, path in _data_files(options):
+        digest.update(f"{name} {sha256_file(path) if path else 'hub'}\n".encode())
+    return digest.hexdigest()[:12]
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    spec = yaml.safe_load(Path(path).read_text())
-    known = {"models", "configs", "options", "results", "dtype", "table", "note"}
-    if not isinstance(spec, dict) or set(spec) - known or not spec.get("models") or not spec.get("configs"):
-        raise ValueError(f"sweep file {path} must be a mapping with keys {sorted(known)} "
-                         "(models and configs required)")
-    option_names = {f.name for f in fields(EvalOptions)}
-    options = spec.get("options", {})
-    if unknown := set(options) - option_names:
-        raise ValueError(f"unknown sweep options {sorted(unknown)}; allowed: {sorted(option_names)}")
-    options = EvalOptions(**{**options, "tasks": tuple(options.get("tasks", ("wikitext2",)))})
-    results = Path(spec.get("results", Path(path).with_suffix("").name + "/results.jsonl"))
-    table = spec.get("table", "seed")
-    if table not in ("seed", "methods"):
-        raise ValueError(f"sweep table {table!r} is unknown; allowed: seed, methods")
-    return Sweep(list(spec["models"]), [_config(c) for c in spec["configs"]], options, results,
-                 spec.get("dtype", "float32"), table, spec.get("note", "").strip())
+def _data_files(options: EvalOptions) -> list[tuple[str, Path | None]]:
+    """(name, local file or None) for the WikiText-2 splits, the calibration text and the task files."""
+    root = find_data_dir(options.data_dir)
+    calib = options.calib_data or CALIB_SOURCES[0]
+    splits = ["test"] if "wikitext2" in options.tasks else []
+    files: list[tuple[str, Path | None]] = []
+    if calib in CALIB_SOURCES:
+        splits.append(calib.split("-", 1)[1])
+    else:  # a text file (a missing one fails its runs with calibration's own message)
+        files.append((calib, Path(calib) if Path(calib).is_file() else None))
+    for split in splits:
+        folder = root / WIKITEXT_DIR / split if root else None
+        arrows = sorted(folder.glob("*.arrow")) if folder and folder.is_dir() else []
+        files += [(f"wikitext2/{split}/{a.name}", a) for a in arrows] or [(f"wikitext2/{split}", None)]
+    for task in options.tasks:
+        if task != "wikitext2":
+            local = task_data(task, options.data_dir)
+            files += list(local.items()) if local else [(task, None)]
+    return files
 
 
-def run_key(model: str, config: SparsityConfig | None, options: EvalOptions) -> str:
-    return json.dumps({"model": model, "config": config.to_dict() if config else None,
-                       "options": options.key()}, sort_keys=True)
+def run_key(model: str, config: SparsityConfig | None, options: EvalOptions, dtype: str = "float32",
+            data: str | None = None) -> str:
+    return json.dumps({"model": model, "config": config.to_dict() if config else None, "options": options.key(),
+                       "dtype": dtype, "data": data}, sort_keys=True)
 
 
-def result_key(result: dict[str, Any]) -> str | None:
-    """The run key of a stored result, recomputed from its config and options: a record written
-    before a field existed holds that field's default, so it still counts as done."""
+def result_key(result: dict[str, Any], data: str | None = None) -> str | None:
+    """The run key of a stored result, recomputed from its fields: a record written before a field existed
+    holds that field's default, so it still counts as done. A record from before data checksums existed is
+    taken to have used `data`, the data of this sweep (there is no way to tell)."""
     try:
         config = SparsityConfig.from_dict(result["config"]) if result.get("config") else None
         known = {f.name for f in fields(EvalOptions)}
         options = EvalOptions(**{k: v for k, v in result["options"].items() if k in known})
-        return run_key(result["model"], config, options)
-    except (KeyError, TypeError, ValueError):
+        return run_key(result["model"], config, options, result.get("dtype", "float32"),
+                       result.get("data_checksum", data))
+    except (KeyError, TypeError, ValueError, AttributeError):
         return result.get("key")
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Finished runs, the latest one per key; a torn last line (a crash mid-write) is ignored and
-    will be redone."""
+# --- results.jsonl: one line per run, appended, the latest record of a key wins ---------------------------
+
+def is_failed(result: dict[str, Any]) -> bool:
+    return result.get("status") == FAILED
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Every record in file order, and how many lines were torn (a crash mid-write; their runs are redone)."""
     if not path.exists():
-        return []
-    latest: dict[Any, dict[str, Any]] = {}
-    for index, line in enumerate(path.read_text().splitlines()):
+        return [], 0
+    records, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        key = result_key(row) or index
-        latest.pop(key, None)  # a rerun replaces the older record and takes its place in file order
-        latest[key] = row
-    return list(latest.values())
+            row = None
+        if isinstance(row, dict):
+            records.append(row)
+        else:
+            torn += 1
+    return records, torn
+
+
+def latest(records: list[dict[str, Any]], data: str | None = None) -> list[dict[str, Any]]:
+    """The latest record per run key: a rerun (or a retry of a failed run) replaces the older record and
+    takes its place in file order."""
+    by_key: dict[Any, dict[str, Any]] = {}
+    for index, row in enumerate(records):
+        key = result_key(row, data) or index
+        by_key.pop(key, None)
+        by_key[key] = row
+    return list(by_key.values())
+
+
+def read_results(path: Path, data: str | None = None) -> list[dict[str, Any]]:
+    """The latest record per run, failed ones included (see is_failed); torn lines are skipped."""
+    return latest(read_records(path)[0], data)
 
 
 def append_result(path: Path, result: dict[str, Any]) -> None:
+    """One line in one write() call, synced to disk: a crash leaves the whole line or a torn tail that
+    read_records skips. After a torn tail the record starts on a new line, so the tail cannot swallow it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(result) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    line = ("\n" if _ends_mid_line(path) else "") + json.dumps(result) + "\n"  # json escapes newlines
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if (written := os.write(fd, data)) != len(data):  # only when the disk is full
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
+
+def _ends_mid_line(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+# --- running -------------------------------------------------------------------------------------------
 
 def _evaluate_in_child(model_spec: str, config: SparsityConfig | None, options: EvalOptions,
                        dtype: str) -> dict[str, Any]:
@@ -106,23 +156,41 @@ def _evaluate_in_child(model_spec: str, config: SparsityConfig | None, options: 
         return pool.submit(evaluate, model_spec, config, options, dtype=dtype).result()
 
 
+def _failure(model_spec: str, config: SparsityConfig | None, sweep: Sweep, error: Exception) -> dict[str, Any]:
+    """The record of a run that raised: enough to find it again (and retry it), and why it failed."""
+    return {"model": model_spec, "pruning": config.label if config else "none",
+            "config": config.to_dict() if config else None, "options": sweep.options.key(), "status": FAILED,
+            "error": f"{type(error).__name__}: {' '.join(str(error).split())}",
+            "traceback": "".join(traceback.format_exception(error)),  # a child's includes the remote one
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def run_sweep(sweep: Sweep, *, progress: bool = True, isolate: bool = True) -> list[dict[str, Any]]:
-    """Run what is not done yet; isolate=True evaluates each run in its own process (see above)."""
+    """Run what is not done yet (failed runs are retried) and return the latest record of each of the
+    sweep's runs. isolate=True evaluates each run in its own process (see _evaluate_in_child)."""
     from actprune_compiler.models import load_model
 
-    done = {result_key(r) for r in read_results(sweep.results)}
-    todo = [(m, c) for m in sweep.models for c in sweep.configs if run_key(m, c, sweep.options) not in done]
-    print(f"sweep: {len(done)} run(s) already in {sweep.results}, {len(todo)} to do")
+    data = data_checksum(sweep.options)
+    runs = {run_key(m, c, sweep.options, sweep.dtype, data): (m, c) for m in sweep.models for c in sweep.configs}
+    records, torn = read_records(sweep.results)
+    done = {result_key(r, data) for r in latest(records, data) if not is_failed(r)}
+    todo = [(key, *run) for key, run in runs.items() if key not in done]
+    print(f"sweep: {len(runs) - len(todo)} of {len(runs)} run(s) already in {sweep.results}, {len(todo)} to do"
+          + (f"; skipped {torn} torn line(s) left by a crash mid-write" if torn else ""))
     loaded: dict[str, Any] = {}
     with tqdm(todo, desc="sweep", disable=not progress) as bar:
-        for model_spec, config in bar:
+        for key, model_spec, config in bar:
             bar.set_postfix_str(f"{model_spec} {config.label if config else 'none'}")
-            if isolate:
-                result = _evaluate_in_child(model_spec, config, sweep.options, sweep.dtype)
-            else:
-                if model_spec not in loaded:
-                    loaded = {model_spec: load_model(model_spec, sweep.dtype)}  # one model in memory at a time
-                result = evaluate(model_spec, config, sweep.options, dtype=sweep.dtype, loaded=loaded[model_spec])
-            result["key"] = run_key(model_spec, config, sweep.options)
-            append_result(sweep.results, result)
-    return read_results(sweep.results)
+            try:
+                if isolate:
+                    result = _evaluate_in_child(model_spec, config, sweep.options, sweep.dtype)
+                else:
+                    if model_spec not in loaded:
+                        loaded = {model_spec: load_model(model_spec, sweep.dtype)}  # one model in memory at a time
+                    result = evaluate(model_spec, config, sweep.options, dtype=sweep.dtype, loaded=loaded[model_spec])
+            except Exception as error:  # noqa: BLE001  (one bad run must not end a week-long sweep)
+                result = _failure(model_spec, config, sweep, error)
+                tqdm.write(f"sweep: {model_spec} {result['pruning']} failed: {result['error']}", file=sys.stderr)
+            append_result(sweep.results, {**result, "dtype": sweep.dtype, "data_checksum": data, "key": key})
+    by_key = {result_key(r, data): r for r in read_results(sweep.results, data)}
+    return [by_key[key] for key in runs if key in by_key]

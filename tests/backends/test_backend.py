@@ -96,3 +96,48 @@ def test_weight_target_prunes_the_parameters_once_and_says_so(caplog):
 def test_bad_options_fail_when_compiling(options, match):
     with pytest.raises(ValueError, match=match):
         compile_model(copy.deepcopy(tiny_model("llama")), options)
+
+
+CALIB_TEXT = "Calibration text for a tiny model, with some variety: 0123456789. " * 40
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"pattern": "8:16", "criterion": "clact_static"}, "needs calibration statistics: pass tokenizer"),
+    ({"pattern": "8:16", "skip_sensitive": 2}, "skip_sensitive=2 needs a sensitivity ranking"),
+])
+def test_options_that_need_calibration_fail_at_compile_model_without_text(options, match):
+    with pytest.raises(ValueError, match=match):
+        compile_model(copy.deepcopy(tiny_model("llama")), options)
+
+
+def test_the_plain_backend_refuses_calibrated_options_with_a_sentence():
+    from actprune_compiler.backends.dynamo import parse_options
+
+    with pytest.raises(ValueError, match="needs calibration statistics, which the backend cannot gather"):
+        parse_options({"pattern": "8:16", "correction": "bias"})
+
+
+def test_compile_model_calibrates_and_matches_the_exported_program():
+    from conftest import char_tokenizer
+
+    from actprune_compiler import SparsityConfig, sparsify
+
+    options = {"pattern": "8:16", "criterion": "clact_static", "correction": "shift_static", "calib_samples": 4,
+               "calib_seqlen": 64}
+    model = copy.deepcopy(tiny_model("llama"))
+    reference = sparsify(model, SparsityConfig(**options), tokenizer=char_tokenizer(), calib_text=CALIB_TEXT)
+    compile_model(model, options, tokenizer=char_tokenizer(), calib_text=CALIB_TEXT)
+    ids = PROMPT.repeat(2, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, use_cache=False).logits, reference.module()(ids),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_skip_sensitive_through_compile_model_keeps_those_layers_dense():
+    from conftest import char_tokenizer
+
+    model = copy.deepcopy(tiny_model("llama"))
+    compile_model(model, {"pattern": "2:4", "skip_sensitive": 3, "calib_samples": 2, "calib_seqlen": 64},
+                  tokenizer=char_tokenizer(), calib_text=CALIB_TEXT)
+    greedy(model, PROMPT, tokens=3)
+    assert set(dynamo.report()["rewritten_per_graph"]) == {11}

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import char_tokenizer, needs_data, tiny_model, tiny_program
+from conftest import char_tokenizer, tiny_model, tiny_program
 from reference import hooked
 
 from actprune_compiler import SparsityConfig, compile_program, sparsify
@@ -81,7 +81,7 @@ def test_missing_wikitext_says_where_to_put_it(tmp_path, monkeypatch):
         load_wikitext2("test", data_dir=tmp_path)
 
 
-@needs_data
+@pytest.mark.usefixtures("data_dir")
 def test_local_wikitext_is_the_raw_test_file_joined_the_seed_way():
     from actprune_compiler.eval.data import load_wikitext2
 
@@ -90,7 +90,7 @@ def test_local_wikitext_is_the_raw_test_file_joined_the_seed_way():
     assert text.text.startswith(" \n\n\n = Robert Boulter = \n\n\n")
 
 
-@needs_data
+@pytest.mark.usefixtures("data_dir")
 def test_local_tasks_convert_to_the_hub_schema():
     from actprune_compiler.eval.data import TO_HUB_SCHEMA, task_data
 
@@ -104,7 +104,7 @@ def test_local_tasks_convert_to_the_hub_schema():
     assert len(TO_HUB_SCHEMA["winogrande"](task_data("winogrande"))) == 1267
 
 
-@needs_data
+@pytest.mark.usefixtures("data_dir")
 def test_eval_command_runs_offline_on_a_tiny_model(tmp_path, capsys):
     from actprune_compiler.cli import main
 

@@ -1,14 +1,33 @@
-"""Sweeps: resumable (skip what is done, including records written before a field existed), latest run wins."""
+"""Sweeps: resumable (skip what is done, including records written before a field existed), latest run wins,
+and a week-long sweep survives anything: torn lines, SIGKILL mid-run, failing runs, bad files, Ctrl-C."""
 
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from actprune_compiler import SparsityConfig
+from actprune_compiler.cli import main
 from actprune_compiler.commands.sweep import render
 from actprune_compiler.eval import sweep as sweep_module
+from actprune_compiler.eval.data import WIKITEXT_DIR
 from actprune_compiler.eval.runner import EvalOptions
-from actprune_compiler.eval.sweep import load_sweep, read_results, result_key, run_key, run_sweep
+from actprune_compiler.eval.sweep import (
+    append_result,
+    data_checksum,
+    read_records,
+    read_results,
+    result_key,
+    run_key,
+    run_sweep,
+)
+from actprune_compiler.eval.sweep_file import load_sweep
 
 SWEEP = """
 models: [tiny]
@@ -28,12 +47,24 @@ def sweep_file(tmp_path):
     return path
 
 
+class Calls(list):
+    """The labels evaluated, in order; the runs labelled in .fail raise, those in .interrupt get Ctrl-C."""
+
+    def __init__(self):
+        super().__init__()
+        self.fail, self.interrupt = set(), set()
+
+
 @pytest.fixture
 def fake_evaluate(monkeypatch):
-    calls = []
+    calls = Calls()
 
-    def evaluate(model_spec, config, options, *, dtype, loaded):
+    def evaluate(model_spec, config, options, *, dtype, loaded=None):
         calls.append(config.label if config else "none")
+        if calls[-1] in calls.fail:
+            raise RuntimeError(f"{calls[-1]} went wrong\non two lines")
+        if calls[-1] in calls.interrupt:
+            raise KeyboardInterrupt
         ppl = {"none": 10.0, "2:4": 30.0, "8:16 wt": 90.0}.get(calls[-1], 20.0)
         return {"model": model_spec, "config": config.to_dict() if config else None, "options": options.key(),
                 "pruning": calls[-1], "runtime_s": 60.0 * len(calls), "total_s": 70.0, "replaced_linears": 14,
@@ -42,6 +73,9 @@ def fake_evaluate(monkeypatch):
 
     monkeypatch.setattr(sweep_module, "evaluate", evaluate)
     monkeypatch.setattr("actprune_compiler.models.load_model", lambda spec, dtype: (None, None))
+    # `actprune sweep` isolates each run in a spawned process, which would not see the fake: run it here
+    monkeypatch.setattr(sweep_module, "_evaluate_in_child",
+                        lambda model, config, options, dtype: evaluate(model, config, options, dtype=dtype))
     return calls
 
 
@@ -53,15 +87,17 @@ def test_sweep_runs_each_config_once_and_resumes(sweep_file, fake_evaluate):
     assert len(fake_evaluate) == 3  # nothing redone
 
 
-def test_record_from_before_a_field_existed_counts_as_done(sweep_file, fake_evaluate):
+def test_record_from_before_a_field_existed_counts_as_done(sweep_file, fake_evaluate, capsys):
     sweep = load_sweep(sweep_file)
     old = {"model": "tiny", "config": SparsityConfig("2:4").to_dict(), "options": sweep.options.key()}
-    del old["config"]["skip_sensitive"], old["options"]["compile"]  # fields added later, at their defaults
+    # fields added later, at their defaults
+    del old["config"]["skip_sensitive"], old["options"]["compile"], old["options"]["batch_size"]
     sweep.results.parent.mkdir()
     sweep.results.write_text(json.dumps(old) + "\n" + '{"torn": ')  # and a crash mid-write
-    assert result_key(old) == run_key("tiny", SparsityConfig("2:4"), sweep.options)
+    assert result_key(old) == run_key("tiny", SparsityConfig("2:4"), sweep.options)  # no dtype, no data checksum
     run_sweep(sweep, progress=False, isolate=False)
     assert fake_evaluate == ["none", "8:16 wt"]
+    assert "skipped 1 torn line(s)" in capsys.readouterr().out
 
 
 def test_a_rerun_replaces_the_older_record(tmp_path):
@@ -97,3 +133,133 @@ def test_render_writes_the_seed_table_and_the_methods_table(sweep_file, fake_eva
     text = table.read_text()
     assert "| magnitude | **30.00** |" in text and "| weight magnitude |  | 90.00 |" in text
     assert "closes 0% of the gap to dense (short of the goal of half)" in text
+
+
+def _keys(sweep):
+    data = data_checksum(sweep.options)
+    return sorted(run_key(m, c, sweep.options, sweep.dtype, data) for m in sweep.models for c in sweep.configs)
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
+    path = tmp_path / "results.jsonl"
+    whole = {"model": "tiny", "config": None, "options": EvalOptions().key()}
+    torn = json.dumps({**whole, "config": SparsityConfig("2:4").to_dict()})[:40]  # killed mid-write
+    path.write_text(json.dumps(whole) + "\n" + torn)
+    new = {**whole, "config": SparsityConfig("8:16").to_dict()}
+    append_result(path, new)
+    assert read_results(path) == [whole, new]
+    assert read_records(path) == ([whole, new], 1)
+    assert path.read_text() == json.dumps(whole) + "\n" + torn + "\n" + json.dumps(new) + "\n"
+
+
+def test_a_sweep_killed_mid_run_resumes_with_every_run_exactly_once(sweep_file, fake_evaluate, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("sweep_child.py")), str(sweep_file),
+                              str(markers), "2:4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = load_sweep(sweep_file)
+    try:
+        deadline = time.monotonic() + 120  # the child imports torch: seconds on a loaded machine
+        while not ((markers / "started-2").exists() and sweep.results.exists()):
+            assert child.poll() is None, f"the sweep ended before it was killed:\n{child.communicate()[0]}"
+            assert time.monotonic() < deadline, "the sweep never reached its second run"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)  # in the middle of the second run ("2:4")
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+    assert len(read_results(sweep.results)) == 1  # the first run, finished before the kill
+    run_sweep(sweep, progress=False, isolate=False)
+    assert fake_evaluate == ["2:4", "8:16 wt"]  # the killed run is redone, the finished one is not
+    lines = sweep.results.read_text().splitlines()
+    assert sorted(json.loads(line)["key"] for line in lines) == _keys(sweep)
+    assert sorted(r["key"] for r in read_results(sweep.results)) == _keys(sweep)
+
+
+def test_a_failing_run_is_recorded_the_others_go_on_and_the_next_invocation_retries_it(
+        sweep_file, fake_evaluate, capsys):
+    fake_evaluate.fail.add("2:4")
+    assert main(["sweep", str(sweep_file)]) == 1
+    err = capsys.readouterr().err
+    assert "failed: tiny 2:4: RuntimeError: 2:4 went wrong on two lines" in err and "1 run(s) failed" in err
+    sweep = load_sweep(sweep_file)
+    data = data_checksum(sweep.options)
+    failed = [r for r in read_results(sweep.results) if r.get("status") == "failed"]
+    assert [(r["model"], r["pruning"], r["error"]) for r in failed] == [
+        ("tiny", "2:4", "RuntimeError: 2:4 went wrong on two lines")]
+    assert failed[0]["config"] == SparsityConfig("2:4").to_dict() and "Traceback" in failed[0]["traceback"]
+    assert failed[0]["key"] == run_key("tiny", SparsityConfig("2:4"), sweep.options, "float32", data)
+    assert len(read_results(sweep.results)) == 3 and fake_evaluate == ["none", "2:4", "8:16 wt"]
+    table = sweep.results.with_name("table.md").read_text()
+    assert "| none |" in table and "| 2:4 |" not in table  # rendering skips the failed run
+
+    fake_evaluate.fail.clear()
+    assert main(["sweep", str(sweep_file)]) == 0
+    assert fake_evaluate[3:] == ["2:4"]  # only the failed run is retried
+    rows = read_results(sweep.results)
+    assert len(rows) == 3 and not [r for r in rows if r.get("status") == "failed"]
+    assert "| 2:4 | 30.000 |" in sweep.results.with_name("table.md").read_text()
+
+
+def test_ctrl_c_keeps_finished_runs_leaves_no_partial_line_and_exits_130(sweep_file, fake_evaluate, capsys):
+    fake_evaluate.interrupt.add("2:4")
+    assert main(["sweep", str(sweep_file)]) == 130
+    assert "interrupted: finished runs are saved" in capsys.readouterr().out
+    results = load_sweep(sweep_file).results
+    assert [r["pruning"] for r in read_results(results)] == ["none"] and results.read_text().endswith("}\n")
+
+
+GOOD = "models: [tiny]\nconfigs: [none]\n"
+BAD_SWEEPS = {
+    "models: [tiny\nconfigs: [none]\n": "is not valid YAML at line 2",
+    "- tiny\n": "must be a mapping with keys models, configs",
+    "models: smollm2-135m\nconfigs: [none]\n": "models must be a list (models: [smollm2-135m]), not the str",
+    "models: [tiny]\nconfigs: 8:16\n": 'configs must be a list (configs: [none, "8:16"]), not the int 496',
+    GOOD + "model: tiny\n": "unknown key(s) ['model']",
+    GOOD.replace("[none]", '[none, {pattern: "4:2"}]'): "configs entry 2 ({'pattern': '4:2'}): pattern '4:2'",
+    GOOD.replace("[none]", "\n  - 2:4"): 'not the int 124 (YAML reads an unquoted N:M in base 60',
+    GOOD + "options: {tasks: wikitext2}\n": "option tasks must be a list of str, not the str 'wikitext2'",
+    GOOD + "options: {seqlen: long}\n": "option seqlen must be int, not the str 'long'",
+    GOOD + "options: {windows: 3}\n": "unknown sweep options ['windows']",
+    GOOD + "options: [seqlen]\n": "options must be a mapping",
+    "configs: [none]\n": "models and configs required",
+}
+
+
+@pytest.mark.parametrize("text", BAD_SWEEPS)
+def test_a_bad_sweep_file_is_one_sentence_naming_the_problem(tmp_path, capsys, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["sweep", str(path)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"actprune: error: sweep file {path}") and BAD_SWEEPS[text] in last, last
+
+
+def test_a_missing_sweep_file_is_one_sentence(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"actprune: error: sweep file {tmp_path / 'nope.yaml'} does not exist"
+
+
+def test_the_run_key_changes_with_everything_that_changes_the_result(tmp_path):
+    base = EvalOptions(max_windows=2)
+    changed = [dataclasses.replace(base, **change) for change in (
+        {"batch_size": 8}, {"seqlen": 64}, {"bos": "window"}, {"max_windows": 4}, {"limit": 100},
+        {"num_fewshot": 5}, {"apply_chat_template": True}, {"compile": False}, {"calib_data": "wikitext2-train"},
+        {"tasks": ("wikitext2", "boolq")})]
+    keys = [run_key("tiny", None, base, "float32", "abc"), run_key("tiny", None, base, "bfloat16", "abc"),
+            run_key("tiny", None, base, "float32", "abd"), run_key("other", None, base, "float32", "abc"),
+            run_key("tiny", SparsityConfig("2:4"), base, "float32", "abc"),
+            *(run_key("tiny", None, options, "float32", "abc") for options in changed)]
+    assert len(set(keys)) == len(keys)
+
+    # the data checksum follows the content of the files the runs read
+    for split in ("test", "validation"):
+        (tmp_path / WIKITEXT_DIR / split).mkdir(parents=True)
+        (tmp_path / WIKITEXT_DIR / split / "data-00000-of-00001.arrow").write_bytes(split.encode())
+    options = EvalOptions(data_dir=str(tmp_path))
+    first = data_checksum(options)
+    assert len(first) == 12 and data_checksum(options) == first
+    (tmp_path / WIKITEXT_DIR / "test" / "data-00000-of-00001.arrow").write_bytes(b"changed")
+    assert data_checksum(options) != first

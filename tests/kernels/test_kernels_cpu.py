@@ -9,7 +9,12 @@ from actprune_compiler import SparsityConfig, compile_program, sparsify
 from actprune_compiler.kernels import cpu
 from actprune_compiler.sparsity.masks import prune_sorted
 
-pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"native kernel does not build: {cpu.build_error()}")
+
+@pytest.fixture(scope="module", autouse=True)
+def native_kernel():
+    """Every test here needs the native decode kernel: fail (never skip) when it does not build, so CI sees it."""
+    if not cpu.available():
+        pytest.fail(f"the native CPU decode kernel does not build: {cpu.build_error()}", pytrace=False)
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 8])
@@ -20,7 +25,7 @@ def test_sparse_rows_linear_equals_dense_matmul_fp32(tokens, k, n, bias):
     x = prune_sorted(torch.randn(tokens, k, generator=g), torch.randn(tokens, k, generator=g).abs(), 2, 4)
     wt, b = torch.randn(k, n, generator=g), torch.randn(n, generator=g) if bias else None
     expected = x @ wt + (b if bias else 0)
-    torch.testing.assert_close(cpu.sparse_rows_linear(x, wt, b), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(cpu.sparse_rows_linear(x, wt.t(), b), expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -28,15 +33,15 @@ def test_sparse_rows_linear_half_precision(dtype):
     g = torch.Generator().manual_seed(1)
     x = prune_sorted(torch.randn(2, 3, 64, generator=g), torch.rand(2, 3, 64, generator=g), 8, 16).to(dtype)
     wt, b = torch.randn(64, 32, generator=g).to(dtype), torch.randn(32, generator=g).to(dtype)
-    got = cpu.sparse_rows_linear(x, wt, b)
+    got = cpu.sparse_rows_linear(x, wt.t(), b)
     assert got.dtype == dtype and got.shape == (2, 3, 32)
     torch.testing.assert_close(got.float(), x.float() @ wt.float() + b.float(), rtol=2e-2, atol=1e-1)
 
 
 def test_nan_and_inf_inputs_reach_the_output():
     wt = torch.ones(4, 2)
-    assert math.isnan(cpu.sparse_rows_linear(torch.tensor([[math.nan, 0, 0, 1.0]]), wt, None)[0, 0])
-    assert cpu.sparse_rows_linear(torch.tensor([[math.inf, 0, 0, 0.0]]), wt, None)[0, 1] == math.inf
+    assert math.isnan(cpu.sparse_rows_linear(torch.tensor([[math.nan, 0, 0, 1.0]]), wt.t(), None)[0, 0])
+    assert cpu.sparse_rows_linear(torch.tensor([[math.inf, 0, 0, 0.0]]), wt.t(), None)[0, 1] == math.inf
 
 
 def test_bad_shapes_fail_loudly():
@@ -55,9 +60,3 @@ def test_decode_shapes_lower_to_the_kernel_and_match_the_reference():
         _, sources = run_and_get_code(compile_program(result.program), prefill)
         assert "sparse_rows_linear" not in "\n".join(sources)  # many tokens: the GEMM path
 
-
-def test_without_freezing_the_decode_kernel_is_not_used():
-    result = sparsify(tiny_program("llama"), SparsityConfig("8:16"))
-    with torch.no_grad():
-        _, sources = run_and_get_code(compile_program(result.program, freeze=False), token_ids(1, 1))
-    assert "sparse_rows_linear" not in "\n".join(sources)

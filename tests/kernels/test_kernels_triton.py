@@ -21,7 +21,7 @@ def run_interpreted(body: str) -> subprocess.CompletedProcess:
 def test_masked_gemm_equals_the_reference_for_every_case():
     result = run_interpreted(f"""
         import sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
         from reference import masked_input
         for i, (shape, out, n, m) in enumerate({CASES!r}):
             g = torch.Generator().manual_seed(i)

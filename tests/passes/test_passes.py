@@ -80,6 +80,34 @@ def test_layer_whose_features_do_not_divide_by_m_is_rejected_by_name():
         sparsify(export_causal_lm(model), SparsityConfig("16:32"))
 
 
+def test_a_module_filter_that_matches_nothing_is_an_error_naming_the_layers():
+    with pytest.raises(ValueError, match=r"modules q-proj match none of the 15 linear layers; their names are "
+                                         r"down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"):
+        sparsify(tiny_program("llama"), SparsityConfig("8:16", modules=("q-proj",)))
+
+
+@pytest.mark.parametrize("ratio,message", [("99.99%", "keeps 0 of the 64 input features of layer "
+                                                      "model.layers.0.self_attn.q_proj, which is nothing"),
+                                           ("0.01%", "keeps 64 of the 64 input features of layer "
+                                                     "model.layers.0.self_attn.q_proj, which is no sparsity")])
+def test_unstructured_ratios_that_keep_all_or_nothing_are_rejected(ratio, message):
+    with pytest.raises(ValueError, match=f"pattern {ratio} {message}"):
+        sparsify(tiny_program("llama"), SparsityConfig(ratio))
+
+
+def test_layers_chosen_as_sensitive_stay_dense_with_their_reason():
+    keep = frozenset({"model.layers.0.mlp.down_proj"})
+    from actprune_compiler.export import WRAPPER_PREFIX
+    from actprune_compiler.graph_host import ExportedProgramHost
+    from actprune_compiler.passes import run_passes
+
+    program = copy.deepcopy(tiny_program("llama"))
+    rows = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), SparsityConfig("8:16"), keep_dense=keep)
+    row = next(r for r in rows if r["module"] in keep)
+    assert row["decision"] == "dense: sensitive" and row["decided"] == {"action": "dense", "reason": "sensitive"}
+    assert count_ops(program.graph) == {"nm_linear": 13, "linear": 2}
+
+
 @pytest.mark.parametrize("n,m", PATTERNS)
 def test_weight_fold_keeps_exactly_n_per_group_and_leaves_plain_linears(family, n, m):
     model, ids = tiny_model(family), token_ids()

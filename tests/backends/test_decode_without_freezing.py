@@ -1,0 +1,65 @@
+"""The decode kernel's W^T comes from a cache keyed by the weight, not from Inductor's freezing, so
+the plain torch.compile(model.forward, backend="actprune") call decodes with it too."""
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_model, tiny_program, token_ids
+from reference import hooked
+from torch._inductor.utils import run_and_get_code
+
+from actprune_compiler import SparsityConfig, compile_program, sparsify
+from actprune_compiler.backends import dynamo
+from actprune_compiler.kernels import transposed
+
+PROMPT = torch.tensor([[5, 17, 42, 99, 3, 64, 8]])
+
+
+def greedy(model, ids, tokens=12):
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                              pad_token_id=0)[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    torch._dynamo.reset()
+    dynamo.LOG.reset()
+    transposed.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def test_exported_program_without_freezing_decodes_with_the_kernel():
+    result = sparsify(tiny_program("llama"), SparsityConfig("8:16"))
+    decode = token_ids(1, 1)
+    with torch.no_grad():
+        compiled = compile_program(result.program, freeze=False)
+        got, sources = run_and_get_code(compiled, decode)
+        assert "sparse_rows_linear" in "\n".join(sources)
+        torch.testing.assert_close(got, result.module()(decode), rtol=1e-5, atol=1e-5)
+        compiled(decode)
+    # 14 layers: W^T made once per weight on the first call, reused on the second.
+    assert transposed.STATS == {"misses": 14, "hits": 14}
+
+
+def test_plain_torch_compile_call_generates_with_the_kernel_and_matches_the_reference():
+    model = copy.deepcopy(tiny_model("llama"))
+    with hooked(model, 8, 16):
+        expected = greedy(model, PROMPT)
+    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
+    assert greedy(model, PROMPT) == expected
+    misses = transposed.STATS["misses"]
+    assert misses == 14 and transposed.STATS["hits"] > 14 * 5  # every decode step reuses W^T
+    assert greedy(model, PROMPT) == expected and transposed.STATS["misses"] == misses
+
+
+def test_an_in_place_weight_update_refreshes_the_cached_transpose():
+    weight = torch.randn(8, 16)
+    first = transposed.transposed(weight)
+    assert transposed.transposed(weight) is first
+    with torch.no_grad():
+        weight.mul_(2)
+    torch.testing.assert_close(transposed.transposed(weight), (weight.t()).contiguous())
+    assert transposed.STATS == {"misses": 2, "hits": 1}

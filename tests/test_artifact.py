@@ -1,0 +1,54 @@
+"""Artifact folders are written atomically: an interrupted save leaves the old artifact intact."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_program
+
+from actprune_compiler import SparsityConfig, sparsify
+from actprune_compiler.artifact import load_program, load_report, save_artifact
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    return sparsify(tiny_program("llama"), SparsityConfig("8:16"))
+
+
+def test_an_existing_artifact_is_refused_without_force_and_replaced_with_it(tmp_path, pruned):
+    out = save_artifact(tmp_path / "art", pruned.program, {"label": "first"})
+    with pytest.raises(ValueError, match="already exists and is not empty; pass --force"):
+        save_artifact(out, pruned.program, {"label": "second"})
+    save_artifact(out, pruned.program, {"label": "second"}, force=True)
+    assert load_report(out)["label"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temporary siblings left
+
+
+def test_a_save_interrupted_midway_leaves_the_old_artifact_and_no_debris(tmp_path, pruned, monkeypatch):
+    out = save_artifact(tmp_path / "art", pruned.program, {"label": "old"})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(program, path):
+        path.write_bytes(b"half a program")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.export, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_artifact(out, pruned.program, {"label": "new"}, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert json.loads((out / "report.json").read_text())["label"] == "old"
+
+
+def test_a_corrupt_program_is_one_sentence(tmp_path, pruned):
+    out = save_artifact(tmp_path / "art", pruned.program, {"label": "x"})
+    (out / "program.pt2").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="is not a readable torch.export program .*; recompile it"):
+        load_program(out)
+
+
+def test_an_out_path_that_is_a_file_is_refused(tmp_path, pruned):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="is a file; give a folder path"):
+        save_artifact(target, pruned.program, {})
