@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The main job on the default model: compile at 8:16 (with the compiled-vs-reference check), then
 # WikiText-2 perplexity of the dense and the 8:16 model on the first 4 windows of 2048 tokens.
 demo: setup
-	$(BIN)/actprune compile --model smollm2-135m --pattern 8:16 --out out/smollm2-135m-8-16
+	$(BIN)/actprune compile --model smollm2-135m --pattern 8:16 --out out/smollm2-135m-8-16 --force
 	$(BIN)/actprune eval --model smollm2-135m --tasks wikitext2 --max-windows 4 --output out/dense.json
 	$(BIN)/actprune eval --model smollm2-135m --pattern 8:16 --tasks wikitext2 --max-windows 4 --output out/8-16.json
 

@@ -19,6 +19,7 @@ from torch.export import ExportedProgram
 
 from actprune_compiler.backends.dynamo import compile_model
 from actprune_compiler.backends.inductor import compile_program
+from actprune_compiler.calibration.prepare import prepare
 from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
 from actprune_compiler.graph_host import ExportedProgramHost
 from actprune_compiler.models import load_model
@@ -70,11 +71,6 @@ class SparsifiedProgram:
         return self.program.module()
 
 
-def _needs_text(what: str, config: SparsityConfig) -> ValueError:
-    return ValueError(f"config {config.label!r} needs {what}: pass the model, its tokenizer and "
-                      "calib_text=... (e.g. actprune_compiler.eval.data.calibration_text()[0])")
-
-
 def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConfig, *, tokenizer=None,
              calib_text: str | None = None, calib_source: str = "caller's text",
              stats: dict[str, LayerStats] | None = None, model: nn.Module | None = None,
@@ -94,27 +90,12 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
     else:
         raise TypeError(f"sparsify takes a causal LM (nn.Module) or an ExportedProgram, "
                         f"not {type(model_or_program).__name__}")
-    calibration = None
-    if config.needs_calibration() and stats is None:
-        if model is None or calib_text is None:
-            raise _needs_text("calibration statistics", config)
-        from actprune_compiler.calibration import calibrate
-
-        with timer("calibrate_s"):
-            stats, calibration = calibrate(model, tokenizer, config, calib_text, calib_source)
-    sensitive: list[str] = []
-    if config.skip_sensitive:
-        if model is None or calib_text is None:
-            raise _needs_text(f"a sensitivity ranking (skip_sensitive={config.skip_sensitive})", config)
-        from actprune_compiler.calibration import most_sensitive
-
-        with timer("sensitivity_s"):
-            sensitive = most_sensitive(model, tokenizer, config, calib_text, stats)
+    prepared = prepare(model, tokenizer, config, calib_text, source=calib_source, stats=stats, timer=timer)
     with timer("passes_s"):
-        layers = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), config, stats,
-                            keep_dense=frozenset(sensitive))
+        layers = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), config, prepared.stats,
+                            keep_dense=frozenset(prepared.keep_dense))
     report = {"config": config.to_dict(), "label": config.label,
               "inputs": ["input_ids", "attention_mask"] if with_attention_mask else ["input_ids"],
-              "totals": layer_totals(layers), "graph_ops": count_ops(program.graph), "calibration": calibration,
-              "excluded_as_sensitive": sensitive, "timings": timer.seconds, "layers": layers}
+              "totals": layer_totals(layers), "graph_ops": count_ops(program.graph), "calibration": prepared.summary,
+              "excluded_as_sensitive": prepared.keep_dense, "timings": timer.seconds, "layers": layers}
     return SparsifiedProgram(program, config, layers, report)

@@ -75,7 +75,7 @@ def layer_shapes(model: nn.Module, config: SparsityConfig) -> list[tuple[int, in
 
 
 class _NMLinear(nn.Linear):
-    """An nn.Linear whose forward is nm_linear: weights stay parameters, so freezing folds W^T."""
+    """An nn.Linear whose forward is nm_linear: the weight stays a parameter, as in a model."""
 
     def __init__(self, k: int, n_out: int, n: int, m: int) -> None:
         super().__init__(k, n_out, bias=False)
@@ -151,6 +151,14 @@ def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_
     actprune is timed through both documented calls: compile_model (dynamic shapes, freezing) and
     the plain model.forward = torch.compile(model.forward, backend="actprune", options=...).
     """
+    from actprune_compiler.generation import several_compiled_models
+
+    with several_compiled_models():
+        return _decode_timings(model, config, prompt_len, new_tokens, repeats)
+
+
+def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int,
+                    repeats: int) -> dict[str, dict]:
     from actprune_compiler.backends.dynamo import compile_model
     from actprune_compiler.backends.inductor import inference_call
     from actprune_compiler.generation import timed_generate

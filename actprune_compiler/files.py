@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+# Read once, at import: setting the umask to read it is not safe while other threads create files.
+_UMASK = _read_umask()
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
@@ -25,7 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result is an ordinary file
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,23 +65,28 @@ def check_output_folder(path: str | Path, force: bool, flag: str = "--out") -> N
 
 
 def atomic_folder(path: str | Path, fill: Callable[[Path], Any], *, force: bool = False) -> Path:
-    """Build a folder in a hidden sibling, then rename it into place: readers see the old folder
-    or the whole new one, never a mix. An existing folder is replaced only with force."""
+    """Build a folder in a hidden sibling, then rename it into place: the folder holds the old
+    files or the whole new set, never a mix of the two. Replacing an existing folder (only with
+    force) takes two renames; if the second fails, the old folder is put back."""
     path = Path(path)
     check_output_folder(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
     try:
         fill(building)
-        os.chmod(building, 0o777 & ~_umask())
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
+        os.chmod(building, 0o777 & ~_UMASK)
+        if not path.exists():
             os.replace(building, path)
-            shutil.rmtree(old)
-        else:
+            return path
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / path.name)
+        try:
             os.replace(building, path)
-    except BaseException:
+        except BaseException:
+            os.replace(old / path.name, path)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)  # the new folder is in place: leftovers are harmless
+        return path
+    finally:
         shutil.rmtree(building, ignore_errors=True)
-        raise
-    return path

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+
+@contextlib.contextmanager
+def several_compiled_models() -> Iterator[None]:
+    """Room for several compiled copies of one model class in a process (bench, --compare-dense).
+
+    Dynamo keeps at most `recompile_limit` (8) graphs per code object, and every copy of a model
+    shares its class's forward: past the limit a copy would silently run eagerly and be timed as
+    if compiled. Here the limit is raised, and hitting it is an error instead.
+    """
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        yield
 
 
 class StepClock:

@@ -11,5 +11,5 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/kernels/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
 timeout 240 python3 scripts/gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/gpu_bench.log"

@@ -43,6 +43,29 @@ def tiny_program(family: str):
     return actprune_compiler.export_causal_lm(tiny_model(family))
 
 
+PROMPT = torch.tensor([[5, 17, 42, 99, 3, 64, 8]])
+
+
+def greedy(model, ids=PROMPT, tokens=20):
+    """Greedy continuation with the KV cache: the generated token ids."""
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                              pad_token_id=0)[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """No compiled graph, backend log or cached W^T carried over from another test."""
+    from actprune_compiler.backends import dynamo
+    from actprune_compiler.kernels import transposed
+
+    torch._dynamo.reset()
+    dynamo.LOG.reset()
+    transposed.clear()
+    yield
+    torch._dynamo.reset()
+
+
 def token_ids(batch=2, seq=24, vocab=128, seed=0):
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 

@@ -52,3 +52,23 @@ def test_an_out_path_that_is_a_file_is_refused(tmp_path, pruned):
     target.write_text("x")
     with pytest.raises(ValueError, match="is a file; give a folder path"):
         save_artifact(target, pruned.program, {})
+
+
+def test_a_failed_swap_puts_the_old_artifact_back(tmp_path, pruned, monkeypatch):
+    import os
+
+    out = save_artifact(tmp_path / "art", pruned.program, {"label": "old"})
+    real_replace, calls = os.replace, []
+
+    def second_rename_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new folder into place
+            raise OSError("disk went away")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="disk went away"):
+        save_artifact(out, pruned.program, {"label": "new"}, force=True)
+    monkeypatch.undo()
+    assert load_report(out)["label"] == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

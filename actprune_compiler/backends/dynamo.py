@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from actprune_compiler.graph_host import GraphModuleHost
 from actprune_compiler.passes import run_passes
@@ -40,7 +41,9 @@ class GraphRecord:
 @dataclass
 class BackendLog:
     graphs: list[GraphRecord] = field(default_factory=list)
-    pruned_weights: dict[int, str] = field(default_factory=dict)  # id(parameter) -> config label
+    # parameter -> config label; weakly keyed, so a freed model's entries die with it and a new
+    # parameter at a recycled id() is never mistaken for an old one
+    pruned_weights: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary)
 
     def reset(self) -> None:
         self.graphs.clear()
@@ -70,7 +73,10 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if inner not in INNER_BACKENDS:
         raise ValueError(f"inner_backend {inner!r} is unknown; allowed: {', '.join(INNER_BACKENDS)}")
     stats = options.pop("stats", None)
-    keep_dense = frozenset(options.pop("keep_dense", ()))
+    keep_dense = options.pop("keep_dense", ())
+    if isinstance(keep_dense, str):
+        raise ValueError(f"keep_dense must be a list of module paths, not the string {keep_dense!r}")
+    keep_dense = frozenset(keep_dense)
     unknown = sorted(set(options) - _CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"unknown actprune backend options {unknown}; allowed: "
@@ -96,10 +102,10 @@ def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
 def _refuse_repruning(host: GraphModuleHost, config: SparsityConfig) -> None:
     """Weight targets prune the real parameters once; pruning them again with another config is an error."""
     for value in _parameters(host):
-        if id(value) in LOG.pruned_weights:
-            if LOG.pruned_weights[id(value)] != config.label:
+        if value in LOG.pruned_weights:
+            if LOG.pruned_weights[value] != config.label:
                 raise ValueError(f"these weights were already pruned in place with "
-                                 f"{LOG.pruned_weights[id(value)]!r}; reload the model to prune them with "
+                                 f"{LOG.pruned_weights[value]!r}; reload the model to prune them with "
                                  f"{config.label!r}")
 
 
@@ -115,9 +121,10 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     rewritten = [r["module"] for r in rows if r["decided"]["action"] == "sparse"]
     dense = [r["module"] for r in rows if r["decided"]["action"] == "dense"]
     LOG.graphs.append(GraphRecord(config.label, rewritten, dense))
-    newly = [t for t in host.overwritten if id(t) not in LOG.pruned_weights]
+    newly = [t for t in host.overwritten if t not in LOG.pruned_weights]
     if newly:  # a recompile prunes the same weights again, to the same values: say it once
-        LOG.pruned_weights.update({id(t): config.label for t in newly})
+        for tensor in newly:
+            LOG.pruned_weights[tensor] = config.label
         log.warning("actprune: pruned the weights of %d linear layers in place (%s); the model's parameters "
                     "are now sparse", len(newly), config.label)
     if parsed.inner == "eager":
@@ -147,24 +154,17 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     always specialised), and every new prompt length recompiles.
     """
     from actprune_compiler.backends.inductor import inference_call
+    from actprune_compiler.calibration.prepare import prepare
 
     options = dict(options or {})
     config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
-    if config.needs_calibration() and options.get("stats") is None:
-        if calib_text is None:
-            raise ValueError(f"config {config.label!r} needs calibration statistics: pass tokenizer=... and "
-                             "calib_text=... (e.g. actprune_compiler.eval.data.calibration_text()[0])")
-        from actprune_compiler.calibration import calibrate
-
-        options["stats"] = calibrate(model, tokenizer, config, calib_text)[0]
-    if config.skip_sensitive and not options.get("keep_dense"):
-        if calib_text is None:
-            raise ValueError(f"skip_sensitive={config.skip_sensitive} needs a sensitivity ranking: pass "
-                             "tokenizer=... and calib_text=...")
-        from actprune_compiler.calibration import most_sensitive
-
-        options["keep_dense"] = most_sensitive(model, tokenizer, config, calib_text, options.get("stats"))
-    parse_options(options)  # fail now, not at the first call
+    prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"))
+    options["stats"] = prepared.stats
+    options["keep_dense"] = options.get("keep_dense") or prepared.keep_dense
+    parsed = parse_options(options)  # fail now, not at the first call
+    linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if unknown := sorted(parsed.keep_dense - linears):
+        raise ValueError(f"keep_dense names {unknown}, which are not linear layers of this model")
     compiled = torch.compile(model.forward, backend="actprune", options=options, dynamic=dynamic, **compile_kwargs)
     model.forward = inference_call(compiled, freeze)
     return model

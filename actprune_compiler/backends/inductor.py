@@ -21,7 +21,7 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
 
 def inference_call(compiled: Callable, freeze: bool) -> Callable:
     """Call without autograd, with Inductor's freezing on while Dynamo traces (when it decides
-    whether parameters are constants): frozen weights are folded, e.g. W^T for the decode kernel."""
+    whether parameters are constants): frozen weights are folded and prepacked for the GEMMs."""
 
     @functools.wraps(compiled)
     def call(*args, **kwargs):

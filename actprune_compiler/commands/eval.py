@@ -8,6 +8,7 @@ from typing import Any
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
+    calibration_input,
     config_from_args,
     example_limit,
     existing_folder,
@@ -36,6 +37,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--data-dir", type=existing_folder, default=None,
                    help="evaluation data folder (default: $ACTPRUNE_DATA_DIR, else the project's data/)")
+    p.add_argument("--allow-hub", action="store_true",
+                   help="tasks whose data is not local are fetched from the Hugging Face hub "
+                        "(default: missing data fails before the model loads)")
     p.add_argument("--no-compile", action="store_true",
                    help="score the uncompiled program (reference kernels): quick quality checks; recorded")
 
@@ -74,13 +78,32 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def check_local_data(args: argparse.Namespace, config) -> None:
+    """Refuse, before the model loads, a run whose data is not in the data folder (it would go to the hub)."""
+    from actprune_compiler.eval.data import find_data_dir, missing_data, where_data_goes
+
+    calibrates = config is not None and (config.needs_calibration() or config.skip_sensitive)
+    calibration = (args.calib_data or "wikitext2-validation") if calibrates else None
+    missing = missing_data(args.tasks, args.data_dir, calibration)
+    if missing:
+        root = find_data_dir(args.data_dir)
+        searched = f"the data folder {root}" if root else "any data folder"
+        raise FileNotFoundError(
+            f"evaluation data not found in {searched}: {'; '.join(missing)}; put each at its path under DATA, "
+            f"with DATA {where_data_goes()}; or pass --allow-hub to fetch it from the Hugging Face hub")
+
+
 def run(args: argparse.Namespace) -> int:
     from actprune_compiler.eval.runner import evaluate, write_result
     from actprune_compiler.files import check_output_file
 
     config, options = config_from_args(args), options_from_args(args)
     check_output_file(args.output)  # before the model loads, not after an hour of scoring
-    result = evaluate(args.model, config, options, dtype=args.dtype)
+    if not args.allow_hub:
+        check_local_data(args, config)
+    text, source = calibration_input(args, config)  # read now: a bad calibration source fails at once
+    result = evaluate(args.model, config, options, dtype=args.dtype,
+                      calib_text=(text, source) if text is not None else None)
     row = result_row(result)
     print(format_table([row], list(row)))
     if args.output:

@@ -16,7 +16,7 @@ from actprune_compiler.commands.common import (
     config_from_args,
     positive_int,
 )
-from actprune_compiler.generation import timed_generate
+from actprune_compiler.generation import several_compiled_models, timed_generate
 from actprune_compiler.tables import format_table
 
 
@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
         variants["dense"] = None
     rows = []
     for name, options in variants.items():
-        result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options, tokenizer=tokenizer,
-                             calib_text=calib_text)
+        with several_compiled_models():
+            result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options, tokenizer=tokenizer,
+                                 calib_text=calib_text)
         print(f"\n[{name}] {args.prompt}{tokenizer.decode(result['tokens'], skip_special_tokens=True)}")
         rows.append({"model": name, "prefill (ms)": round(result["prefill_ms"], 1),
                      "decode tokens/s": round(result["decode_tokens_per_s"], 2),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from actprune_compiler.files import atomic_write
 from actprune_compiler.models import CACHE_DIR
 
 DATA_ENV = "ACTPRUNE_DATA_DIR"
@@ -143,6 +145,27 @@ def task_data(task: str, data_dir: str | Path | None = None) -> dict[str, Path] 
     return paths if all(p.is_file() for p in paths.values()) else None
 
 
+def missing_data(tasks: Collection[str], data_dir: str | Path | None = None,
+                 calibration: str | None = None) -> list[str]:
+    """What the tasks (and the calibration source, when the run calibrates) would read that is not in the
+    data folder, one "what (DATA/relative path)" item each; empty when all of it is local.
+
+    A calibration text file is not checked here (its flag is), only the named WikiText-2 splits.
+    Without this check the missing parts come from the hub, after the model has loaded.
+    """
+    root = find_data_dir(data_dir)
+    splits = ["test"] if "wikitext2" in tasks else []
+    if calibration in CALIB_SOURCES:
+        splits.append(calibration.split("-", 1)[1])
+    missing = [f"WikiText-2 {split} split (DATA/{WIKITEXT_DIR}/{split})" for split in splits
+               if root is None or not (root / WIKITEXT_DIR / split).is_dir()]
+    for task in tasks:
+        if task != "wikitext2" and (root is None or task_data(task, root) is None):
+            absent = [rel for rel in TASK_FILES.get(task, []) if root is None or not (root / rel).is_file()]
+            missing.append(f"{task} ({', '.join(f'DATA/{rel}' for rel in absent) or 'no local copy'})")
+    return missing
+
+
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -184,10 +207,10 @@ def prepared_task_file(task: str, files: dict[str, Path]) -> Path:
     target = CACHE_DIR / "data" / f"{task}-{key}.jsonl"
     if not target.exists():
         rows = TO_HUB_SCHEMA[task](files)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".partial")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        tmp.rename(target)  # atomic: never a half-written file under the final name
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        # a temporary file of its own, then a rename: two processes preparing the same task never collide,
+        # and the final name never holds a half-written file
+        atomic_write(target, lambda tmp: Path(tmp).write_text(text))
     return target
 
 

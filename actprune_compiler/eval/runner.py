@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ class EvalOptions:
     # for quality sweeps where Inductor's compile would cost more than the scoring. Recorded.
     compile: bool = True
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> dict[str, Any]:
         """What makes two runs comparable (used by sweeps to skip finished runs); data_dir is a place,
@@ -57,16 +56,22 @@ def warm_up_shapes(options: EvalOptions) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOptions):
-    """(callable, sparsified program or None, calibration summary, seconds by stage) for a config or dense."""
+def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOptions,
+            calib_text: tuple[str, str] | None = None):
+    """(callable, sparsified program or None, calibration summary, seconds by stage) for a config or dense.
+
+    calib_text: (text, description) already read (actprune eval reads it before the model loads, so that
+    missing data fails at once); None reads options.calib_data here when the config needs it."""
     timer = Timer()
     if config is None:
         with timer("export_s"):
             program = export_causal_lm(model)
         sparsified, calibration = None, None
     else:
-        text, source = (calibration_text(options.calib_data, options.data_dir)
-                        if config.needs_calibration() or config.skip_sensitive else (None, ""))
+        needs_text = config.needs_calibration() or config.skip_sensitive
+        if calib_text is None and needs_text:
+            calib_text = calibration_text(options.calib_data, options.data_dir)
+        text, source = calib_text if needs_text else (None, "")
         sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
         program, calibration = sparsified.program, sparsified.report["calibration"]
         timer.seconds.update(sparsified.report["timings"])
@@ -82,8 +87,11 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
 
 
 def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOptions, *, dtype: str = "float32",
-             loaded: tuple[Any, Any] | None = None) -> dict[str, Any]:
-    """Score `model_spec` pruned by `config` (None: dense) through the compiled program."""
+             loaded: tuple[Any, Any] | None = None, calib_text: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Score `model_spec` pruned by `config` (None: dense) through the compiled program.
+
+    calib_text: the calibration (text, description), when the caller has read it already; None reads
+    options.calib_data (when the config calibrates) after the model has loaded."""
     from actprune_compiler.eval.data import load_wikitext2
     from actprune_compiler.eval.harness import make_lm, run_tasks
     from actprune_compiler.eval.perplexity import perplexity, resolve_bos
@@ -92,7 +100,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
     model, tokenizer = loaded or load_model(model_spec, dtype)
     if tokenizer is None:
         raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
-    runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options)
+    runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options, calib_text)
     if options.compile:
         with torch.no_grad():  # compile up front, so runtime_s is scoring time alone
             start = time.perf_counter()

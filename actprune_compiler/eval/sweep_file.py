@@ -9,7 +9,11 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from actprune_compiler.eval.data import CALIB_SOURCES
+from actprune_compiler.eval.harness import TASKS  # a plain tuple: harness imports lm_eval only to score
+from actprune_compiler.eval.perplexity import BOS_MODES
 from actprune_compiler.eval.runner import EvalOptions
+from actprune_compiler.models import DTYPES
 from actprune_compiler.sparsity.config import SparsityConfig
 
 SWEEP_KEYS = ("models", "configs", "options", "results", "dtype", "table", "note")
@@ -66,11 +70,13 @@ def _build_sweep(spec: dict[str, Any], default_results: Path) -> Sweep:
     for name in ("results", "dtype", "table", "note"):
         if spec.get(name) is not None and not isinstance(spec[name], str):
             raise ValueError(f"{name} must be a string, not {_show(spec[name])}")
+    if (dtype := spec.get("dtype") or "float32") not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
     table = spec.get("table") or "seed"
     if table not in TABLES:
         raise ValueError(f"table {table!r} is unknown; allowed: {', '.join(TABLES)}")
     return Sweep(models, [_config_entry(i, c) for i, c in enumerate(configs, 1)], _options(spec.get("options")),
-                 Path(spec.get("results") or default_results), spec.get("dtype") or "float32", table,
+                 Path(spec.get("results") or default_results), dtype, table,
                  (spec.get("note") or "").strip())
 
 
@@ -115,7 +121,36 @@ def _options(value: Any) -> EvalOptions:
     for name, option in value.items():
         if not _has_type(option, types[name]):
             raise ValueError(f"option {name} must be {_type_name(types[name])}, not {_show(option)}")
+    _check_values(value)
     return EvalOptions(**{**value, "tasks": tuple(value.get("tasks", ("wikitext2",)))})
+
+
+ALL_TASKS = ("wikitext2", *TASKS)
+AT_LEAST = {"seqlen": 2, "batch_size": 1, "max_windows": 1, "num_fewshot": 0}  # None, where allowed, is unset
+
+
+def _check_values(options: dict[str, Any]) -> None:
+    """The values of well-typed options, as the eval command's flags check them."""
+    if "tasks" in options:
+        if not options["tasks"]:
+            raise ValueError(f"option tasks is empty; allowed: {', '.join(ALL_TASKS)}")
+        if unknown := [t for t in options["tasks"] if t not in ALL_TASKS]:
+            raise ValueError(f"option tasks has unknown task {', '.join(map(repr, unknown))}; "
+                             f"allowed: {', '.join(ALL_TASKS)}")
+    if "bos" in options and options["bos"] not in BOS_MODES:
+        raise ValueError(f"option bos {options['bos']!r} is unknown; allowed: {', '.join(BOS_MODES)}")
+    calib = options.get("calib_data")
+    if calib is not None and calib not in CALIB_SOURCES and not Path(calib).is_file():
+        raise ValueError(f"option calib_data {calib!r} is neither {', '.join(CALIB_SOURCES)} "
+                         f"nor an existing text file")
+    for name, minimum in AT_LEAST.items():
+        if options.get(name) is not None and options[name] < minimum:
+            allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ValueError(f"option {name} {options[name]} is too small; it must be {allowed}")
+    limit = options.get("limit")
+    if limit is not None and not (0 < limit < 1 or (limit >= 1 and float(limit).is_integer())):
+        raise ValueError(f"option limit {limit} is not allowed; it must be a fraction between 0 and 1 "
+                         f"or a whole count of examples >= 1")
 
 
 def _has_type(value: Any, hint: Any) -> bool:

@@ -65,9 +65,21 @@ def nm_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
     return triton_path().reshape(*x.shape[:-1], weight.shape[0])
 
 
-def kernel_choices() -> dict[str, str]:
-    """Which kernel each measured (tokens bucket, out, in, dtype) shape took, for results files."""
-    return {f"{t}x{k}->{n} {str(d).removeprefix('torch.')}": choice for (t, n, k, d), choice in _CHOICE.items()}
+# What the lowering chose for each kind of nm_linear it compiled (device, dtype, pattern, method, shape kind).
+LOWERED: dict[str, str] = {}
+
+
+def record_lowering(x: Tensor, n: int, m: int, criterion: str, correction: str, kernel: str) -> None:
+    shape = "decode" if all(isinstance(d, int) for d in x.shape[:-1]) and x.shape[:-1].numel() <= 4 else "prefill"
+    key = f"{x.device.type} {str(x.dtype).removeprefix('torch.')} {n}:{m} {criterion}+{correction} {shape}"
+    LOWERED[key] = kernel
+
+
+def kernel_choices() -> dict[str, dict[str, str]]:
+    """For results files: the kernel the lowering chose per kind of layer, and, for 2:4 on CUDA, which of
+    cuSPARSELt and the Triton GEMM measured faster per (tokens bucket, out, in, dtype) shape."""
+    measured = {f"{t}x{k}->{n} {str(d).removeprefix('torch.')}": c for (t, n, k, d), c in _CHOICE.items()}
+    return {"lowered": dict(LOWERED), "cusparselt_vs_triton": measured}
 
 
 @nm_matmul.register_fake

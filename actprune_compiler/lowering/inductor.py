@@ -20,7 +20,7 @@ from torch import Tensor
 
 import actprune_compiler.kernels.cpu  # noqa: F401  (registers actprune::sparse_rows_linear)
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
-from actprune_compiler.kernels.gpu import gpu_path_supports
+from actprune_compiler.kernels.gpu import gpu_path_supports, record_lowering
 from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.masks import prune_by_rank, prune_sorted
@@ -63,10 +63,15 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
                          criterion: str = "magnitude", correction: str = "none",
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
     decode = use_decode_kernel(x, correction)
-    if x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype):
+    fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
+    prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
+    kernel = ("triton masked GEMM (or cuSPARSELt)" if fused_gpu else
+              f"{'rank loop' if prune is prune_by_rank else 'sort'} mask + "
+              f"{'decode kernel over kept rows' if decode else 'dense GEMM'}")
+    record_lowering(x, n, m, criterion, correction, kernel)
+    if fused_gpu:
         # Triton GEMM with the mask in its prologue (or cuSPARSELt for 2:4): no pass over memory.
         return torch.ops.actprune.nm_matmul(x, weight, bias, n, m, score_scale)
-    prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
     x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, prune)
     if decode:
         # The kernel reads only the rows of W^T under kept inputs.

@@ -33,9 +33,9 @@ def layer_rows(sites: list[LinearSite], changes: dict[str, Any]) -> list[dict[st
 
 
 def run_passes(host: GraphHost, config: SparsityConfig, stats: dict[str, LayerStats] | None = None, *,
-               keep_dense: frozenset[str] = frozenset(), require_match: bool = True) -> list[dict[str, Any]]:
+               keep_dense: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """select_linears -> insert_nm_linear (activation) or fold_weight_masks (weight) -> cleanup."""
-    sites = select_linears(host, config, keep_dense, require_match)
+    sites = select_linears(host, config, keep_dense)
     rewrite = insert_nm_linear if config.target == "activation" else fold_weight_masks
     changes = rewrite(host, sites, config, stats)
     host.finish()

@@ -7,15 +7,8 @@ import torch
 from actprune_compiler.graph_host import GraphHost
 from actprune_compiler.passes.select_linears import LinearSite, format_node
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.sparsity.criteria import WEIGHT_CRITERIA
-from actprune_compiler.sparsity.masks import keep_mask_sorted
 from actprune_compiler.sparsity.stats import LayerStats
-
-
-def prune_weight(weight: torch.Tensor, n: int, m: int, criterion: str, stats: LayerStats | None) -> torch.Tensor:
-    """Keep n of every m consecutive input-dimension weights of each output row."""
-    keep = keep_mask_sorted(WEIGHT_CRITERIA[criterion].score(weight.detach(), stats), n, m)
-    return torch.where(keep, weight.detach(), torch.zeros((), dtype=weight.dtype))
+from actprune_compiler.sparsity.weights import prune_weight
 
 
 def fold_weight_masks(host: GraphHost, sites: list[LinearSite], config: SparsityConfig,

@@ -100,12 +100,12 @@ def _decide(site: LinearSite, config: SparsityConfig, pattern: Pattern, keep_den
     return LayerDecision.sparse(config.target, n, m)
 
 
-def select_linears(host: GraphHost, config: SparsityConfig, keep_dense: frozenset[str] = frozenset(),
-                   require_match: bool = True) -> list[LinearSite]:
+def select_linears(host: GraphHost, config: SparsityConfig,
+                   keep_dense: frozenset[str] = frozenset()) -> list[LinearSite]:
     """Every linear node, in graph order, with the config's decision about it.
 
-    keep_dense: module paths chosen to stay dense (e.g. the most sensitive layers). With
-    require_match, a config whose `modules` match no linear is an error, not a dense no-op.
+    keep_dense: module paths chosen to stay dense (e.g. the most sensitive layers). A config that
+    leaves a graph with linear layers but nothing to prune is an error, never a dense no-op.
     """
     sites = []
     for node in host.graph.nodes:
@@ -117,8 +117,12 @@ def select_linears(host: GraphHost, config: SparsityConfig, keep_dense: frozense
         if matches(site.path, config.modules):
             site.decision = _decide(site, config, config.parsed_pattern, keep_dense)
         sites.append(site)
-    if require_match and sites and not any(matches(s.path, config.modules) for s in sites):
+    matched = [s for s in sites if matches(s.path, config.modules)]
+    if sites and not matched:
         names = sorted({s.path.rsplit(".", 1)[-1] for s in sites})
         raise ValueError(f"modules {', '.join(config.modules)} match none of the {len(sites)} linear layers; "
                          f"their names are {', '.join(names)} (e.g. {sites[0].path})")
+    if matched and not any(s.selected for s in matched):
+        raise ValueError(f"exclude {', '.join(config.exclude) or '()'} (and the layers kept dense as sensitive) "
+                         f"leave none of the {len(matched)} layers that modules match to prune")
     return sites

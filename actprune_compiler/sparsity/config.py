@@ -131,6 +131,10 @@ class SparsityConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.skip_sensitive, int) or self.skip_sensitive < 0:
             raise ValueError(f"skip_sensitive must be a non-negative integer, got {self.skip_sensitive!r}")
+        if self.skip_sensitive and self.target == "weight":
+            # The ranking measures each layer's activation-mask error, which says nothing about weight pruning.
+            raise ValueError("skip_sensitive ranks layers by their activation-pruning error; it applies to target "
+                             "'activation' only (use exclude=... to keep weight-pruned layers dense)")
 
     @property
     def parsed_pattern(self) -> Pattern:

@@ -3,27 +3,13 @@ import logging
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import PROMPT, greedy, tiny_model
 from reference import hooked
 
 from actprune_compiler import compile_model
 from actprune_compiler.backends import dynamo
 
-PROMPT = torch.tensor([[5, 17, 42, 99, 3, 64, 8]])
-
-
-def greedy(model, ids, tokens=20):
-    with torch.no_grad():
-        return model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                              pad_token_id=0)[0, ids.shape[1]:].tolist()
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    dynamo.LOG.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (8, 16)])
@@ -141,3 +127,10 @@ def test_skip_sensitive_through_compile_model_keeps_those_layers_dense():
                   tokenizer=char_tokenizer(), calib_text=CALIB_TEXT)
     greedy(model, PROMPT, tokens=3)
     assert set(dynamo.report()["rewritten_per_graph"]) == {11}
+
+
+@pytest.mark.parametrize("keep_dense,match", [("model.layers.0.mlp.down_proj", "keep_dense must be a list"),
+                                              (["model.layers.9.mlp.down_proj"], "not linear layers of this model")])
+def test_bad_keep_dense_is_refused(keep_dense, match):
+    with pytest.raises(ValueError, match=match):
+        compile_model(copy.deepcopy(tiny_model("llama")), {"pattern": "8:16", "keep_dense": keep_dense})

@@ -5,30 +5,14 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_program, token_ids
+from conftest import PROMPT, greedy, tiny_model, tiny_program, token_ids
 from reference import hooked
 from torch._inductor.utils import run_and_get_code
 
 from actprune_compiler import SparsityConfig, compile_program, sparsify
-from actprune_compiler.backends import dynamo
 from actprune_compiler.kernels import transposed
 
-PROMPT = torch.tensor([[5, 17, 42, 99, 3, 64, 8]])
-
-
-def greedy(model, ids, tokens=12):
-    with torch.no_grad():
-        return model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                              pad_token_id=0)[0, ids.shape[1]:].tolist()
-
-
-@pytest.fixture(autouse=True)
-def fresh():
-    torch._dynamo.reset()
-    dynamo.LOG.reset()
-    transposed.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def test_exported_program_without_freezing_decodes_with_the_kernel():
@@ -47,12 +31,12 @@ def test_exported_program_without_freezing_decodes_with_the_kernel():
 def test_plain_torch_compile_call_generates_with_the_kernel_and_matches_the_reference():
     model = copy.deepcopy(tiny_model("llama"))
     with hooked(model, 8, 16):
-        expected = greedy(model, PROMPT)
+        expected = greedy(model, PROMPT, tokens=12)
     model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
-    assert greedy(model, PROMPT) == expected
+    assert greedy(model, PROMPT, tokens=12) == expected
     misses = transposed.STATS["misses"]
     assert misses == 14 and transposed.STATS["hits"] > 14 * 5  # every decode step reuses W^T
-    assert greedy(model, PROMPT) == expected and transposed.STATS["misses"] == misses
+    assert greedy(model, PROMPT, tokens=12) == expected and transposed.STATS["misses"] == misses
 
 
 def test_an_in_place_weight_update_refreshes_the_cached_transpose():

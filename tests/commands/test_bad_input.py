@@ -103,6 +103,30 @@ def test_eval(workdir, capfd, args, fragment):
     fails_at_once(["eval", *args], fragment, workdir, capfd)
 
 
+WIKITEXT_TEST = "WikiText-2 test split (DATA/wikitext2/wikitext_document_level/wikitext-2-raw-v1/test)"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--tasks", "wikitext2"], f"evaluation data not found in the data folder empty: {WIKITEXT_TEST}; put each "
+                               "at its path under DATA, with DATA the project's data folder"),
+    (["--tasks", "arc_challenge"], "evaluation data not found in the data folder empty: arc_challenge "
+                                   "(DATA/arc_challenge/ARC-Challenge-Test.jsonl); put each at its path"),
+    (["--tasks", "wikitext2,piqa"], f"{WIKITEXT_TEST}; piqa (DATA/piqa/valid.jsonl, DATA/piqa/valid-labels.lst)"),
+    (["--tasks", "boolq", "--pattern", "2:4", "--skip-sensitive", "1"],  # the calibration split, too
+     "WikiText-2 validation split (DATA/wikitext2/wikitext_document_level/wikitext-2-raw-v1/validation); boolq"),
+    (["--tasks", "winogrande"], "or pass --allow-hub to fetch it from the Hugging Face hub"),
+])
+def test_eval_with_missing_data_fails_before_loading(workdir, capfd, args, fragment):
+    fails_at_once(["eval", "--data-dir", "empty", *args], fragment, workdir, capfd)
+
+
+@pytest.mark.parametrize("tasks", ["wikitext2", "arc_challenge"])
+def test_allow_hub_lifts_the_missing_data_check(workdir, capfd, tasks):
+    code = main(["eval", "--data-dir", "empty", "--tasks", tasks, "--allow-hub"])
+    err = capfd.readouterr().err
+    assert code == 1 and "loaded a model" in err, err  # it went on to the model load
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--max-new-tokens", "0"], "argument --max-new-tokens: 0 is too small; it must be a positive integer"),
     (["--pattern", "none"], "actprune generate needs a pattern such as 8:16"),

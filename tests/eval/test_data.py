@@ -113,3 +113,29 @@ def test_shipped_task_files_have_the_documented_sizes(task, rows):
     files = task_data(task, PROJECT_DATA_DIR)
     assert files is not None
     assert len(data.TO_HUB_SCHEMA[task](files)) == rows
+
+
+def test_missing_data_lists_what_is_not_local(tmp_path):
+    assert data.missing_data(("wikitext2", *SEED_TASKS), PROJECT_DATA_DIR, "wikitext2-validation") == []
+    assert data.missing_data(("arc_challenge",), PROJECT_DATA_DIR) == [
+        "arc_challenge (DATA/arc_challenge/ARC-Challenge-Test.jsonl)"]  # not shipped: lm-eval's hub task
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "valid.jsonl").write_text("{}\n")
+    assert data.missing_data(("wikitext2", "piqa"), tmp_path, "wikitext2-train") == [
+        f"WikiText-2 test split (DATA/{WIKITEXT_DIR}/test)", f"WikiText-2 train split (DATA/{WIKITEXT_DIR}/train)",
+        "piqa (DATA/piqa/valid-labels.lst)"]
+    assert data.missing_data(("boolq",), tmp_path, str(tmp_path / "calib.txt")) == [  # a file is its flag's job
+        "boolq (DATA/boolq/superglue_opencompass/val.jsonl)"]
+
+
+def test_prepared_task_files_are_written_atomically_under_a_name_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path)
+    written = []
+    real = data.atomic_write
+    monkeypatch.setattr(data, "atomic_write", lambda path, write: (written.append(path), real(path, write)))
+    files = task_data("piqa", PROJECT_DATA_DIR)
+    target = data.prepared_task_file("piqa", files)
+    assert written == [target] and target.parent == tmp_path / "data"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary file left behind
+    assert len(target.read_text().splitlines()) == 1838
+    assert data.prepared_task_file("piqa", files) == target and written == [target]  # cached: not rewritten

@@ -125,3 +125,15 @@ def test_eval_command_runs_offline_on_a_tiny_model(tmp_path, capsys):
         assert 0 <= metrics["metrics"]["acc"] <= 1 and "acc_stderr" in metrics["metrics"]
     assert "acc_norm" in result["metrics"]["arc_easy"]["metrics"]
     assert "wikitext2 ppl" in capsys.readouterr().out
+
+
+def test_runner_uses_calibration_text_read_before_the_model_loaded():
+    from actprune_compiler.eval.runner import EvalOptions, _runner
+
+    config = SparsityConfig("2:4", criterion="clact_static", calib_samples=2, calib_seqlen=32)
+    options = EvalOptions(compile=False, calib_data="nowhere/calib.txt", progress=False)
+    model, tok = tiny_model("llama"), char_tokenizer()
+    _, sparsified, calibration, _ = _runner(model, tok, config, options, calib_text=(TEXT, "read by the caller"))
+    assert calibration["source"] == "read by the caller" and sparsified.replaced == 14
+    with pytest.raises(ValueError, match="--calib-data 'nowhere/calib.txt' is neither"):  # None: read here
+        _runner(model, tok, config, options)

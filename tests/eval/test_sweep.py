@@ -225,6 +225,22 @@ BAD_SWEEPS = {
     GOOD + "options: {windows: 3}\n": "unknown sweep options ['windows']",
     GOOD + "options: [seqlen]\n": "options must be a mapping",
     "configs: [none]\n": "models and configs required",
+    # values, not only types: each as the eval command's flag would check it
+    GOOD + "options: {tasks: [wikitext2, arc_eesy]}\n":
+        "option tasks has unknown task 'arc_eesy'; allowed: wikitext2, arc_easy, arc_challenge",
+    GOOD + "options: {tasks: []}\n": "option tasks is empty; allowed: wikitext2, arc_easy",
+    GOOD + "options: {bos: sometimes}\n": "option bos 'sometimes' is unknown; allowed: auto, window, start, none",
+    GOOD + "dtype: float8\n": "dtype 'float8' is unknown; allowed: float32, bfloat16, float16, float64",
+    GOOD + "options: {calib_data: nowhere/calib.txt}\n":
+        "option calib_data 'nowhere/calib.txt' is neither wikitext2-validation, wikitext2-train "
+        "nor an existing text file",
+    GOOD + "options: {seqlen: 1}\n": "option seqlen 1 is too small; it must be an integer >= 2",
+    GOOD + "options: {batch_size: 0}\n": "option batch_size 0 is too small; it must be a positive integer",
+    GOOD + "options: {max_windows: 0}\n": "option max_windows 0 is too small; it must be a positive integer",
+    GOOD + "options: {limit: 0}\n": "option limit 0 is not allowed; it must be a fraction between 0 and 1 "
+                                    "or a whole count of examples >= 1",
+    GOOD + "options: {limit: 2.5}\n": "option limit 2.5 is not allowed; it must be a fraction",
+    GOOD + "options: {num_fewshot: -1}\n": "option num_fewshot -1 is too small; it must be an integer >= 0",
 }
 
 
@@ -235,6 +251,19 @@ def test_a_bad_sweep_file_is_one_sentence_naming_the_problem(tmp_path, capsys, t
     assert main(["sweep", str(path)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"actprune: error: sweep file {path}") and BAD_SWEEPS[text] in last, last
+
+
+def test_allowed_option_values_load(tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("some text\n")
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD + f"dtype: bfloat16\noptions: {{tasks: [wikitext2, hellaswag], bos: window, seqlen: 2, "
+                           f"batch_size: 1, max_windows: 1, limit: 0.5, num_fewshot: 0, calib_data: {calib}}}\n")
+    sweep = load_sweep(path)
+    assert sweep.dtype == "bfloat16" and sweep.options.tasks == ("wikitext2", "hellaswag")
+    assert sweep.options.limit == 0.5 and sweep.options.num_fewshot == 0 and sweep.options.calib_data == str(calib)
+    path.write_text(GOOD + "options: {limit: 4, calib_data: wikitext2-train, max_windows: null}\n")
+    assert load_sweep(path).options.limit == 4
 
 
 def test_a_missing_sweep_file_is_one_sentence(tmp_path, capsys):

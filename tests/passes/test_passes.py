@@ -6,7 +6,7 @@ from conftest import tiny_model, tiny_program, token_ids
 from reference import reference_logits
 
 from actprune_compiler import SparsityConfig, count_ops, sparsify
-from actprune_compiler.passes.fold_weight_masks import prune_weight
+from actprune_compiler.sparsity.weights import prune_weight
 
 PATTERNS = [(2, 4), (4, 8), (8, 16), (16, 32)]
 
@@ -93,6 +93,11 @@ def test_a_module_filter_that_matches_nothing_is_an_error_naming_the_layers():
 def test_unstructured_ratios_that_keep_all_or_nothing_are_rejected(ratio, message):
     with pytest.raises(ValueError, match=f"pattern {ratio} {message}"):
         sparsify(tiny_program("llama"), SparsityConfig(ratio))
+
+
+def test_excluding_every_matched_layer_is_an_error_not_a_dense_program():
+    with pytest.raises(ValueError, match="exclude model.layers.\\* .* leave none of the 14 layers that modules match"):
+        sparsify(tiny_program("llama"), SparsityConfig("8:16", exclude=("model.layers.*",)))
 
 
 def test_layers_chosen_as_sensitive_stay_dense_with_their_reason():

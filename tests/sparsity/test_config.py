@@ -86,3 +86,9 @@ def test_from_dict_rejects_unknown_fields():
 def test_comma_separated_modules_and_float_pattern_normalise():
     assert SparsityConfig(modules="q_proj, k_proj").modules == ("q_proj", "k_proj")
     assert SparsityConfig(pattern=0.5) == SparsityConfig(pattern="50%")
+
+
+def test_skip_sensitive_is_refused_for_weight_pruning():
+    with pytest.raises(ValueError, match="skip_sensitive ranks layers by their activation-pruning error; it applies "
+                                         "to target 'activation' only"):
+        SparsityConfig("2:4", target="weight", skip_sensitive=2)

@@ -118,7 +118,7 @@ def test_calibrated_bias_adds_w_times_the_mean_pruning_error():
 
 
 def test_wanda_weight_scores_and_exact_n_per_group():
-    from actprune_compiler.passes.fold_weight_masks import prune_weight
+    from actprune_compiler.sparsity.weights import prune_weight
 
     stats = stats_of(X)
     pruned = prune_weight(W, 2, 4, "wanda", stats)

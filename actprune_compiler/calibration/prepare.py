@@ -1,0 +1,50 @@
+"""What the passes need from the eager model before they rewrite: statistics and sensitive layers.
+
+Shared by both front doors (sparsify for exported programs, compile_model for the torch.compile
+backend), so a method that needs calibration behaves the same through either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from actprune_compiler.calibration.sensitivity import most_sensitive
+from actprune_compiler.calibration.statistics import calibrate
+from actprune_compiler.runinfo import Timer
+from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.stats import LayerStats
+
+
+@dataclass
+class Prepared:
+    stats: dict[str, LayerStats] | None = None
+    summary: dict[str, Any] | None = None  # the calibration summary for report.json
+    keep_dense: list[str] = field(default_factory=list)  # the skip_sensitive layers, most sensitive first
+
+
+def _missing(what: str, config: SparsityConfig) -> ValueError:
+    return ValueError(f"config {config.label!r} needs {what}: pass tokenizer=... and calib_text=... "
+                      "(e.g. actprune_compiler.eval.data.calibration_text()[0], WikiText-2 validation)")
+
+
+def prepare(model: nn.Module | None, tokenizer, config: SparsityConfig, text: str | None, *,
+            source: str = "caller's text", stats: dict[str, LayerStats] | None = None,
+            timer: Timer | None = None) -> Prepared:
+    """Gather what `config` needs and is not given: statistics (calibrated criteria/corrections) and
+    the layers to keep dense (skip_sensitive). A config that needs neither costs nothing."""
+    timer = timer or Timer()
+    out = Prepared(stats)
+    if config.needs_calibration() and stats is None:
+        if model is None or text is None:
+            raise _missing("calibration statistics", config)
+        with timer("calibrate_s"):
+            out.stats, out.summary = calibrate(model, tokenizer, config, text, source)
+    if config.skip_sensitive:
+        if model is None or text is None:
+            raise _missing(f"a sensitivity ranking (skip_sensitive={config.skip_sensitive})", config)
+        with timer("sensitivity_s"):
+            out.keep_dense = most_sensitive(model, tokenizer, config, text, out.stats)
+    return out
