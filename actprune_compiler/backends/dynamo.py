@@ -59,10 +59,12 @@ class BackendOptions:
     inner: str = "inductor"
     stats: dict[str, LayerStats] | None = None  # calibration statistics by module path
     keep_dense: frozenset[str] = frozenset()  # module paths chosen to stay dense (skip_sensitive)
+    freeze: bool = True  # fold the weights as constants (inference); see backends/freeze.py
 
 
 EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration statistics by module path",
-                 "keep_dense": "module paths to leave dense (what skip_sensitive chose)"}
+                 "keep_dense": "module paths to leave dense (what skip_sensitive chose)",
+                 "freeze": "fold the weights as constants (default True; they must not change afterwards)"}
 
 
 def parse_options(options: dict[str, Any] | None) -> BackendOptions:
@@ -70,6 +72,9 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     or refused here, before anything is traced."""
     options = dict(options or {})
     inner = options.pop("inner_backend", "inductor")
+    freeze = options.pop("freeze", True)
+    if not isinstance(freeze, bool):
+        raise ValueError(f"freeze must be True or False, not {freeze!r}")
     if inner not in INNER_BACKENDS:
         raise ValueError(f"inner_backend {inner!r} is unknown; allowed: {', '.join(INNER_BACKENDS)}")
     stats = options.pop("stats", None)
@@ -90,7 +95,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if config.skip_sensitive and not keep_dense:
         raise ValueError(f"skip_sensitive={config.skip_sensitive} needs a sensitivity ranking: {hint}, or pass "
                          "options['keep_dense'] with the module paths to keep dense")
-    return BackendOptions(config, inner, stats, keep_dense)
+    return BackendOptions(config, inner, stats, keep_dense, freeze)
 
 
 def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
@@ -131,7 +136,13 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
         return gm.forward
     from actprune_compiler.backends.inductor import inductor_with_nm_lowering
 
-    return inductor_with_nm_lowering(gm, example_inputs)
+    if not parsed.freeze or torch.is_grad_enabled():  # freezing is for inference; a training call keeps inputs
+        return inductor_with_nm_lowering(gm, example_inputs)
+    from actprune_compiler.backends.freeze import call_with_frozen, freeze_parameters
+
+    frozen = freeze_parameters(gm, example_inputs)
+    with torch._inductor.config.patch(freezing=True):
+        return call_with_frozen(inductor_with_nm_lowering(gm, example_inputs), frozen)
 
 
 def register() -> None:
@@ -161,6 +172,7 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"))
     options["stats"] = prepared.stats
     options["keep_dense"] = options.get("keep_dense") or prepared.keep_dense
+    options["freeze"] = freeze
     parsed = parse_options(options)  # fail now, not at the first call
     linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     if unknown := sorted(parsed.keep_dense - linears):

@@ -47,3 +47,31 @@ def test_an_in_place_weight_update_refreshes_the_cached_transpose():
         weight.mul_(2)
     torch.testing.assert_close(transposed.transposed(weight), (weight.t()).contiguous())
     assert transposed.STATS == {"misses": 2, "hits": 1}
+
+
+@pytest.mark.parametrize("change", ["replace", "in place"])
+def test_the_plain_call_freezes_the_weights_and_refuses_to_run_stale(change):
+    model = copy.deepcopy(tiny_model("llama"))
+    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
+    greedy(model, PROMPT, tokens=3)
+    layer = model.model.layers[0].mlp.down_proj
+    if change == "replace":  # same shape: Dynamo's guards alone would reuse the frozen graph
+        layer.weight = torch.nn.Parameter(torch.randn(64, 128))
+    else:
+        with torch.no_grad():
+            layer.weight.mul_(2)
+    with pytest.raises(Exception, match="froze this graph's weights when it compiled"):
+        greedy(model, PROMPT, tokens=3)
+
+
+def test_freeze_false_keeps_the_weights_as_inputs():
+    model = copy.deepcopy(tiny_model("llama"))
+    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16", "freeze": False})
+    greedy(model, PROMPT, tokens=3)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(2)
+    reference = copy.deepcopy(model)
+    reference.forward = type(reference).forward.__get__(reference)
+    with hooked(reference, 8, 16):
+        expected = greedy(reference, PROMPT, tokens=5)
+    assert greedy(model, PROMPT, tokens=5) == expected  # the changed weight is used: nothing was frozen
