@@ -17,12 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import fx, nn
 
-
-def _version(tensor: torch.Tensor) -> int:
-    try:
-        return tensor._version
-    except RuntimeError:  # an inference tensor has no version counter
-        return -1
+from actprune_compiler.kernels.transposed import version_of
 
 
 def freeze_parameters(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> dict[int, nn.Parameter]:
@@ -48,10 +43,10 @@ def freeze_parameters(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
 
 def call_with_frozen(compiled: Callable, frozen: dict[int, nn.Parameter]) -> Callable:
     """`compiled`, refusing to run once a frozen parameter was replaced or changed in place."""
-    checks = [(i, p, _version(p)) for i, p in frozen.items()]
+    checks = [(i, p, version_of(p)) for i, p in frozen.items()]
 
     def call(*args):
-        if any(args[i] is not p or _version(p) != v for i, p, v in checks):
+        if any(args[i] is not p or version_of(p) != v for i, p, v in checks):
             raise RuntimeError(
                 "the actprune backend froze this graph's weights when it compiled, and a parameter has since "
                 "been replaced or changed in place; call torch._dynamo.reset() and compile again, or pass "

@@ -23,12 +23,16 @@ _LOCK = threading.Lock()  # two threads decoding at once must not both copy a la
 STATS = {"hits": 0, "misses": 0}
 
 
-def _fingerprint(weight: Tensor) -> tuple:
+def version_of(tensor: Tensor) -> int:
+    """The tensor's in-place version counter; -1 for an inference tensor, which has none."""
     try:
-        version = weight._version
-    except RuntimeError:  # an inference tensor has no version counter and cannot be changed later
-        version = -1
-    return weight.untyped_storage().data_ptr(), weight.storage_offset(), version, tuple(weight.shape), \
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
+def _fingerprint(weight: Tensor) -> tuple:
+    return weight.untyped_storage().data_ptr(), weight.storage_offset(), version_of(weight), tuple(weight.shape), \
         tuple(weight.stride()), weight.dtype, weight.device
 
 
