@@ -57,11 +57,11 @@ def greedy(model, ids=PROMPT, tokens=20):
 def fresh_dynamo():
     """No compiled graph, backend log or cached W^T carried over from another test."""
     from actprune_compiler.backends import dynamo
-    from actprune_compiler.kernels import transposed
+    from actprune_compiler.kernels import cpu
 
     torch._dynamo.reset()
     dynamo.LOG.reset()
-    transposed.clear()
+    cpu.clear_cache()
     yield
     torch._dynamo.reset()
 

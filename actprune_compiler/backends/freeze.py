@@ -17,7 +17,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import fx, nn
 
-from actprune_compiler.kernels.transposed import version_of
+
+def version_of(tensor: torch.Tensor) -> int:
+    """The tensor's in-place version counter; -1 for an inference tensor, which has none."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
 
 
 def freeze_parameters(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> dict[int, nn.Parameter]:

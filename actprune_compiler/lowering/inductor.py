@@ -37,26 +37,26 @@ DECODE_MAX_TOKENS = 4
 
 @functools.cache
 def _say_native_kernel_missing(error: str | None) -> None:
-    print(f"actprune: the native CPU decode kernel could not be built ({error}); decode steps multiply the "
-          "masked input with the dense GEMM instead: same results, dense speed", file=sys.stderr)
+    print(f"actprune: the native decode kernel and its W^T cache could not be built ({error}); decode steps "
+          "multiply the masked input with the dense GEMM instead: same results, dense speed", file=sys.stderr)
 
 
 def use_decode_kernel(x: Tensor, correction: str) -> bool:
     """Decode-sized static shapes, a sparse GEMM input, and a kernel for the device: the native one
-    on CPU, the Triton GEMV on CUDA. W^T comes from a cache keyed by the weight (kernels/transposed.py),
-    so this holds with and without Inductor's freezing."""
+    on CPU, the Triton GEMV on CUDA. Both take W^T from the native cache keyed by the weight
+    (kernels/sparse_rows.cpp), so this holds with and without Inductor's freezing."""
     from actprune_compiler.kernels import cpu
 
     # Look at each dimension: Size.numel() would turn symbolic sizes into a guard on their value
     # and recompile the graph for every new prompt length.
     dims = x.shape[:-1]
     decode = all(isinstance(d, int) for d in dims) and math.prod(dims) <= DECODE_MAX_TOKENS
-    if not decode or CORRECTIONS[correction].token_shift is not None:
+    if not decode or CORRECTIONS[correction].token_shift is not None or x.device.type not in ("cpu", "cuda"):
         return False
-    if x.device.type == "cpu" and not cpu.available():
+    if not cpu.available():
         _say_native_kernel_missing(cpu.build_error())
         return False
-    return x.device.type in ("cpu", "cuda")
+    return True
 
 
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,

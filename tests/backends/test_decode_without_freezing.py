@@ -10,7 +10,7 @@ from reference import hooked
 from torch._inductor.utils import run_and_get_code
 
 from actprune_compiler import SparsityConfig, compile_program, sparsify
-from actprune_compiler.kernels import transposed
+from actprune_compiler.kernels import cpu
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
@@ -25,7 +25,7 @@ def test_exported_program_without_freezing_decodes_with_the_kernel():
         torch.testing.assert_close(got, result.module()(decode), rtol=1e-5, atol=1e-5)
         compiled(decode)
     # 14 layers: W^T made once per weight on the first call, reused on the second.
-    assert transposed.STATS == {"misses": 14, "hits": 14}
+    assert cpu.cache_stats() == {"misses": 14, "hits": 14}
 
 
 def test_plain_torch_compile_call_generates_with_the_kernel_and_matches_the_reference():
@@ -34,19 +34,19 @@ def test_plain_torch_compile_call_generates_with_the_kernel_and_matches_the_refe
         expected = greedy(model, PROMPT, tokens=12)
     model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
     assert greedy(model, PROMPT, tokens=12) == expected
-    misses = transposed.STATS["misses"]
-    assert misses == 14 and transposed.STATS["hits"] > 14 * 5  # every decode step reuses W^T
-    assert greedy(model, PROMPT, tokens=12) == expected and transposed.STATS["misses"] == misses
+    misses = cpu.cache_stats()["misses"]
+    assert misses == 14 and cpu.cache_stats()["hits"] > 14 * 5  # every decode step reuses W^T
+    assert greedy(model, PROMPT, tokens=12) == expected and cpu.cache_stats()["misses"] == misses
 
 
 def test_an_in_place_weight_update_refreshes_the_cached_transpose():
     weight = torch.randn(8, 16)
-    first = transposed.transposed(weight)
-    assert transposed.transposed(weight) is first
+    first = cpu.transposed(weight)
+    assert cpu.transposed(weight) is first
     with torch.no_grad():
         weight.mul_(2)
-    torch.testing.assert_close(transposed.transposed(weight), (weight.t()).contiguous())
-    assert transposed.STATS == {"misses": 2, "hits": 1}
+    torch.testing.assert_close(cpu.transposed(weight), (weight.t()).contiguous())
+    assert cpu.cache_stats() == {"misses": 2, "hits": 1}
 
 
 @pytest.mark.parametrize("change", ["replace", "in place"])
