@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from actprune_compiler.devices import model_device, synchronize
 from actprune_compiler.sparsity.config import SparsityConfig
 
 
@@ -54,8 +55,10 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: in
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            synchronize()
             start = time.perf_counter()
             fn()
+            synchronize()
             samples[name].append(time.perf_counter() - start)
     return {name: {"median_s": statistics.median(s), "samples_s": s} for name, s in samples.items()}
 
@@ -85,12 +88,13 @@ class _NMLinear(nn.Linear):
         return torch.ops.actprune.nm_linear(x, self.weight, None, self.n, self.m)
 
 
-def _layer_timings(k: int, n_out: int, tokens: int, n: int, m: int, repeats: int) -> dict[str, dict]:
+def _layer_timings(k: int, n_out: int, tokens: int, n: int, m: int, repeats: int,
+                   device: torch.device) -> dict[str, dict]:
     from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
 
-    x = torch.randn(tokens, k)
-    sparse_layer = _NMLinear(k, n_out, n, m).eval()
-    dense_layer = nn.Linear(k, n_out, bias=False).eval()
+    x = torch.randn(tokens, k, device=device)
+    sparse_layer = _NMLinear(k, n_out, n, m).to(device).eval()
+    dense_layer = nn.Linear(k, n_out, bias=False).to(device).eval()
     dense_layer.weight = sparse_layer.weight
     dense = inference_call(torch.compile(dense_layer, backend=inductor_with_nm_lowering), freeze=True)
     sparse = inference_call(torch.compile(sparse_layer, backend=inductor_with_nm_lowering), freeze=True)
@@ -110,7 +114,7 @@ def bench_layers(model: nn.Module, config: SparsityConfig, tokens: list[int], re
     rows = []
     for (k, n_out), t in tqdm([(s, t) for s in layer_shapes(model, config) for t in tokens], desc="layers"):
         n, m = config.parsed_pattern.group(k)
-        rows.append({"shape": f"{t}x{k} -> {n_out}", **_layer_timings(k, n_out, t, n, m, repeats)})
+        rows.append({"shape": f"{t}x{k} -> {n_out}", **_layer_timings(k, n_out, t, n, m, repeats, model_device(model))})
     return rows
 
 
@@ -138,7 +142,7 @@ def bench_prefill(model: nn.Module, config: SparsityConfig, shapes: list[tuple[i
     dense, pruned = compile_program(program), compile_program(sparsify(program, config).program)
     rows = []
     for batch, seqlen in tqdm(shapes, desc="prefill"):
-        ids = torch.randint(0, model.config.vocab_size, (batch, seqlen))
+        ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=model_device(model))
         rows.append({"shape": f"batch {batch} x {seqlen}",
                      **_prefill_timings(model, config, dense, pruned, ids, repeats)})
     return rows
@@ -163,7 +167,7 @@ def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, n
     from actprune_compiler.backends.inductor import inference_call
     from actprune_compiler.generation import timed_generate
 
-    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len))
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=model_device(model))
     dense_c, pruned_c, plain_c = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
     dense_c.forward = inference_call(torch.compile(dense_c.forward, backend="inductor", dynamic=True), freeze=True)
     compile_model(pruned_c, config.to_dict())

@@ -98,7 +98,8 @@ def check_program(sparsified, *, layers: int = 3, seed: int = 0) -> dict[str, An
     worst = 0.0
     with torch.no_grad():
         for shape in (PREFILL_SHAPE, DECODE_SHAPE):
-            xs = [torch.randn(*shape, t[0].shape[1], generator=generator, dtype=torch.float64) for t, _ in calls]
+            xs = [torch.randn(*shape, t[0].shape[1], generator=generator, dtype=torch.float64).to(t[0].device)
+                  for t, _ in calls]
             got, want = compiled(*xs), module(*xs)
             for g, w in zip(got, want, strict=True):
                 worst = max(worst, float((g - w).abs().max() / w.abs().max().clamp_min(1e-300)))

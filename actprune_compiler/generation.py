@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from actprune_compiler.devices import synchronize
+
 
 @contextlib.contextmanager
 def several_compiled_models() -> Iterator[None]:
@@ -29,6 +31,7 @@ class StepClock:
         self.times: list[float] = []
 
     def __call__(self, input_ids, scores):
+        synchronize()  # on a GPU the logits are ready only once the queued kernels ran
         self.times.append(time.perf_counter())
         return scores
 
@@ -37,6 +40,7 @@ def timed_generate(model, ids: torch.Tensor, new_tokens: int) -> dict[str, Any]:
     from transformers import LogitsProcessorList
 
     clock = StepClock()
+    synchronize()
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,

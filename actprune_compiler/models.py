@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from actprune_compiler.devices import default_dtype, resolve_device
+
 # float64 is for verification: N:M masks are discontinuous, so float32 rounding flips near-tied
 # choices and only a float64 run can show compiled == reference to many digits.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -85,15 +87,24 @@ ALIASES: dict[str, ModelAlias] = {
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+# Beyond DTYPES: "default" (bfloat16 on CUDA, float32 on the CPU) and "auto" (the checkpoint's dtype).
+DTYPE_CHOICES = ("default", "auto", *DTYPES)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype | str:
+    """A torch dtype, or "auto" for from_pretrained to take the checkpoint's own."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
+    if dtype == "default":
+        return DTYPES[default_dtype(device or resolve_device())]
+    if dtype == "auto":
+        return "auto"
     if dtype in DTYPES:
         return DTYPES[dtype]
-    raise ValueError(f"dtype {dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    raise ValueError(f"dtype {dtype!r} is not supported; allowed: {', '.join(DTYPE_CHOICES)}")
 
 
-def _load_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype):
+def _load_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype | str, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
@@ -102,28 +113,31 @@ def _load_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype):
     except (OSError, ValueError):
         tokenizer = None  # a bare save_pretrained() folder: compiling works, text commands will say so
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
-    return model.eval(), tokenizer
+    return model.to(device).eval(), tokenizer
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32"):
+def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
+               device: str | torch.device | None = None):
     """Return (model, tokenizer). spec: an alias, a local HF folder, a .gguf file, or a hub id.
 
+    device: cpu, cuda or cuda:N (None: CUDA when available). dtype: one of DTYPE_CHOICES.
     The tokenizer is None for a folder that holds none (e.g. a random test model).
     """
-    torch_dtype = resolve_dtype(dtype)
+    place = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, place)
     if spec in ALIASES:
         path = ALIASES[spec].gguf()
-        return _load_pretrained(str(path.parent), path.name, torch_dtype)
+        return _load_pretrained(str(path.parent), path.name, torch_dtype, place)
     local = Path(spec).expanduser()
     if local.is_file() and local.suffix == ".gguf":
-        return _load_pretrained(str(local.parent), local.name, torch_dtype)
+        return _load_pretrained(str(local.parent), local.name, torch_dtype, place)
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ValueError(f"model folder {spec!r} has no config.json; expected a save_pretrained() folder")
-        return _load_pretrained(str(local), None, torch_dtype)
+        return _load_pretrained(str(local), None, torch_dtype, place)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         try:
-            return _load_pretrained(spec, None, torch_dtype)
+            return _load_pretrained(spec, None, torch_dtype, place)
         except OSError as error:
             raise ValueError(f"could not load hub model {spec!r} (no network or no such repo): {error}") from error
     raise ValueError(f"unknown model {spec!r}; use an alias ({', '.join(ALIASES)}), "

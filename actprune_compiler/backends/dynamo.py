@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from actprune_compiler.devices import resolve_device
 from actprune_compiler.graph_host import GraphModuleHost
 from actprune_compiler.passes import run_passes
 from actprune_compiler.sparsity.config import SparsityConfig, matches
@@ -60,11 +61,14 @@ class BackendOptions:
     stats: dict[str, LayerStats] | None = None  # calibration statistics by module path
     keep_dense: frozenset[str] = frozenset()  # module paths chosen to stay dense (skip_sensitive)
     freeze: bool = True  # fold the weights as constants (inference); see backends/freeze.py
+    device: torch.device | None = None  # where every graph input must be; None: wherever the model is
 
 
 EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration statistics by module path",
                  "keep_dense": "module paths to leave dense (what skip_sensitive chose)",
-                 "freeze": "fold the weights as constants (default True; they must not change afterwards)"}
+                 "freeze": "fold the weights as constants (default True; they must not change afterwards)",
+                 "device": "cpu, cuda or cuda:N: compile_model moves the model there; the backend refuses inputs "
+                           "elsewhere"}
 
 
 def parse_options(options: dict[str, Any] | None) -> BackendOptions:
@@ -77,6 +81,8 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
         raise ValueError(f"freeze must be True or False, not {freeze!r}")
     if inner not in INNER_BACKENDS:
         raise ValueError(f"inner_backend {inner!r} is unknown; allowed: {', '.join(INNER_BACKENDS)}")
+    device = options.pop("device", None)
+    device = None if device is None else resolve_device(device)
     stats = options.pop("stats", None)
     keep_dense = options.pop("keep_dense", ())
     if isinstance(keep_dense, str):
@@ -95,7 +101,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if config.skip_sensitive and not keep_dense:
         raise ValueError(f"skip_sensitive={config.skip_sensitive} needs a sensitivity ranking: {hint}, or pass "
                          "options['keep_dense'] with the module paths to keep dense")
-    return BackendOptions(config, inner, stats, keep_dense, freeze)
+    return BackendOptions(config, inner, stats, keep_dense, freeze, device)
 
 
 def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
@@ -114,11 +120,22 @@ def _refuse_repruning(host: GraphModuleHost, config: SparsityConfig) -> None:
                                  f"{config.label!r}")
 
 
+def _require_device(example_inputs: Sequence[torch.Tensor], device: torch.device) -> None:
+    """A graph input on another device would fail deep inside Inductor, or run there silently."""
+    elsewhere = sorted({str(t.device) for t in example_inputs if isinstance(t, torch.Tensor) and t.device != device
+                        and not (device.index is None and t.device.type == device.type)})
+    if elsewhere:
+        raise ValueError(f"the actprune backend was asked for device {device}, but graph inputs are on "
+                         f"{', '.join(elsewhere)}; move the model and its inputs there (compile_model does it)")
+
+
 def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
                      options: dict[str, Any] | None = None) -> Callable:
     """(Dynamo graph, real inputs) -> compiled callable, with actprune's passes applied first."""
     parsed = parse_options(options)
     config = parsed.config
+    if parsed.device is not None:
+        _require_device(example_inputs, parsed.device)
     host = GraphModuleHost(gm, example_inputs)
     if config.target == "weight":
         _refuse_repruning(host, config)
@@ -168,6 +185,8 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     from actprune_compiler.calibration.prepare import prepare
 
     options = dict(options or {})
+    if options.get("device") is not None:
+        model.to(resolve_device(options["device"]))
     config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
     prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"))
     options["stats"] = prepared.stats

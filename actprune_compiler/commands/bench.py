@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                          "(leave --criterion, --correction and --skip-sensitive at their defaults)")
     out = Path(args.out or f"results/bench-{args.model}-{config.pattern.replace(':', '-')}")
     check_output_folder(out, force=True)  # files in it are replaced one by one; a file there fails now
-    model, _ = load_model(args.model, args.dtype)
+    model, _ = load_model(args.model, args.dtype, args.device)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     result: dict[str, Any] = {"model": args.model, "config": config.to_dict(), "repeats": args.repeats,
                               "threads": torch.get_num_threads(), "versions": versions(), "machine": machine,

@@ -10,7 +10,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPES
+from actprune_compiler.devices import DEVICE_CHOICES, resolve_device
+from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
@@ -109,10 +110,25 @@ def shape_list(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a device this machine has ('cuda:3' on a one-GPU machine fails here)."""
+    try:
+        return str(resolve_device(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=device_name, default=None,
+                   help=f"{DEVICE_CHOICES} (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default="default", choices=list(DTYPE_CHOICES),
+                   help="default: bfloat16 on CUDA, float32 on the CPU; auto: the checkpoint's dtype")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"alias ({', '.join(ALIASES)}), local HF folder, .gguf file or hub id")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    add_placement_args(p)
 
 
 def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8:16") -> None:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from actprune_compiler.commands.common import add_config_args, add_model_args, calibration_input, config_from_args
+from actprune_compiler.devices import placement
 from actprune_compiler.tables import format_table
 
 
@@ -63,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     text, source = calibration_input(args, config)  # missing calibration data fails before the model loads
     timer = Timer()
     with timer("load_s"):
-        model, tokenizer = load_model(args.model, args.dtype)
+        model, tokenizer = load_model(args.model, args.dtype, args.device)
     sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source,
                           with_attention_mask=args.attention_mask)
-    report = {"model": args.model, "model_class": type(model).__name__, "dtype": args.dtype, **sparsified.report,
+    report = {"model": args.model, "model_class": type(model).__name__, **placement(model), **sparsified.report,
               "timings": {**timer.seconds, **sparsified.report["timings"]}, "versions": versions()}
     if not args.no_check:
         with timer("check_s"):

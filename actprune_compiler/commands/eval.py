@@ -93,17 +93,35 @@ def check_local_data(args: argparse.Namespace, config) -> None:
             f"with DATA {where_data_goes()}; or pass --allow-hub to fetch it from the Hugging Face hub")
 
 
+def check_torchrun_tasks(tasks: tuple[str, ...], processes: int) -> None:
+    """Under torchrun only perplexity is sharded here; actprune's lm-eval wrapper scores every request
+    in every process, so zero-shot tasks would be computed K times over, not split."""
+    zero_shot = [t for t in tasks if t != "wikitext2"]
+    if processes > 1 and zero_shot:
+        raise ValueError(f"zero-shot tasks ({', '.join(zero_shot)}) under torchrun go through actprune-lm-eval "
+                         "(the lm-eval CLI); under torchrun, actprune eval takes --tasks wikitext2 only")
+
+
 def run(args: argparse.Namespace) -> int:
+    from actprune_compiler.eval import distributed
     from actprune_compiler.eval.runner import evaluate, write_result
     from actprune_compiler.files import check_output_file
 
+    check_torchrun_tasks(args.tasks, distributed.world())
+    distributed.prepare_rank()  # own Inductor cache and share of the cores, before anything compiles
+    device = distributed.rank_device(args.device)  # under torchrun on CUDA: cuda:LOCAL_RANK
     config, options = config_from_args(args), options_from_args(args)
     check_output_file(args.output)  # before the model loads, not after an hour of scoring
     if not args.allow_hub:
         check_local_data(args, config)
     text, source = calibration_input(args, config)  # read now: a bad calibration source fails at once
-    result = evaluate(args.model, config, options, dtype=args.dtype,
-                      calib_text=(text, source) if text is not None else None)
+    with distributed.process_group(device):
+        result = evaluate(args.model, config, options, dtype=args.dtype, device=device,
+                          calib_text=(text, source) if text is not None else None)
+        processes = distributed.world()
+        if not distributed.is_main():  # every rank holds the same result; rank 0 alone reports it
+            return 0
+    result["processes"] = processes
     row = result_row(result)
     print(format_table([row], list(row)))
     if args.output:

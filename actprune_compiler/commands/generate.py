@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         raise ValueError("actprune generate needs a pattern such as 8:16")
     calib_text, _ = calibration_input(args, config)  # missing calibration data fails before the model loads
-    model, tokenizer = load_model(args.model, args.dtype)
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
     if tokenizer is None:
         raise ValueError(f"model {args.model!r} has no tokenizer; generate needs one")
     text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
                                           add_generation_prompt=True) if args.chat else args.prompt)
-    ids = tokenizer(text, return_tensors="pt").input_ids
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
     variants = {config.label: {**config.to_dict(), "inner_backend": args.inner_backend}}
     if args.compare_dense:
         variants["dense"] = None

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from torch import fx
 
-from actprune_compiler.commands.common import add_config_args, config_from_args
+from actprune_compiler.commands.common import add_config_args, add_placement_args, config_from_args
+from actprune_compiler.devices import placement
 from actprune_compiler.export import WRAPPER_PREFIX
-from actprune_compiler.models import DTYPES
 from actprune_compiler.passes.select_linears import format_node, matches, module_path
 from actprune_compiler.tables import format_table
 
@@ -18,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-layer table and rewritten graph of an artifact or a model")
     p.add_argument("source", help="artifact folder, or a model spec (then --pattern etc. apply)")
     add_config_args(p)
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    add_placement_args(p)
     p.add_argument("--layer", default="*", help="fnmatch filter on module paths, e.g. '*.0.mlp.*'")
     p.add_argument("--show", default=None, metavar="LAYER", help="before/after graph view of one layer")
     p.add_argument("--program", action="store_true",
@@ -51,9 +51,9 @@ def load_source(args: argparse.Namespace):
     if config is None:
         raise ValueError("inspecting a model needs a pattern such as 8:16")
     text, source = calibration_input(args, config)  # missing calibration data fails before the model loads
-    model, tokenizer = load_model(args.source, args.dtype)
+    model, tokenizer = load_model(args.source, args.dtype, args.device)
     sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
-    report = {"model": args.source, "model_class": type(model).__name__, "dtype": args.dtype, **sparsified.report}
+    report = {"model": args.source, "model_class": type(model).__name__, **placement(model), **sparsified.report}
     return report, sparsified.program.graph
 
 

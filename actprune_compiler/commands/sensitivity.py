@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("sensitivity ranks activation pruning: give --pattern N:M and --target activation")
     check_output_file(args.output)  # before the model loads
     text, source = calibration_text(args.calib_data)  # missing calibration data fails before the model loads
-    model, tokenizer = load_model(args.model, args.dtype)
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
     stats = calibrate(model, tokenizer, config, text, source)[0] if config.needs_calibration() else None
     rows = layer_sensitivity(model, tokenizer, config, text, stats)
     print(f"{args.model}, {config.label}: relative output error ||W(x - x_sparse)||^2 / ||Wx||^2 on "

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from actprune_compiler.eval.distributed import all_reduce_sums, is_main, shard, world
+
 BOS_MODES = ("auto", "window", "start", "none")
 
 
@@ -49,24 +51,37 @@ def make_windows(ids: torch.Tensor, seqlen: int, bos: str, bos_id: int | None,
 
 def window_nll(logits: torch.Tensor, window: torch.Tensor) -> tuple[float, int]:
     """Sum of next-token NLL over the window's predicted positions, and how many there are."""
-    predicted = F.cross_entropy(logits[:-1].float(), window[1:], reduction="sum")
+    # Half-precision logits are scored in float32; float64 ones stay float64 (exactness checks use them).
+    scored = logits[:-1].to(torch.promote_types(logits.dtype, torch.float32))
+    predicted = F.cross_entropy(scored, window[1:].to(logits.device), reduction="sum")
     return float(predicted), window.numel() - 1
 
 
 def perplexity(runner: Callable[[torch.Tensor], torch.Tensor], tokenizer, text: str, *, seqlen: int = 2048,
                max_windows: int | None = None, batch_size: int = 1, bos: str = "none",
                progress: bool = True) -> dict[str, Any]:
+    """Mean next-token NLL over the text's windows, exponentiated.
+
+    Under torchrun (a process group from eval.distributed.process_group) each rank scores its share of
+    the windows and the NLL sums and token counts are summed over ranks, so every rank returns the
+    single-process result (up to float64 summation order)."""
     ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
     windows = make_windows(ids, seqlen, bos, tokenizer.bos_token_id, max_windows)
-    total_nll, total_tokens = 0.0, 0
+    mine = windows[shard(len(windows))].contiguous()
+    local_nll, local_tokens = 0.0, 0
     start = time.perf_counter()
+    share = f"{len(mine)} of {len(windows)}" if world() > 1 else f"{len(windows)}"
     with torch.no_grad():
-        for batch in tqdm(windows.split(batch_size), desc=f"wikitext2 ppl ({len(windows)} x {seqlen})",
-                          disable=not progress):
+        # An empty share scores nothing (a zero-row batch is not a shape the compiled program has) but
+        # still joins the sum below.
+        batches = mine.split(batch_size) if len(mine) else ()
+        for batch in tqdm(batches, desc=f"wikitext2 ppl ({share} x {seqlen})", disable=not progress or not is_main()):
             logits = runner(batch)
             for row_logits, row in zip(logits, batch, strict=True):
                 nll, count = window_nll(row_logits, row)
-                total_nll, total_tokens = total_nll + nll, total_tokens + count
+                local_nll, local_tokens = local_nll + nll, local_tokens + count
+    total_nll, total_tokens = all_reduce_sums(local_nll, local_tokens)  # every rank, even with no windows
+    total_tokens = int(total_tokens)
     mean_nll = total_nll / total_tokens
     return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "windows": len(windows), "seqlen": seqlen,
             "predicted_tokens": total_tokens, "text_tokens": ids.numel(), "bos": bos,

@@ -12,6 +12,7 @@ import torch
 
 from actprune_compiler.api import sparsify
 from actprune_compiler.backends import compile_program
+from actprune_compiler.devices import model_device, placement
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.export import export_causal_lm
 from actprune_compiler.kernels.gpu import kernel_choices
@@ -75,19 +76,19 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
         sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
         program, calibration = sparsified.program, sparsified.report["calibration"]
         timer.seconds.update(sparsified.report["timings"])
-    if options.compile:
-        return compile_program(program), sparsified, calibration, timer.seconds
-    module = program.module()
+    device = model_device(model)
+    module = compile_program(program) if options.compile else program.module()
 
-    def uncompiled(ids):
+    def run(ids):  # token ids come from the tokenizer on the CPU; the program runs where the model is
         with torch.no_grad():
-            return module(ids)
+            return module(ids.to(device))
 
-    return uncompiled, sparsified, calibration, timer.seconds
+    return run, sparsified, calibration, timer.seconds
 
 
-def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOptions, *, dtype: str = "float32",
-             loaded: tuple[Any, Any] | None = None, calib_text: tuple[str, str] | None = None) -> dict[str, Any]:
+def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOptions, *, dtype: str = "default",
+             device: str | None = None, loaded: tuple[Any, Any] | None = None,
+             calib_text: tuple[str, str] | None = None) -> dict[str, Any]:
     """Score `model_spec` pruned by `config` (None: dense) through the compiled program.
 
     calib_text: the calibration (text, description), when the caller has read it already; None reads
@@ -97,7 +98,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
     from actprune_compiler.eval.perplexity import perplexity, resolve_bos
 
     wall = time.perf_counter()
-    model, tokenizer = loaded or load_model(model_spec, dtype)
+    model, tokenizer = loaded or load_model(model_spec, dtype, device)
     if tokenizer is None:
         raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
     runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options, calib_text)
@@ -123,7 +124,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
                                  num_fewshot=options.num_fewshot, apply_chat_template=options.apply_chat_template))
     now = time.perf_counter()
     return {
-        "model": model_spec, "model_class": type(model).__name__, "dtype": dtype,
+        "model": model_spec, "model_class": type(model).__name__, **placement(model),
         "pruning": config.label if config else "none", "config": config.to_dict() if config else None,
         "options": options.key(), "compiled": options.compile, "metrics": metrics,
         "replaced_linears": sparsified.replaced if sparsified else 0,

@@ -22,6 +22,12 @@ class LayerConstants:
     shift: Tensor | None = None
     bias: Tensor | None = None  # the new bias, when a correction folds something into it
 
+    def to(self, device: torch.device) -> LayerConstants:
+        """Every constant on `device` (the weight's): statistics may come from another device, and a
+        graph constant on the wrong device fails only when the compiled program first runs."""
+        moved = {name: None if t is None else t.to(device) for name, t in vars(self).items()}
+        return LayerConstants(**moved)
+
     def summary(self) -> dict[str, dict[str, float | list[int]]]:
         out = {}
         for name in ("score_scale", "shift", "bias"):
@@ -55,4 +61,4 @@ def layer_constants(config: SparsityConfig, weight: Tensor, bias: Tensor | None,
         new_bias = weight.float() @ stats.pruning_error_mean()
     if new_bias is not None:
         out.bias = (new_bias if bias is None else bias.float() + new_bias).to(weight.dtype)
-    return out
+    return out.to(weight.device)

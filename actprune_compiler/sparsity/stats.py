@@ -25,8 +25,16 @@ class LayerStats:
         self.total_sq = torch.zeros(self.in_features, dtype=torch.float64)
         self.absmax = torch.zeros(self.in_features, dtype=torch.float64)
 
+    def _follow(self, device: torch.device) -> None:
+        """Accumulate on the device the activations come from: no copy to the CPU per batch."""
+        if self.total.device != device:
+            self.total, self.total_sq, self.absmax = (t.to(device) for t in (self.total, self.total_sq, self.absmax))
+            if self.error_total is not None:
+                self.error_total = self.error_total.to(device)
+
     def update(self, x: Tensor) -> None:
         tokens = x.detach().reshape(-1, self.in_features).to(torch.float64)
+        self._follow(tokens.device)
         self.count += tokens.shape[0]
         self.total += tokens.sum(0)
         self.total_sq += tokens.square().sum(0)
@@ -35,7 +43,8 @@ class LayerStats:
     def update_error(self, error: Tensor) -> None:
         tokens = error.detach().reshape(-1, self.in_features).to(torch.float64)
         if self.error_total is None:
-            self.error_total = torch.zeros(self.in_features, dtype=torch.float64)
+            self.error_total = torch.zeros(self.in_features, dtype=torch.float64, device=tokens.device)
+        self._follow(tokens.device)
         self.error_total += tokens.sum(0)
         self.error_count += tokens.shape[0]
 
