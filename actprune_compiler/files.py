@@ -1,7 +1,8 @@
-"""Writing results so that a crash or Ctrl-C never leaves a half-written file or folder."""
+"""Writing results so that a crash or Ctrl-C never leaves a half-written file or folder; file checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,14 @@ def _read_umask() -> int:
 
 # Read once, at import: setting the umask to read it is not safe while other threads create files.
 _UMASK = _read_umask()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:

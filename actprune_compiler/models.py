@@ -125,12 +125,12 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
     """
     place = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, place)
-    if spec in ALIASES:
-        path = ALIASES[spec].gguf()
-        return _load_pretrained(str(path.parent), path.name, torch_dtype, place)
     local = Path(spec).expanduser()
-    if local.is_file() and local.suffix == ".gguf":
-        return _load_pretrained(str(local.parent), local.name, torch_dtype, place)
+    if spec in ALIASES or (local.is_file() and local.suffix == ".gguf"):
+        from actprune_compiler.dequantized import load_gguf
+
+        gguf = ALIASES[spec].gguf() if spec in ALIASES else local
+        return load_gguf(gguf, torch_dtype, lambda folder, name: _load_pretrained(folder, name, torch_dtype, place))
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ValueError(f"model folder {spec!r} has no config.json; expected a save_pretrained() folder")

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from actprune_compiler.files import atomic_write
+from actprune_compiler.files import atomic_write, sha256_file
 from actprune_compiler.models import CACHE_DIR
 
 DATA_ENV = "ACTPRUNE_DATA_DIR"
@@ -59,14 +59,6 @@ def where_data_goes() -> str:
     if env := os.environ.get(DATA_ENV):
         sentence += f" (${DATA_ENV} is set to {env} and is searched first)"
     return sentence
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_data_dir(path: str | Path | None = None) -> list[str]:
