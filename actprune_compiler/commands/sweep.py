@@ -8,11 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actprune_compiler.commands.common import positive_int
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep file (resumable) and render its table and plot")
     p.add_argument("sweep", help="sweep YAML (see actprune_compiler/sweeps/)")
     p.add_argument("--render-only", action="store_true", help="only redraw table.md and plot.png")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="K",
+                   help="run the sweep's runs on K worker processes (torchrun's elastic agent), each on its own "
+                        "GPU or its own cores; `torchrun --nproc_per_node K -m actprune_compiler.cli sweep FILE` "
+                        "does the same")
     return p
 
 
@@ -69,23 +75,42 @@ def render(sweep, source: str) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """0 when every run of the sweep finished; 1 when some failed (recorded; the next invocation retries
-    them); Ctrl-C re-raises after the note (the CLI exits 130), finished runs being saved already."""
+    them); Ctrl-C re-raises after the note (the CLI exits 130), finished runs being saved already.
+    Under torchrun (WORLD_SIZE > 1) this process is one worker: it runs its share, and rank 0 renders and
+    returns the status (torchrun exits 1 when a worker does)."""
     from actprune_compiler.eval.sweep import is_failed, run_sweep
     from actprune_compiler.eval.sweep_file import load_sweep
+    from actprune_compiler.eval.workers import launch_sweep, run_sweep_worker, worker_info
 
+    worker = worker_info()
+    if worker and args.workers > 1:
+        raise ValueError(f"--workers {args.workers} cannot be combined with torchrun, which started "
+                         f"{worker.world_size} workers already; drop --workers under torchrun")
     sweep = load_sweep(args.sweep)
     results = []
     if not args.render_only:
         try:
-            results = run_sweep(sweep)
+            if worker:
+                results = run_sweep_worker(sweep, worker)
+            elif args.workers > 1:
+                results = launch_sweep(args.sweep, args.workers)
+            else:
+                results = run_sweep(sweep)
         except KeyboardInterrupt:
+            if worker and worker.rank != 0:  # rank 0 says it for all
+                raise
             print(f"\ninterrupted: finished runs are saved in {sweep.results}; run the same command again to "
                   "resume, or add --render-only to draw the table of what is done")
             raise
+    if worker and worker.rank != 0:
+        # rank 0 renders and reports, and its status is the command's. A non-zero status here would make
+        # torchrun's agent stop rank 0, perhaps in the middle of writing the table.
+        return 0
+    failed = [r for r in results if is_failed(r)]
     for path in render(sweep, args.sweep):
         print(f"wrote {path}")
     print(Path(sweep.results.parent / "table.md").read_text())
-    return _report_failures([r for r in results if is_failed(r)], sweep.results)
+    return _report_failures(failed, sweep.results)
 
 
 def _report_failures(failed: list[dict[str, Any]], results: Path) -> int:

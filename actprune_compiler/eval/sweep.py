@@ -3,10 +3,14 @@
 A sweep may run for a week, so it has to survive anything: a kill mid-run (finished runs are kept, the
 killed one is redone), a kill mid-write (the torn line is skipped, the next record starts on a new line),
 a run that raises (recorded as failed, the others go on, the next invocation retries it), and Ctrl-C.
+
+A sweep is planned once (plan_sweep: what is left to do), its runs are run (run_runs: any subset of the
+plan, so that several workers can share one, see eval/workers.py), then read back (sweep_results).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -15,7 +19,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +128,16 @@ def read_results(path: Path, data: str | None = None) -> list[dict[str, Any]]:
 
 def append_result(path: Path, result: dict[str, Any]) -> None:
     """One line in one write() call, synced to disk: a crash leaves the whole line or a torn tail that
-    read_records skips. After a torn tail the record starts on a new line, so the tail cannot swallow it."""
+    read_records skips. After a torn tail the record starts on a new line, so the tail cannot swallow it.
+    An exclusive lock around the check and the write lets several workers append to one file: without it
+    two could both see a torn tail, or both see none while one is writing, and run their lines together."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = ("\n" if _ends_mid_line(path) else "") + json.dumps(result) + "\n"  # json escapes newlines
-    data = line.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = (json.dumps(result) + "\n").encode()  # json escapes newlines
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close(), also when the process is killed
+        if _ends_mid_line(fd):
+            data = b"\n" + data
         if (written := os.write(fd, data)) != len(data):  # only when the disk is full
             raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
         os.fsync(fd)
@@ -137,12 +145,9 @@ def append_result(path: Path, result: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _ends_mid_line(path: Path) -> bool:
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) != b"\n"
+def _ends_mid_line(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 # --- running -------------------------------------------------------------------------------------------
@@ -152,8 +157,21 @@ def _evaluate_in_child(model_spec: str, config: SparsityConfig | None, options: 
     """evaluate() in a fresh process. Compiled programs stay alive inside Dynamo and Inductor
     (with freezing, each holds a copy of the weights): one long process running a 9-run sweep of
     smollm2-135m grew to 16 GB and was killed for memory. A child per run returns it all."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_process) as pool:
         return pool.submit(evaluate, model_spec, config, options, dtype=dtype).result()
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+def _one_process() -> None:
+    """A run is scored by one process. Under sweep workers (eval/workers.py) the child inherits torchrun's
+    variables, and evaluation would take them for a data-parallel launch (eval/distributed.py) and wait
+    to share its windows with the other workers, which are busy with runs of their own."""
+    for name in TORCHRUN_VARIABLES:
+        os.environ.pop(name, None)
 
 
 def _failure(model_spec: str, config: SparsityConfig | None, sweep: Sweep, error: Exception) -> dict[str, Any]:
@@ -165,21 +183,42 @@ def _failure(model_spec: str, config: SparsityConfig | None, sweep: Sweep, error
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def run_sweep(sweep: Sweep, *, progress: bool = True, isolate: bool = True) -> list[dict[str, Any]]:
-    """Run what is not done yet (failed runs are retried) and return the latest record of each of the
-    sweep's runs. isolate=True evaluates each run in its own process (see _evaluate_in_child)."""
-    from actprune_compiler.models import load_model
+@dataclass
+class SweepPlan:
+    """What a sweep has left to do, read from its results file once. Workers that share a sweep must share
+    one plan (eval/workers.py broadcasts rank 0's): each reading the file itself could see another's
+    first record and split a different list."""
+    data: str  # the data checksum, part of every run key
+    runs: dict[str, tuple[str, SparsityConfig | None]]  # every run of the sweep by key, in sweep order
+    todo: list[str]  # the keys of the runs not finished (failed ones are retried), in sweep order
+    torn: int  # torn lines in the results file
 
+    def summary(self, results: Path) -> str:
+        return (f"sweep: {len(self.runs) - len(self.todo)} of {len(self.runs)} run(s) already in {results}, "
+                f"{len(self.todo)} to do" + (f"; skipped {self.torn} torn line(s) left by a crash mid-write"
+                                             if self.torn else ""))
+
+
+def plan_sweep(sweep: Sweep) -> SweepPlan:
     data = data_checksum(sweep.options)
     runs = {run_key(m, c, sweep.options, sweep.dtype, data): (m, c) for m in sweep.models for c in sweep.configs}
     records, torn = read_records(sweep.results)
     done = {result_key(r, data) for r in latest(records, data) if not is_failed(r)}
-    todo = [(key, *run) for key, run in runs.items() if key not in done]
-    print(f"sweep: {len(runs) - len(todo)} of {len(runs)} run(s) already in {sweep.results}, {len(todo)} to do"
-          + (f"; skipped {torn} torn line(s) left by a crash mid-write" if torn else ""))
+    return SweepPlan(data, runs, [key for key in runs if key not in done], torn)
+
+
+def run_runs(sweep: Sweep, plan: SweepPlan, keys: list[str], *, progress: bool = True, isolate: bool = True,
+             worker: int | None = None) -> None:
+    """Run the plan's runs `keys` in order, appending one record each. isolate=True evaluates each run in
+    its own process (see _evaluate_in_child). worker: the rank of a worker sharing the sweep, which labels
+    its progress bar and messages and gives the bar its own line."""
+    from actprune_compiler.models import load_model
+
+    name = "sweep" if worker is None else f"worker {worker}"
     loaded: dict[str, Any] = {}
-    with tqdm(todo, desc="sweep", disable=not progress) as bar:
-        for key, model_spec, config in bar:
+    with tqdm(keys, desc=name, disable=not progress, position=worker) as bar:
+        for key in bar:
+            model_spec, config = plan.runs[key]
             bar.set_postfix_str(f"{model_spec} {config.label if config else 'none'}")
             try:
                 if isolate:
@@ -190,7 +229,20 @@ def run_sweep(sweep: Sweep, *, progress: bool = True, isolate: bool = True) -> l
                     result = evaluate(model_spec, config, sweep.options, dtype=sweep.dtype, loaded=loaded[model_spec])
             except Exception as error:  # noqa: BLE001  (one bad run must not end a week-long sweep)
                 result = _failure(model_spec, config, sweep, error)
-                tqdm.write(f"sweep: {model_spec} {result['pruning']} failed: {result['error']}", file=sys.stderr)
-            append_result(sweep.results, {**result, "dtype": sweep.dtype, "data_checksum": data, "key": key})
-    by_key = {result_key(r, data): r for r in read_results(sweep.results, data)}
-    return [by_key[key] for key in runs if key in by_key]
+                tqdm.write(f"{name}: {model_spec} {result['pruning']} failed: {result['error']}", file=sys.stderr)
+            append_result(sweep.results, {**result, "dtype": sweep.dtype, "data_checksum": plan.data, "key": key})
+
+
+def sweep_results(sweep: Sweep, plan: SweepPlan) -> list[dict[str, Any]]:
+    """The latest record of each of the sweep's runs (failed ones included), in sweep order."""
+    by_key = {result_key(r, plan.data): r for r in read_results(sweep.results, plan.data)}
+    return [by_key[key] for key in plan.runs if key in by_key]
+
+
+def run_sweep(sweep: Sweep, *, progress: bool = True, isolate: bool = True) -> list[dict[str, Any]]:
+    """Run what is not done yet (failed runs are retried), in this process, and return the latest record
+    of each of the sweep's runs. isolate=True evaluates each run in its own process (see _evaluate_in_child)."""
+    plan = plan_sweep(sweep)
+    print(plan.summary(sweep.results))
+    run_runs(sweep, plan, plan.todo, progress=progress, isolate=isolate)
+    return sweep_results(sweep, plan)
