@@ -18,7 +18,7 @@ import torch.distributed as dist
 from actprune_compiler.devices import resolve_device
 
 
-def _env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     text = env.get(name)
     if text is None:
@@ -39,16 +39,16 @@ def _grouped() -> bool:
 
 def world() -> int:
     """How many processes score together: the process group's size, else what torchrun launched, else 1."""
-    return dist.get_world_size() if _grouped() else max(1, _env_int("WORLD_SIZE", 1))
+    return dist.get_world_size() if _grouped() else max(1, env_int("WORLD_SIZE", 1))
 
 
 def rank() -> int:
-    return dist.get_rank() if _grouped() else _env_int("RANK", 0)
+    return dist.get_rank() if _grouped() else env_int("RANK", 0)
 
 
 def local_rank() -> int:
     """This process's index on its own machine (torchrun's LOCAL_RANK): it picks the GPU."""
-    return _env_int("LOCAL_RANK", 0)
+    return env_int("LOCAL_RANK", 0)
 
 
 def is_main() -> bool:
@@ -86,17 +86,21 @@ def rank_settings(env: Mapping[str, str], cores: int) -> tuple[str | None, int |
     user's TORCHINDUCTOR_CACHE_DIR or Inductor's default. Threads: torchrun sets OMP_NUM_THREADS=1
     when the user set none, and a rank cannot tell that 1 from a user's, so 1 counts as torchrun's
     and is replaced by an even share of the cores; any other value is the user's and is kept (None)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    processes = max(1, _env_int("WORLD_SIZE", 1, env))
+    processes = max(1, env_int("WORLD_SIZE", 1, env))
     if processes == 1:
         return None, None
-    base = env.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
-    cache = str(Path(base) / f"rank{_env_int('RANK', 0, env)}")
+    cache = rank_cache_folder(env_int("RANK", 0, env), env)
     # The cores are shared by the ranks on this machine, not by every rank of a multi-machine run.
-    here = max(1, _env_int("LOCAL_WORLD_SIZE", processes, env))
+    here = max(1, env_int("LOCAL_WORLD_SIZE", processes, env))
     threads = None if env.get("OMP_NUM_THREADS", "1") != "1" else max(1, cores // here)
     return cache, threads
+
+
+def rank_cache_folder(rank: int, env: Mapping[str, str] = os.environ) -> str:
+    """rank<R> under the user's TORCHINDUCTOR_CACHE_DIR or Inductor's default (sweep workers use it too)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return str(Path(env.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()) / f"rank{rank}")
 
 
 def available_cores() -> int:

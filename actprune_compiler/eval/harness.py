@@ -47,6 +47,13 @@ def local_task_yaml(task: str, data_file: Path) -> dict[str, Any]:
     }
 
 
+def write_local_task(task: str, files: dict[str, Path], folder: Path) -> str:
+    """Write lm-eval's yaml for `task` over its local `files` into `folder`; return its lm-eval task name."""
+    data_file = prepared_task_file(task, files)
+    (folder / f"{task}.yaml").write_text(yaml.safe_dump(local_task_yaml(task, data_file)))
+    return LOCAL_PREFIX + task
+
+
 def resolve_tasks(tasks: list[str], data_dir: str | Path | None, folder: Path) -> tuple[dict[str, str], dict]:
     """lm-eval task name per requested task (local copy when the files exist), and data provenance."""
     unknown = [t for t in tasks if t not in TASKS]
@@ -58,9 +65,7 @@ def resolve_tasks(tasks: list[str], data_dir: str | Path | None, folder: Path) -
         if files is None:
             names[task], provenance[task] = task, {"source": "lm-eval built-in task (hub dataset)"}
             continue
-        data_file = prepared_task_file(task, files)
-        (folder / f"{task}.yaml").write_text(yaml.safe_dump(local_task_yaml(task, data_file)))
-        names[task] = LOCAL_PREFIX + task
+        names[task] = write_local_task(task, files, folder)
         provenance[task] = {"source": "local files", "files": data_checksums(files)}
     return names, provenance
 

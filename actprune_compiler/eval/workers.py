@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from actprune_compiler.eval.distributed import env_int, rank_cache_folder
 from actprune_compiler.eval.sweep import plan_sweep, run_runs, sweep_results
 from actprune_compiler.eval.sweep_file import Sweep, load_sweep
 
@@ -43,20 +44,12 @@ def worker_info() -> WorkerInfo | None:
     """This process's place among the workers torchrun (or launch_sweep) started, from the environment
     torchrun sets; None outside torchrun or for a single worker, which runs the sweep the plain way."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-    if _env_int("WORLD_SIZE", 1) <= 1:
+    if env_int("WORLD_SIZE", 1) <= 1:
         return None
     if missing := [name for name in names if name not in os.environ]:
         raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} is not; start sweep workers with "
                          f"torchrun or actprune sweep --workers, which set all of {', '.join(names)}")
-    return WorkerInfo(*(_env_int(name, 0) for name in names))
-
-
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name, str(default))
-    if not text.strip().isdigit():
-        raise ValueError(f"environment variable {name}={text!r} is not a whole number >= 0; torchrun sets it, "
-                         "so set it only through torchrun")
-    return int(text)
+    return WorkerInfo(*(env_int(name, 0) for name in names))
 
 
 @dataclass(frozen=True)
@@ -87,10 +80,7 @@ def bind_worker(info: WorkerInfo) -> Binding:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
 
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    # rank<R> under the user's folder or Inductor's default, as eval/distributed.py names them
-    cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()) / f"rank{info.rank}"
+    cache = Path(rank_cache_folder(info.rank))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
 
     device = None
