@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import actprune_compiler.eval.runner
 import actprune_compiler.models
@@ -221,3 +222,14 @@ def test_building_the_parser_does_not_import_lm_eval():
             "assert 'lm_eval' not in sys.modules, 'lm_eval imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", ["compile --out art", "eval", "generate", "bench", "sensitivity", "inspect model"])
+@pytest.mark.parametrize("device, fragment", [
+    ("mps", "argument --device: device 'mps' is not supported; use cpu, cuda or cuda:N"),
+    ("gpu0", "argument --device: device 'gpu0' is not a device name"),
+    pytest.param("cuda", "argument --device: device 'cuda' was asked for, but this machine has no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU says this")),
+])
+def test_every_model_command_refuses_a_device_it_cannot_use(workdir, capfd, command, device, fragment):
+    fails_at_once([*command.split(), "--device", device], fragment, workdir, capfd)
