@@ -3,8 +3,14 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import actprune_compiler  # noqa: F401
+
+# Hypothesis tests here check properties, not speed: a loaded 2-core CI machine must not fail them
+# for generating inputs slowly or for one slow example.
+settings.register_profile("actprune", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("actprune")
 
 torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this run may use (taskset)
 
