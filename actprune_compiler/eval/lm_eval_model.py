@@ -23,9 +23,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from actprune_compiler.backends.dynamo import compile_model
+from actprune_compiler.dequantized import cached_folder
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.eval.distributed import prepare_rank
-from actprune_compiler.models import ALIASES
+from actprune_compiler.models import ALIASES, resolve_dtype
 from actprune_compiler.sparsity.config import SparsityConfig
 
 log = logging.getLogger("actprune")
@@ -35,16 +36,21 @@ CONFIG_ARGS = tuple(f.name for f in dataclasses.fields(SparsityConfig))
 EXTRA_ARGS = ("calib_data", "data_dir", "compile")
 
 
-def resolve_pretrained(spec: str) -> tuple[str, str | None]:
-    """(what from_pretrained loads, gguf_file) for an actprune alias or a .gguf file path; any other spec
-    (a folder, a hub id) is HFLM's to load as given."""
-    if spec in ALIASES:
-        path = ALIASES[spec].gguf()
-        return str(path.parent), path.name
+def resolve_pretrained(spec: str, dtype: str | torch.dtype) -> tuple[str, str | None]:
+    """(what from_pretrained loads, gguf_file) for an actprune alias or a .gguf file path: the
+    dequantised copy that actprune's own loads leave behind (dequantized.py) when there is one, else
+    the GGUF file. Any other spec (a folder, a hub id) is HFLM's to load as given."""
     local = Path(spec).expanduser()
-    if local.suffix == ".gguf" and local.is_file():
-        return str(local.parent), local.name
-    return spec, None
+    if spec in ALIASES:
+        gguf = ALIASES[spec].gguf()
+    elif local.suffix == ".gguf" and local.is_file():
+        gguf = local
+    else:
+        return spec, None
+    folder = cached_folder(gguf, resolve_dtype(dtype))
+    if (folder / "config.json").exists():
+        return str(folder), None
+    return str(gguf.parent), gguf.name
 
 
 def _cpu_processes(device: str | None) -> bool:
@@ -76,8 +82,8 @@ class ActPruneLM(HFLM):
         needs_text = self.sparsity.needs_calibration() or self.sparsity.skip_sensitive
         text = calibration_text(calib_data, data_dir) if needs_text else None
 
-        source, alias_gguf = resolve_pretrained(pretrained)
-        if alias_gguf and gguf_file:
+        source, alias_gguf = resolve_pretrained(pretrained, dtype)
+        if gguf_file and source != pretrained:
             raise ValueError(f"pretrained={pretrained!r} names its GGUF file already; drop gguf_file={gguf_file!r}")
         if _cpu_processes(kwargs.get("device")):
             # accelerate joins the processes on the CPU (gloo) only when told to; `accelerate launch --cpu`

@@ -126,3 +126,19 @@ def test_two_processes_split_the_documents_and_score_like_one(tiny_dir, tmp_path
     for doc, lls in lls_one.items():
         assert lls_two[doc] == pytest.approx(lls, abs=1e-4)
     assert torch.tensor([ll for lls in lls_one.values() for ll in lls]).isfinite().all()
+
+
+def test_a_gguf_model_loads_from_its_dequantised_copy_once_there_is_one(tmp_path, monkeypatch):
+    from actprune_compiler import dequantized
+    from actprune_compiler.eval.lm_eval_model import resolve_pretrained
+
+    monkeypatch.setattr(dequantized, "CACHE_DIR", tmp_path / "cache")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"stands in for a GGUF file")
+    assert resolve_pretrained(str(gguf), "float32") == (str(tmp_path), "m.gguf")
+    copy = dequantized.cached_folder(gguf, torch.float32)
+    copy.mkdir(parents=True)
+    (copy / "config.json").write_text("{}")
+    assert resolve_pretrained(str(gguf), "float32") == (str(copy), None)
+    assert resolve_pretrained(str(gguf), "bfloat16") == (str(tmp_path), "m.gguf")  # no copy in that dtype
+    assert resolve_pretrained("org/name", "float32") == ("org/name", None)
