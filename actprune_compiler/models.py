@@ -116,6 +116,14 @@ def _load_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype | st
     return model.to(device).eval(), tokenizer
 
 
+def gguf_file(spec: str) -> Path | None:
+    """The GGUF file behind an alias or a .gguf path; None for any other spec (a folder, a hub id)."""
+    if spec in ALIASES:
+        return ALIASES[spec].gguf()
+    local = Path(spec).expanduser()
+    return local if local.is_file() and local.suffix == ".gguf" else None
+
+
 def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
                device: str | torch.device | None = None):
     """Return (model, tokenizer). spec: an alias, a local HF folder, a .gguf file, or a hub id.
@@ -125,12 +133,11 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
     """
     place = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, place)
-    local = Path(spec).expanduser()
-    if spec in ALIASES or (local.is_file() and local.suffix == ".gguf"):
+    if (gguf := gguf_file(spec)) is not None:
         from actprune_compiler.dequantized import load_gguf
 
-        gguf = ALIASES[spec].gguf() if spec in ALIASES else local
         return load_gguf(gguf, torch_dtype, lambda folder, name: _load_pretrained(folder, name, torch_dtype, place))
+    local = Path(spec).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ValueError(f"model folder {spec!r} has no config.json; expected a save_pretrained() folder")

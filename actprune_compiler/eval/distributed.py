@@ -136,13 +136,18 @@ def process_group(device: str) -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def _require_group() -> None:
+    """A torchrun launch whose process group is not set up could never sum the ranks' shares."""
+    if world() > 1 and not _grouped():
+        raise RuntimeError(f"torchrun started {world()} processes but torch.distributed is not initialised; "
+                           "wrap the scoring in actprune_compiler.eval.distributed.process_group()")
+
+
 def shard(count: int) -> slice:
     """This rank's items out of `count`: item i goes to rank i % world (every rank gets a deterministic,
     possibly empty, share). Refuses a torchrun launch whose process group is not set up, where the
     shares could never be summed."""
-    if world() > 1 and not _grouped():
-        raise RuntimeError(f"torchrun started {world()} processes but torch.distributed is not initialised; "
-                           "wrap the scoring in actprune_compiler.eval.distributed.process_group()")
+    _require_group()
     return slice(rank(), count, world())
 
 
@@ -150,10 +155,8 @@ def all_reduce_sums(*values: float) -> tuple[float, ...]:
     """Sum each value over all ranks, in float64 (exact for token counts, rounding-level for NLL sums).
 
     Every rank must call this, with or without work of its own, or the others wait forever."""
-    if not _grouped():
-        if world() > 1:
-            raise RuntimeError(f"torchrun started {world()} processes but torch.distributed is not initialised; "
-                               "wrap the scoring in actprune_compiler.eval.distributed.process_group()")
+    _require_group()
+    if not _grouped():  # one process: its own values are the sums
         return tuple(float(v) for v in values)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
     sums = torch.tensor(values, dtype=torch.float64, device=device)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from actprune_compiler.backends.dynamo import compile_model
 from actprune_compiler.dequantized import cached_folder
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.eval.distributed import prepare_rank
-from actprune_compiler.models import ALIASES, resolve_dtype
+from actprune_compiler.models import ALIASES, gguf_file, resolve_dtype
 from actprune_compiler.sparsity.config import SparsityConfig
 
 log = logging.getLogger("actprune")
@@ -40,12 +39,8 @@ def resolve_pretrained(spec: str, dtype: str | torch.dtype) -> tuple[str, str | 
     """(what from_pretrained loads, gguf_file) for an actprune alias or a .gguf file path: the
     dequantised copy that actprune's own loads leave behind (dequantized.py) when there is one, else
     the GGUF file. Any other spec (a folder, a hub id) is HFLM's to load as given."""
-    local = Path(spec).expanduser()
-    if spec in ALIASES:
-        gguf = ALIASES[spec].gguf()
-    elif local.suffix == ".gguf" and local.is_file():
-        gguf = local
-    else:
+    gguf = gguf_file(spec)
+    if gguf is None:
         return spec, None
     folder = cached_folder(gguf, resolve_dtype(dtype))
     if (folder / "config.json").exists():
