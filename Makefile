@@ -31,6 +31,9 @@ lint: setup
 test-fast: setup
 	$(PY) -m pytest -q
 
+# pytest-xdist: one worker per core, each with its share of the cores' threads (tests/conftest.py). Most
+# tests wait on Inductor's single-threaded compiles, so two workers finish in well under the serial time.
+JOBS ?= $(shell nproc)
 test: lint
-	$(PY) -m pytest -q -m "not slow"
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow"
+	$(PY) -m pytest -q -n $(JOBS) -m slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,22 @@ def load_program(out_dir: str | Path) -> ExportedProgram:
                          "recompile it with actprune compile") from None
     finally:
         logger.setLevel(level)
+
+
+def input_ranges(program: ExportedProgram) -> tuple[tuple[int, float], tuple[int, float]]:
+    """(min, max) of input_ids' batch and sequence sizes the program accepts (max is inf when unbounded).
+
+    export_causal_lm makes both dimensions dynamic, bounded by its max_seq_len (the model's
+    max_position_embeddings unless given); a static dimension accepts its one size."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    ranges = []
+    for size in node.meta["val"].shape:
+        if isinstance(size, torch.SymInt):
+            bounds = program.range_constraints[size.node.expr]
+            upper = float(bounds.upper)  # torch's int_oo becomes inf
+            ranges.append((int(bounds.lower), upper if math.isinf(upper) else int(upper)))
+        else:
+            ranges.append((int(size), int(size)))
+    batch, seq = ranges
+    return batch, seq

@@ -28,6 +28,17 @@ def cached_folder(gguf: Path, dtype: torch.dtype | str) -> Path:
     return CACHE_DIR / "dequantized" / f"{gguf.stem}-{sha256_file(gguf)[:16]}-{name}"
 
 
+def pretrained_source(gguf: Path, dtype: torch.dtype | str) -> tuple[str, str | None]:
+    """(folder, GGUF file name or None) for from_pretrained: the dequantised copy when there is one (and
+    the cache is on), else the GGUF file itself. For what reads a GGUF model without load_model
+    (lm-eval's HFLM, an artifact's tokenizer)."""
+    if os.environ.get("ACTPRUNE_NO_GGUF_CACHE") != "1":
+        folder = cached_folder(gguf, dtype)
+        if (folder / "config.json").exists():
+            return str(folder), None
+    return str(gguf.parent), gguf.name
+
+
 def load_gguf(gguf: Path, dtype: torch.dtype | str, load: Loader) -> tuple[Any, Any]:
     """(model, tokenizer) from the dequantised copy when there is one; otherwise from the GGUF file,
     leaving a copy behind for the next load."""

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import metadata
 
 import torch
 
@@ -26,11 +27,27 @@ class Timer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
+# Distributions whose versions change results but that actprune does not import to run: read from their
+# installed metadata, so recording them costs no import (lm-eval's takes seconds).
+RECORDED_DISTRIBUTIONS = {"lm_eval": "lm-eval", "datasets": "datasets"}
+NOT_INSTALLED = "not installed"
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of a distribution, or "not installed"."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return NOT_INSTALLED
+
+
 def versions() -> dict[str, str]:
+    """actprune, torch, transformers, lm_eval and datasets versions, python, and the machine."""
     import transformers
 
     from actprune_compiler import __version__
 
     return {"actprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            **{key: installed_version(dist) for key, dist in RECORDED_DISTRIBUTIONS.items()},
             "python": platform.python_version(), "machine": f"{platform.machine()} {platform.system()}, "
             f"{torch.get_num_threads()} threads"}

@@ -12,7 +12,8 @@ import actprune_compiler  # noqa: F401
 settings.register_profile("actprune", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("actprune")
 
-torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this run may use (taskset)
+# The cores this run may use (taskset), shared among pytest-xdist's workers when there are several.
+torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 FAMILIES = ("llama", "qwen2", "gemma3")
 

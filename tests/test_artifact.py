@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_program
 
 from actprune_compiler import SparsityConfig, sparsify
-from actprune_compiler.artifact import load_program, load_report, save_artifact
+from actprune_compiler.artifact import input_ranges, load_program, load_report, save_artifact
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,10 @@ def test_a_failed_swap_puts_the_old_artifact_back(tmp_path, pruned, monkeypatch)
     monkeypatch.undo()
     assert load_report(out)["label"] == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_the_saved_program_keeps_its_dynamic_batch_and_sequence_ranges(tmp_path, pruned):
+    """actprune eval --model ARTIFACT reads them to refuse a --seqlen the program was not exported for."""
+    out = save_artifact(tmp_path / "art", pruned.program, {"label": "x"})
+    # batch: export's 1..4096; sequence: up to the tiny model's max_position_embeddings (256)
+    assert input_ranges(pruned.program) == input_ranges(load_program(out)) == ((1, 4096), (1, 256))

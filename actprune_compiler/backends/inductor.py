@@ -9,14 +9,17 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 
-from actprune_compiler.lowering import inductor_decompositions
+from actprune_compiler.lowering.inductor import CACHE_SALT
 
 
 def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Callable:
-    """A torch.compile backend: Inductor, with nm_linear expanded before its lowering."""
+    """A torch.compile backend: Inductor, with nm_linear expanded before its lowering (the expansion is
+    in Inductor's own decomposition table), and actprune's lowering code in the FX graph cache's key."""
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, decompositions=inductor_decompositions())
+    salt = {} if torch._inductor.config.post_grad_custom_post_pass else {"post_grad_custom_post_pass": CACHE_SALT}
+    with torch._inductor.config.patch(salt):
+        return compile_fx(gm, example_inputs)
 
 
 def inference_call(compiled: Callable, freeze: bool) -> Callable:

@@ -125,9 +125,12 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
                    help="default: bfloat16 on CUDA, float32 on the CPU; auto: the checkpoint's dtype")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, artifact: bool = False) -> None:
+    """artifact: the command also takes an `actprune compile` folder as --model (eval does)."""
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"alias ({', '.join(ALIASES)}), local HF folder, .gguf file or hub id")
+                   help=f"alias ({', '.join(ALIASES)}), local HF folder, .gguf file or hub id" +
+                   (", or an artifact folder from actprune compile (its program.pt2 is scored as saved)"
+                    if artifact else ""))
     add_placement_args(p)
 
 
@@ -148,6 +151,9 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8
                    help="keep the K layers with the largest output error (see actprune sensitivity) dense")
     p.add_argument("--calib-data", type=calib_source, default=None,
                    help="calibration text: wikitext2-validation (default), wikitext2-train, or a text file")
+    p.add_argument("--seed-compat", action="store_true",
+                   help="drop the bias of activation-pruned layers as the seed's module swap does (it is kept "
+                        "by default; the seed's Qwen collapse comes from dropping it)")
     p.add_argument("--calib-samples", type=positive_int, default=16, help="calibration sequences")
     p.add_argument("--calib-seqlen", type=positive_int, default=512, help="tokens per calibration sequence")
 
@@ -160,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
                           correction=args.correction, modules=args.modules,
                           exclude=tuple(x for x in args.exclude.split(",") if x.strip()),
                           skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
-                          calib_seqlen=args.calib_seqlen)
+                          calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat)
 
 
 def calibration_input(args: argparse.Namespace, config: SparsityConfig | None) -> tuple[str | None, str]:

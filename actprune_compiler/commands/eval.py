@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+from pathlib import Path
 from typing import Any
 
 from actprune_compiler.commands.common import (
@@ -53,13 +55,133 @@ def options_from_args(args: argparse.Namespace):
                        calib_data=args.calib_data, compile=not args.no_compile)
 
 
+@functools.cache
+def config_flag_defaults() -> dict[str, Any]:
+    """{dest: default} of the flags that make the program (add_config_args): an artifact fixes them."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_config_args(p, pattern_default=None)
+    return vars(p.parse_args([]))
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of the compiled (pruned) model")
-    add_model_args(p)
+    add_model_args(p, artifact=True)
     add_config_args(p, pattern_default=None)
+    # None stands for "not given", so that a flag given with an artifact is seen even when it equals its
+    # default; run() puts the defaults back for a model.
+    p.set_defaults(**dict.fromkeys(config_flag_defaults()))
     add_eval_args(p)
     p.add_argument("--output", default=None, help="write the result JSON here (atomically)")
     return p
+
+
+def program_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config flags given on the command line, {dest: value}; the others get their defaults back."""
+    given = {}
+    for dest, default in config_flag_defaults().items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, default)
+        else:
+            given[dest] = getattr(args, dest)
+    return given
+
+
+def flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+# Config flags whose SparsityConfig field has another name.
+FLAG_FIELDS = {"seed_compat": "drop_bias"}
+
+
+def check_artifact_flags(args: argparse.Namespace, given: dict[str, Any], report: dict[str, Any]) -> None:
+    """An artifact's program is fixed: a flag that would make another one is refused, unless it says what the
+    artifact already is (--pattern 8:16 for an 8:16 artifact)."""
+    from actprune_compiler.sparsity.config import SparsityConfig
+
+    fixed = SparsityConfig.from_dict(report["config"])
+    have = fixed.to_dict()
+    for dest, value in given.items():
+        field, shown_flag = FLAG_FIELDS.get(dest, dest), flag(dest) if value is True else f"{flag(dest)} {value}"
+        if field not in have:  # --calib-data: the calibration ran when the artifact was compiled
+            raise ValueError(f"{flag(dest)} conflicts with the artifact {args.model}: an artifact fixes its config "
+                             f"({report['label']}) and calibration; drop {flag(dest)}, or compile a new artifact")
+        if field == "pattern" and str(value).lower() in ("none", "dense"):
+            wanted = "none"
+        else:  # normalised as SparsityConfig does: '8 : 16' is 8:16, 'q_proj, k_proj' is q_proj,k_proj
+            parsed = tuple(x for x in value.split(",") if x.strip()) if field == "exclude" else value
+            wanted = fixed.replace(**{field: parsed}).to_dict()[field]
+        if wanted != have[field]:
+            shown = (",".join(have[field]) or "none") if isinstance(have[field], list) else have[field]
+            raise ValueError(f"{shown_flag} conflicts with the artifact {args.model}, compiled with {field} {shown}: "
+                             f"an artifact fixes its config (report.json); drop {flag(dest)}, or compile a new "
+                             "artifact with it")
+    if args.dtype not in ("default", report["dtype"]):
+        raise ValueError(f"--dtype {args.dtype} conflicts with the artifact {args.model}, whose program is "
+                         f"{report['dtype']}: an artifact fixes its dtype; drop --dtype, or compile a new artifact "
+                         "with it")
+
+
+def artifact_device(args: argparse.Namespace, report: dict[str, Any]) -> str:
+    """Where the artifact's program runs: the device it was compiled on, which holds its tensors.
+
+    torch.export.passes.move_to_device_pass could move it, but a program compiled on the CPU in float32
+    would then not be what a fresh run on the GPU scores (bfloat16), so another device is refused."""
+    from actprune_compiler.devices import resolve_device
+    from actprune_compiler.eval import distributed
+
+    recorded = report["device"]
+    try:
+        here = resolve_device(recorded)
+    except ValueError:
+        raise ValueError(f"the artifact {args.model} was compiled on {recorded}, which this machine lacks; "
+                         f"evaluate it where {recorded} exists, or compile a new artifact here") from None
+    asked = resolve_device(args.device) if args.device else here
+    if _canonical(asked) != _canonical(here):
+        raise ValueError(f"--device {args.device} differs from {recorded}, where the artifact {args.model} was "
+                         f"compiled and its program's tensors are; drop --device, or compile a new artifact "
+                         f"with --device {args.device}")
+    if here.type == "cuda" and distributed.world() > 1:
+        raise ValueError(f"under torchrun each process scores on its own GPU, but the artifact {args.model}'s "
+                         f"program is on {recorded}; evaluate it in one process")
+    return recorded
+
+
+def _canonical(device) -> str:
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+# What eval reads from an artifact's report.json (actprune compile writes them all).
+ARTIFACT_KEYS = ("model", "model_class", "device", "dtype", "config", "label", "totals")
+
+
+def artifact_report(spec: str) -> dict[str, Any]:
+    from actprune_compiler.artifact import REPORT, load_report
+
+    report = load_report(spec)
+    missing = [key for key in ARTIFACT_KEYS if key not in report]
+    if missing:
+        raise ValueError(f"{Path(spec) / REPORT} lacks {', '.join(missing)}, which actprune eval reads; "
+                         "recompile the artifact with actprune compile")
+    return report
+
+
+def model_kind(spec: str) -> str:
+    """'artifact' for an actprune compile folder, 'model' otherwise; a folder that is neither is refused."""
+    from actprune_compiler.artifact import PROGRAM, REPORT, is_artifact, load_report
+
+    folder = Path(spec).expanduser()
+    if is_artifact(folder):
+        return "artifact"
+    if folder.is_dir() and not (folder / "config.json").exists():
+        if (folder / PROGRAM).exists():
+            load_report(folder)  # raises: "... is not an actprune artifact (no report.json); create one with ..."
+        raise ValueError(f"{spec} is neither an actprune artifact (no {REPORT}) nor a model folder (no config.json)")
+    return "model"
 
 
 def result_row(result: dict[str, Any]) -> dict[str, Any]:
@@ -104,20 +226,31 @@ def check_torchrun_tasks(tasks: tuple[str, ...], processes: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from actprune_compiler.eval import distributed
+    from actprune_compiler.eval.artifact_eval import evaluate_artifact
     from actprune_compiler.eval.runner import evaluate, write_result
     from actprune_compiler.files import check_output_file
 
     check_torchrun_tasks(args.tasks, distributed.world())
+    given = program_flags(args)
+    report = artifact_report(args.model) if model_kind(args.model) == "artifact" else None
+    if report is not None:  # an artifact folder: score its program.pt2 as it is
+        check_artifact_flags(args, given, report)
+        device, config = artifact_device(args, report), None
     distributed.prepare_rank()  # own Inductor cache and share of the cores, before anything compiles
-    device = distributed.rank_device(args.device)  # under torchrun on CUDA: cuda:LOCAL_RANK
-    config, options = config_from_args(args), options_from_args(args)
+    if report is None:
+        device = distributed.rank_device(args.device)  # under torchrun on CUDA: cuda:LOCAL_RANK
+        config = config_from_args(args)
+    options = options_from_args(args)
     check_output_file(args.output)  # before the model loads, not after an hour of scoring
     if not args.allow_hub:
         check_local_data(args, config)
     text, source = calibration_input(args, config)  # read now: a bad calibration source fails at once
     with distributed.process_group(device):
-        result = evaluate(args.model, config, options, dtype=args.dtype, device=device,
-                          calib_text=(text, source) if text is not None else None)
+        if report is not None:
+            result = evaluate_artifact(args.model, options, report=report)
+        else:
+            result = evaluate(args.model, config, options, dtype=args.dtype, device=device,
+                              calib_text=(text, source) if text is not None else None)
         processes = distributed.world()
         if not distributed.is_main():  # every rank holds the same result; rank 0 alone reports it
             return 0

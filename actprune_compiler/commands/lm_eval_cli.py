@@ -1,12 +1,23 @@
 """`actprune-lm-eval`: lm-eval's own command line, with the model "actprune" registered.
 
-Arguments are lm-eval's, parsed by lm-eval's parser and run by lm-eval unchanged, with one addition:
-task names `actprune_local_<task>` (e.g. actprune_local_arc_easy, the names `actprune eval` scores under)
-are lm-eval's yaml for <task> over the local copy in actprune's data folder (data/, or $ACTPRUNE_DATA_DIR),
-so they run offline. Plain task names (arc_easy, ...) stay lm-eval's own hub tasks.
+Arguments are lm-eval's, parsed by lm-eval's parser and run by lm-eval unchanged, except for the task
+names that actprune's data folder (data/, or $ACTPRUNE_DATA_DIR) has a local copy of:
+
+- a plain name (arc_easy, arc_challenge, boolq, piqa, winogrande, hellaswag) whose files are in the data
+  folder is scored from the local copy, under its plain name, offline; a line on stderr says so and where.
+  `--actprune-hub-tasks` (taken out before lm-eval parses) leaves plain names to lm-eval: its own tasks,
+  which read the hub. A plain name without local files always goes to lm-eval unchanged;
+- `actprune_local_<task>` (the names `actprune eval` scores under) and the tag `actprune_local` always
+  score the local copies, and fail when the files are not there.
+
+Each local task is handed to lm-eval as the path of a yaml written for this run: lm-eval's own yaml for
+the task (`include:`d, so prompts and metrics are lm-eval's) with only the dataset replaced. lm-eval loads
+a yaml path as that file, without looking the name up among its tasks, so the local copy is used whatever
+else defines the name (an `--include_path` task of the same name is refused as ambiguous), and
+--include_path stays free for the user's own tasks.
 
     actprune-lm-eval --model actprune --model_args pretrained=smollm2-135m,pattern=8:16 \\
-        --tasks actprune_local_arc_easy --limit 50
+        --tasks arc_easy --limit 50
     torchrun --standalone --nproc_per_node 2 $(which actprune-lm-eval) ...   # data parallel
 
 On the CPU use torchrun: `accelerate launch --cpu --num_processes 2` starts a single process (accelerate 1.x).
@@ -15,61 +26,120 @@ On the CPU use torchrun: `accelerate launch --cpu --num_processes 2` starts a si
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
-from actprune_compiler.eval.data import task_data, where_data_goes
-from actprune_compiler.eval.harness import LM_EVAL_YAML, LOCAL_PREFIX, write_local_task
+from actprune_compiler.eval.data import find_data_dir, task_data, where_data_goes
+from actprune_compiler.eval.harness import LM_EVAL_YAML, LOCAL_PREFIX, LOCAL_TAG, write_local_task
 
-LOCAL_TAG = "actprune_local"  # the tag the local yamls carry: every local task whose data is here
-
-
-def requested_local_tasks(tasks: list[str] | None) -> list[str]:
-    """The actprune tasks (arc_easy, ...) behind the actprune_local_* names (and the actprune_local tag)."""
-    wanted = []
-    for name in tasks or []:
-        if name == LOCAL_TAG:
-            wanted += [t for t in LM_EVAL_YAML if task_data(t) is not None]
-        elif name.startswith(LOCAL_PREFIX):
-            task = name.removeprefix(LOCAL_PREFIX)
-            if task not in LM_EVAL_YAML:
-                raise SystemExit(f"actprune-lm-eval: task {name!r} has no local mirror; allowed: "
-                                 f"{', '.join(LOCAL_PREFIX + t for t in LM_EVAL_YAML)} or the tag {LOCAL_TAG}")
-            if task_data(task) is None:
-                raise SystemExit(f"actprune-lm-eval: task {name!r} needs the local {task} files, which are not "
-                                 f"there; they go in {where_data_goes()}")
-            wanted.append(task)
-    return list(dict.fromkeys(wanted))
+HUB_FLAG = "--actprune-hub-tasks"  # plain task names go to lm-eval's own (hub) tasks
 
 
-def add_local_tasks(args: argparse.Namespace, folder: Path) -> None:
-    """Write the yamls of the requested local tasks into `folder` and make it lm-eval's include path."""
-    local = requested_local_tasks(getattr(args, "tasks", None))
-    if not local:
+def take_hub_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """argv without --actprune-hub-tasks, and whether it was there: lm-eval's parser never sees it."""
+    rest = [arg for arg in argv if arg != HUB_FLAG]
+    return rest, len(rest) != len(argv)
+
+
+def local_names(requested: str, hub_tasks: bool = False) -> dict[str, str] | None:
+    """{lm-eval task name: actprune task} that one requested name stands for when actprune's local copy
+    scores it, or None when the name goes to lm-eval unchanged."""
+    if requested == LOCAL_TAG:
+        found = {LOCAL_PREFIX + t: t for t in LM_EVAL_YAML if task_data(t) is not None}
+        if not found:
+            raise SystemExit(f"actprune-lm-eval: the tag {LOCAL_TAG} scores the local task files, and there are "
+                             f"none; they go in {where_data_goes()}")
+        return found
+    if requested.startswith(LOCAL_PREFIX):
+        task = requested.removeprefix(LOCAL_PREFIX)
+        if task not in LM_EVAL_YAML:
+            raise SystemExit(f"actprune-lm-eval: task {requested!r} has no local mirror; allowed: "
+                             f"{', '.join(LOCAL_PREFIX + t for t in LM_EVAL_YAML)} or the tag {LOCAL_TAG}")
+        if task_data(task) is None:
+            raise SystemExit(f"actprune-lm-eval: task {requested!r} needs the local {task} files, which are not "
+                             f"there; they go in {where_data_goes()}")
+        return {requested: task}
+    if requested in LM_EVAL_YAML and not hub_tasks and task_data(requested) is not None:
+        return {requested: requested}
+    return None
+
+
+def local_tasks(tasks: list[str] | None, hub_tasks: bool = False) -> dict[str, str]:
+    """{lm-eval task name: actprune task} for every requested name scored from the local copy."""
+    found: dict[str, str] = {}
+    for requested in tasks or []:
+        found.update(local_names(requested, hub_tasks) or {})
+    return found
+
+
+def _refuse_include_path_clash(include_path: str, local: dict[str, str]) -> None:
+    """A task of --include_path named like a local copy: which one to score would be a guess."""
+    from lm_eval.tasks import TaskManager
+
+    defined = set(TaskManager(include_path=include_path, include_defaults=False).all_tasks)
+    clash = sorted(defined & set(local))
+    if not clash:
         return
-    if args.include_path:
-        # lm-eval's command line takes a single include path, and it is needed for the local tasks.
-        raise SystemExit(f"actprune-lm-eval: --include_path {args.include_path} cannot be combined with the local "
-                         f"tasks {', '.join(LOCAL_PREFIX + t for t in local)}; score them in separate runs")
-    for task in local:
-        write_local_task(task, task_data(task), folder)
-    args.include_path = str(folder)
+    plain = [name for name in clash if not name.startswith(LOCAL_PREFIX)]
+    way_out = (f"pass {HUB_FLAG} to score {include_path}'s {', '.join(plain)} (plain names then go to lm-eval "
+               f"unchanged), or rename it there" if plain else f"rename it in {include_path}")
+    raise SystemExit(f"actprune-lm-eval: --include_path {include_path} defines {', '.join(clash)}, which this "
+                     f"command scores from actprune's local copy; {way_out}")
+
+
+def _say(line: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun, not once per process
+        print(f"actprune-lm-eval: {line}", file=sys.stderr, flush=True)
+
+
+def add_local_tasks(args: argparse.Namespace, folder: Path, hub_tasks: bool = False) -> dict[str, str]:
+    """Replace each requested name that the local copy scores by the path of its yaml, written into `folder`;
+    return {lm-eval task name: actprune task} for them. The other names are left as they are."""
+    tasks = getattr(args, "tasks", None)
+    if not tasks:
+        return {}
+    plan = [(requested, local_names(requested, hub_tasks)) for requested in tasks]
+    local = {name: task for _, names in plan for name, task in (names or {}).items()}
+    if local and getattr(args, "include_path", None):
+        _refuse_include_path_clash(args.include_path, local)
+    rewritten: list[str] = []
+    written: set[str] = set()
+    for requested, names in plan:
+        if names is None:
+            rewritten.append(requested)
+            if requested in LM_EVAL_YAML and not hub_tasks:
+                _say(f"{requested}: no local copy in {find_data_dir() or 'any data folder'}; lm-eval's own task "
+                     "reads it from the hub")
+            continue
+        for name, task in names.items():
+            if name in written:
+                continue
+            files = task_data(task)
+            write_local_task(task, files, folder, name)
+            written.add(name)
+            rewritten.append(str(folder / f"{name}.yaml"))
+            hint = f" ({HUB_FLAG}: lm-eval's hub task instead)" if name == task else ""
+            _say(f"{name}: scoring the local copy {', '.join(str(p) for p in files.values())}{hint}")
+    args.tasks = rewritten
+    return local
 
 
 def main() -> None:
-    """lm_eval.__main__.cli_evaluate, with "actprune" registered and the local tasks' include path added."""
+    """lm_eval.__main__.cli_evaluate, with "actprune" registered and the local tasks swapped in."""
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
     import actprune_compiler.eval.lm_eval_model  # noqa: F401  (registers --model actprune)
 
+    sys.argv, hub_tasks = take_hub_flag(sys.argv)
     setup_logging()
     parser = HarnessCLI()
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="actprune-lm-eval-tasks-") as folder:
         if getattr(args, "command", None) == "run":
-            add_local_tasks(args, Path(folder))
+            add_local_tasks(args, Path(folder), hub_tasks)
         parser.execute(args)
 
 

@@ -24,6 +24,7 @@ LM_EVAL_YAML = {"arc_easy": ("arc/arc_easy.yaml", "test"), "arc_challenge": ("ar
                 "winogrande": ("winogrande/default.yaml", "validation"),
                 "hellaswag": ("hellaswag/hellaswag.yaml", "validation")}
 LOCAL_PREFIX = "actprune_local_"
+LOCAL_TAG = "actprune_local"  # the tag every actprune_local_<task> yaml carries
 
 
 def _lm_eval_tasks_dir() -> Path:
@@ -32,12 +33,15 @@ def _lm_eval_tasks_dir() -> Path:
     return Path(lm_eval.tasks.__file__).parent
 
 
-def local_task_yaml(task: str, data_file: Path) -> dict[str, Any]:
+def local_task_yaml(task: str, data_file: Path, name: str | None = None) -> dict[str, Any]:
+    """lm-eval's yaml for `task` over the local `data_file`, as the task `name` (default
+    actprune_local_<task>, tagged actprune_local; a plain name such as arc_easy carries no tag)."""
     relative, split = LM_EVAL_YAML[task]
+    name = name or LOCAL_PREFIX + task
     return {
         "include": str(_lm_eval_tasks_dir() / relative),
-        "task": LOCAL_PREFIX + task,
-        "tag": ["actprune_local"],
+        "task": name,
+        "tag": [LOCAL_TAG] if name == LOCAL_PREFIX + task else [],
         "dataset_path": "json",
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {split: str(data_file)}},
@@ -47,11 +51,13 @@ def local_task_yaml(task: str, data_file: Path) -> dict[str, Any]:
     }
 
 
-def write_local_task(task: str, files: dict[str, Path], folder: Path) -> str:
-    """Write lm-eval's yaml for `task` over its local `files` into `folder`; return its lm-eval task name."""
+def write_local_task(task: str, files: dict[str, Path], folder: Path, name: str | None = None) -> str:
+    """Write lm-eval's yaml for `task` over its local `files` into `folder` as `<name>.yaml`; return its
+    lm-eval task name (`name`, default actprune_local_<task>)."""
     data_file = prepared_task_file(task, files)
-    (folder / f"{task}.yaml").write_text(yaml.safe_dump(local_task_yaml(task, data_file)))
-    return LOCAL_PREFIX + task
+    config = local_task_yaml(task, data_file, name)
+    (folder / f"{config['task']}.yaml").write_text(yaml.safe_dump(config))
+    return config["task"]
 
 
 def resolve_tasks(tasks: list[str], data_dir: str | Path | None, folder: Path) -> tuple[dict[str, str], dict]:

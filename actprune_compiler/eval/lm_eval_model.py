@@ -22,10 +22,11 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from actprune_compiler.backends.dynamo import compile_model
-from actprune_compiler.dequantized import cached_folder
+from actprune_compiler.dequantized import pretrained_source
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.eval.distributed import prepare_rank
 from actprune_compiler.models import ALIASES, gguf_file, resolve_dtype
+from actprune_compiler.runinfo import versions
 from actprune_compiler.sparsity.config import SparsityConfig
 
 log = logging.getLogger("actprune")
@@ -40,12 +41,7 @@ def resolve_pretrained(spec: str, dtype: str | torch.dtype) -> tuple[str, str | 
     dequantised copy that actprune's own loads leave behind (dequantized.py) when there is one, else
     the GGUF file. Any other spec (a folder, a hub id) is HFLM's to load as given."""
     gguf = gguf_file(spec)
-    if gguf is None:
-        return spec, None
-    folder = cached_folder(gguf, resolve_dtype(dtype))
-    if (folder / "config.json").exists():
-        return str(folder), None
-    return str(gguf.parent), gguf.name
+    return (spec, None) if gguf is None else pretrained_source(gguf, resolve_dtype(dtype))
 
 
 def _cpu_processes(device: str | None) -> bool:
@@ -105,5 +101,6 @@ class ActPruneLM(HFLM):
             self._world_size = accelerator.num_processes
 
     def get_model_info(self) -> dict[str, Any]:
-        """HFLM's model info (in the results file's config), plus what actprune did to the model."""
-        return {**super().get_model_info(), "actprune": self.actprune_info}
+        """HFLM's model info (in the results file's config), plus what actprune did to the model and the
+        versions it ran with (actprune, torch, transformers, lm_eval, datasets: runinfo.versions)."""
+        return {**super().get_model_info(), "actprune": {**self.actprune_info, "versions": versions()}}

@@ -16,17 +16,16 @@ from actprune_compiler.eval.distributed import all_reduce_sums, is_main, shard, 
 BOS_MODES = ("auto", "window", "start", "none")
 
 
-def resolve_bos(mode: str, tokenizer, model_type: str) -> str:
-    """auto: a BOS per window for Gemma (it degrades without one); otherwise what the tokenizer does
-    by default, i.e. one BOS at the very start of the text as the seed (GPTQ-style) code has it."""
+def resolve_bos(mode: str, tokenizer) -> str:
+    """auto: what the tokenizer does by default on the whole text, as the seed (GPTQ-style) code has it:
+    one BOS at the very start when it adds one (Gemma, Llama-2), none otherwise (SmolLM2, Qwen).
+    'window' (a BOS per window, which Gemma scores better with) is an option, not the default."""
     if mode not in BOS_MODES:
         raise ValueError(f"--bos {mode!r} is unknown; allowed: {', '.join(BOS_MODES)}")
     if mode != "auto":
         if mode != "none" and tokenizer.bos_token_id is None:
             raise ValueError(f"--bos {mode} needs a BOS token, and this tokenizer has none; use --bos none")
         return mode
-    if model_type.startswith("gemma"):
-        return "window"
     probe = tokenizer("a").input_ids
     adds_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
     return "start" if adds_bos else "none"

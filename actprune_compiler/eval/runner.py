@@ -76,14 +76,20 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
         sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
         program, calibration = sparsified.program, sparsified.report["calibration"]
         timer.seconds.update(sparsified.report["timings"])
-    device = model_device(model)
+    return program_runner(program, model_device(model), options), sparsified, calibration, timer.seconds
+
+
+def program_runner(program, device: torch.device | str, options: EvalOptions, *, with_mask: bool = False):
+    """ids -> logits through the program, compiled unless options say not (an attention_mask input, when the
+    program has one, is all ones: perplexity windows and right-padded lm-eval requests need no mask)."""
     module = compile_program(program) if options.compile else program.module()
 
-    def run(ids):  # token ids come from the tokenizer on the CPU; the program runs where the model is
+    def run(ids):  # token ids come from the tokenizer on the CPU; the program runs where its weights are
         with torch.no_grad():
-            return module(ids.to(device))
+            ids = ids.to(device)
+            return module(ids, torch.ones_like(ids)) if with_mask else module(ids)
 
-    return run, sparsified, calibration, timer.seconds
+    return run
 
 
 def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOptions, *, dtype: str = "default",
@@ -93,15 +99,24 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
 
     calib_text: the calibration (text, description), when the caller has read it already; None reads
     options.calib_data (when the config calibrates) after the model has loaded."""
-    from actprune_compiler.eval.data import load_wikitext2
-    from actprune_compiler.eval.harness import make_lm, run_tasks
-    from actprune_compiler.eval.perplexity import perplexity, resolve_bos
-
     wall = time.perf_counter()
     model, tokenizer = loaded or load_model(model_spec, dtype, device)
     if tokenizer is None:
         raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
     runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options, calib_text)
+    made = {"model": model_spec, "model_class": type(model).__name__, **placement(model),
+            "pruning": config.label if config else "none", "config": config.to_dict() if config else None}
+    return score(runner, model, tokenizer, options, wall, stage_s, made,
+                  replaced=sparsified.replaced if sparsified else 0, calibration=calibration)
+
+
+def score(runner, model, tokenizer, options: EvalOptions, wall: float, stage_s: dict[str, float],
+           made: dict[str, Any], *, replaced: int, calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """Compile (warm up), score the tasks, and assemble the result: `made` says what was scored."""
+    from actprune_compiler.eval.data import load_wikitext2
+    from actprune_compiler.eval.harness import make_lm, run_tasks
+    from actprune_compiler.eval.perplexity import perplexity, resolve_bos
+
     if options.compile:
         with torch.no_grad():  # compile up front, so runtime_s is scoring time alone
             start = time.perf_counter()
@@ -112,7 +127,7 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
     metrics: dict[str, Any] = {}
     if "wikitext2" in options.tasks:
         text = load_wikitext2("test", options.data_dir)
-        bos = resolve_bos(options.bos, tokenizer, model.config.model_type)
+        bos = resolve_bos(options.bos, tokenizer)
         metrics["wikitext2"] = {**perplexity(runner, tokenizer, text.text, seqlen=options.seqlen,
                                              max_windows=options.max_windows, batch_size=options.batch_size,
                                              bos=bos, progress=options.progress),
@@ -124,10 +139,8 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
                                  num_fewshot=options.num_fewshot, apply_chat_template=options.apply_chat_template))
     now = time.perf_counter()
     return {
-        "model": model_spec, "model_class": type(model).__name__, **placement(model),
-        "pruning": config.label if config else "none", "config": config.to_dict() if config else None,
-        "options": options.key(), "compiled": options.compile, "metrics": metrics,
-        "replaced_linears": sparsified.replaced if sparsified else 0,
+        **made, "options": options.key(), "compiled": options.compile, "metrics": metrics,
+        "replaced_linears": replaced,
         "runtime_s": round(now - eval_start, 3),  # scoring alone; compilation is stages_s["compile_s"]
         "total_s": round(now - wall, 3), "stages_s": stage_s, "calibration": calibration,
         "versions": versions(), "machine": {"cpu": platform.processor() or platform.machine(),

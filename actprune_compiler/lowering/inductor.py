@@ -13,10 +13,12 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 import actprune_compiler.kernels.cpu  # noqa: F401  (registers actprune::sparse_rows_linear)
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
@@ -80,10 +82,47 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
 
 
 def inductor_decompositions() -> dict:
-    """Inductor's own table plus nm_linear's expansion."""
+    """Inductor's own table, which holds nm_linear's expansion (registered below)."""
     from torch._inductor.decomposition import select_decomp_table
 
-    return {**select_decomp_table(), torch.ops.actprune.nm_linear.default: nm_linear_decomposed}
+    return select_decomp_table()
+
+
+def _register_nm_linear_decomposition() -> None:
+    """nm_linear's expansion goes into Inductor's own table rather than a `decompositions=` argument:
+    Inductor cannot hash a custom table (it holds pybind functions), so it would bypass its FX graph
+    cache for every graph and each process would compile from scratch."""
+    from torch._inductor import decomposition
+
+    target = torch.ops.actprune.nm_linear.default
+    if target not in decomposition.decompositions:
+        decomposition.decompositions[target] = nm_linear_decomposed
+        decomposition.fast_random_decomps.cache_clear()  # a cached copy of the table
+
+
+class CacheSalt(CustomGraphPass):
+    """A post-grad pass that changes nothing; its uuid puts actprune's lowering code (and whether the
+    native decode kernel is there) into Inductor's cache key, so that a cached graph is never reused
+    after that code changed. Inductor hashes its own code, not the decompositions registered here."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        pass
+
+    def uuid(self) -> bytes:
+        from actprune_compiler.kernels import cpu
+
+        return _lowering_hash(cpu.available())
+
+
+@functools.cache
+def _lowering_hash(native_kernel: bool) -> bytes:
+    package = Path(__file__).resolve().parents[1]
+    files = sorted(str(p) for folder in ("lowering", "sparsity", "kernels", "ops") for p in (package / folder).glob("*")
+                   if p.suffix in (".py", ".cpp"))
+    return get_hash_for_files(tuple(files), extra=f"native decode kernel: {native_kernel}")
+
+
+CACHE_SALT = CacheSalt()
 
 
 def _register_select_lowering() -> None:
@@ -126,3 +165,4 @@ def _register_select_lowering() -> None:
 
 
 _register_select_lowering()
+_register_nm_linear_decomposition()

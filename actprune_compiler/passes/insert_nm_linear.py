@@ -17,7 +17,8 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
     made = {}
     for site in (s for s in sites if s.selected):
         weight = host.value(site.weight)
-        bias_node = site.bias
+        # the seed's module swap (config.drop_bias) computes x·Wᵀ without the layer's bias
+        bias_node = None if config.drop_bias else site.bias
         bias = host.value(bias_node) if bias_node is not None else None
         consts = layer_constants(config, weight, bias, (stats or {}).get(site.path))
         if consts.bias is not None:  # a new constant: the model's own bias parameter stays untouched

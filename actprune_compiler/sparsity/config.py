@@ -99,6 +99,9 @@ class SparsityConfig:
     exclude:    fnmatch patterns of layers to leave dense even if `modules` matches them.
     skip_sensitive: leave the K layers with the largest output error (on calibration text) dense.
     calib_samples / calib_seqlen: calibration data size for criteria/corrections that need statistics.
+    drop_bias:  the seed's behaviour (--seed-compat): its module swap copies the weight but not the bias,
+                so activation-pruned layers lose their bias. actprune keeps it by default; Qwen2's q/k/v
+                have biases, and dropping them is what collapses the seed's Qwen rows.
     """
 
     pattern: str = "8:16"
@@ -110,6 +113,7 @@ class SparsityConfig:
     skip_sensitive: int = 0
     calib_samples: int = 16
     calib_seqlen: int = 512
+    drop_bias: bool = False
 
     def __post_init__(self) -> None:
         # Normalise first so that equal configs compare (and serialise) equal.
@@ -129,6 +133,11 @@ class SparsityConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.drop_bias, bool):
+            raise ValueError(f"drop_bias must be true or false, got {self.drop_bias!r}")
+        if self.drop_bias and self.target == "weight":
+            raise ValueError("drop_bias reproduces the seed's activation-pruning module swap; its weight pruning "
+                             "keeps the bias, so use drop_bias with target 'activation' only")
         if not isinstance(self.skip_sensitive, int) or self.skip_sensitive < 0:
             raise ValueError(f"skip_sensitive must be a non-negative integer, got {self.skip_sensitive!r}")
         if self.skip_sensitive and self.target == "weight":
@@ -155,6 +164,8 @@ class SparsityConfig:
             parts.append(f"skip{self.skip_sensitive}")
         if self.exclude:
             parts.append("excl " + ",".join(self.exclude))
+        if self.drop_bias:
+            parts.append("seed-compat (no bias)")
         return " ".join(parts)
 
     def replace(self, **changes: Any) -> SparsityConfig:

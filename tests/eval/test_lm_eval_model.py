@@ -85,16 +85,20 @@ def test_actprune_arguments_are_checked_before_the_model_loads(tiny_dir):
         ActPruneLM(pretrained=tiny_model("llama"))
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_local_task_names_map_to_the_data_folder_and_refuse_what_is_missing(monkeypatch, tmp_path):
-    from actprune_compiler.commands.lm_eval_cli import requested_local_tasks
+    from actprune_compiler.commands.lm_eval_cli import local_tasks
 
-    assert requested_local_tasks(["arc_easy", "actprune_local_arc_easy", "boolq"]) == ["arc_easy"]
+    assert local_tasks(["arc_easy", "actprune_local_arc_easy", "boolq", "lambada_openai"]) == {
+        "arc_easy": "arc_easy", "actprune_local_arc_easy": "arc_easy", "boolq": "boolq"}
+    assert local_tasks(["arc_easy", "actprune_local_arc_easy", "boolq"], hub_tasks=True) == {
+        "actprune_local_arc_easy": "arc_easy"}
     with pytest.raises(SystemExit, match="has no local mirror; allowed: actprune_local_arc_easy"):
-        requested_local_tasks(["actprune_local_mmlu"])
+        local_tasks(["actprune_local_mmlu"])
     monkeypatch.setenv("ACTPRUNE_DATA_DIR", str(tmp_path))  # an empty data folder, searched first
     monkeypatch.setattr("actprune_compiler.eval.data.default_data_dirs", lambda: [tmp_path])
     with pytest.raises(SystemExit, match="needs the local piqa files, which are not there; they go in"):
-        requested_local_tasks(["actprune_local_piqa"])
+        local_tasks(["actprune_local_piqa"])
 
 
 def _run_cli(tiny_dir, out, processes):

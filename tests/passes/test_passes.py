@@ -22,6 +22,27 @@ def test_activation_rewrite_matches_hooked_eager_reference(family, n, m):
     torch.testing.assert_close(got, reference_logits(model, ids, n, m), rtol=0, atol=1e-5)
 
 
+def test_seed_compat_drops_the_bias_of_pruned_layers_as_the_seed_does():
+    """Qwen2's q/k/v have biases: the seed's module swap computes x·Wᵀ without them."""
+    model, ids = tiny_model("qwen2"), token_ids()
+    seed = copy.deepcopy(model)
+    for name, module in seed.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is not None and "lm_head" not in name:
+            module.bias = None
+    result = sparsify(tiny_program("qwen2"), SparsityConfig("8:16", drop_bias=True))
+    nm_linear = torch.ops.actprune.nm_linear.default
+    biases = [node.args[2] for node in result.program.graph.nodes if node.target == nm_linear]
+    assert len(biases) == 14 and biases.count(None) == 14
+    with torch.no_grad():
+        got = result.module()(ids)
+    torch.testing.assert_close(got, reference_logits(seed, ids, 8, 16), rtol=0, atol=1e-5)
+    kept = sparsify(tiny_program("qwen2"), SparsityConfig("8:16")).module()(ids)
+    assert (kept - got).abs().max() > 1e-2  # the default keeps the bias: a different model
+    assert SparsityConfig("8:16", drop_bias=True).label == "8:16 seed-compat (no bias)"
+    with pytest.raises(ValueError, match="use drop_bias with target 'activation' only"):
+        SparsityConfig("8:16", target="weight", drop_bias=True)
+
+
 def test_the_reference_is_not_the_dense_model(family):
     model, ids = tiny_model(family), token_ids()
     with torch.no_grad():
