@@ -41,6 +41,11 @@ def installed_version(distribution: str) -> str:
         return NOT_INSTALLED
 
 
+def format_times(seconds: dict[str, float]) -> str:
+    """'times: load 1.2 s, export 10.3 s, ...' from stage timings named '<stage>_s', in their order."""
+    return "times: " + ", ".join(f"{name.removesuffix('_s')} {value:.1f} s" for name, value in seconds.items())
+
+
 def versions() -> dict[str, str]:
     """actprune, torch, transformers, lm_eval and datasets versions, python, and the machine."""
     import transformers

@@ -6,6 +6,7 @@ import argparse
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="tokens generated per decode run (0: skip)")
     p.add_argument("--prompt-len", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--startup", action="store_true",
+                   help="also time cold and warm starts (fresh processes: load, compile, first token) of the "
+                        "dense and the sparse model, without freezing (Inductor caches no frozen graph)")
     p.add_argument("--out", default=None, help="folder for bench.json, bench.md, bench.png")
     return p
 
@@ -55,6 +59,25 @@ def timing_rows(rows: list[dict], kind: str) -> list[dict[str, Any]]:
                         "vs dense compiled": f"{t.get('vs dense compiled', 1.0):.3f}",
                         "vs seed eager mask": f"{t.get('vs seed eager mask', 1.0):.3f}"})
     return out
+
+
+def startup_rows(startup: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
+    """One row per (variant, cold/warm): where the seconds of a fresh process went, and the ratio of the
+    sparse model's compile (setup + first generate) to the dense model's in the same kind of start."""
+    def compile_s(run: dict) -> float:
+        return run["times"]["setup_s"] + run["times"]["generate_s"]
+
+    rows = []
+    for variant, starts in startup.items():
+        for kind, run in starts.items():
+            t, cache = run["times"], run["inductor_cache"]
+            hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
+            rows.append({"variant": variant, "start": kind, "imports (s)": f"{t['imports_s']:.1f}",
+                         "load (s)": f"{t['load_s']:.1f}", "compile + generate (s)": f"{compile_s(run):.1f}",
+                         "vs dense": f"{compile_s(run) / compile_s(startup['dense'][kind]):.2f}x",
+                         "first token (s)": f"{run['first_token_s']:.1f}", "process (s)": f"{run['process_s']:.1f}",
+                         "cache hits/misses": f"{hits}/{misses}"})
+    return rows
 
 
 def decode_rows(decode: dict[str, dict]) -> list[dict[str, Any]]:
@@ -117,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
     result["prefill"] = bench.bench_prefill(model, config, args.prefill, args.repeats)
     if args.decode_tokens:
         result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
+    if args.startup:
+        from actprune_compiler.startup import cold_and_warm
+
+        with tempfile.TemporaryDirectory(prefix="actprune-startup-") as folder:
+            place = {"dtype": args.dtype, "device": args.device}
+            result["startup"] = {"dense": cold_and_warm(args.model, None, folder, **place),
+                                 config.label: cold_and_warm(args.model, config.pattern, folder, **place)}
     text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
             f"`{result['command']}`. Medians of {args.repeats} interleaved repeats; ratios are time / baseline "
             "(below 1 is faster).", "",
@@ -128,6 +158,13 @@ def run(args: argparse.Namespace) -> int:
         text += ["", f"## greedy decode, batch 1, prompt {args.prompt_len}, {args.decode_tokens} new tokens", "",
                  format_table(decode_rows(result["decode"]), ["variant", "tokens/s", "vs dense compiled",
                                                               "vs seed eager mask"], markdown=True)]
+    if "startup" in result:
+        text += ["", "## cold and warm starts (fresh processes, no freezing)", "",
+                 "Cold: an empty Inductor cache; warm: a second process with the cache the cold one filled. Both "
+                 "load the model from actprune's dequantised copy. first token: from the start of the Python "
+                 "process's imports to the first generated token.", "",
+                 format_table(startup_rows(result["startup"]), list(startup_rows(result["startup"])[0]),
+                              markdown=True)]
     print("\n".join(text))
     write_json(out / "bench.json", result)
     atomic_write(out / "bench.md", lambda tmp: Path(tmp).write_text("\n".join(text) + "\n"))

@@ -20,6 +20,7 @@ from actprune_compiler.commands.common import (
     task_list,
 )
 from actprune_compiler.eval.perplexity import BOS_MODES
+from actprune_compiler.runinfo import format_times
 from actprune_compiler.tables import format_table
 
 
@@ -257,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     result["processes"] = processes
     row = result_row(result)
     print(format_table([row], list(row)))
+    print(format_times({**result["stages_s"], "run_s": result["runtime_s"]}))
     if args.output:
         write_result(args.output, result)
         print(f"wrote {args.output}")

@@ -82,7 +82,9 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
 def program_runner(program, device: torch.device | str, options: EvalOptions, *, with_mask: bool = False):
     """ids -> logits through the program, compiled unless options say not (an attention_mask input, when the
     program has one, is all ones: perplexity windows and right-padded lm-eval requests need no mask)."""
-    module = compile_program(program) if options.compile else program.module()
+    # regional: one compiled decoder layer for all layers (backends/regional.py); an EvalOptions field when added
+    regional = getattr(options, "regional", False)
+    module = compile_program(program, regional=regional) if options.compile else program.module()
 
     def run(ids):  # token ids come from the tokenizer on the CPU; the program runs where its weights are
         with torch.no_grad():
@@ -101,9 +103,11 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
     options.calib_data (when the config calibrates) after the model has loaded."""
     wall = time.perf_counter()
     model, tokenizer = loaded or load_model(model_spec, dtype, device)
+    load_s = round(time.perf_counter() - wall, 3)
     if tokenizer is None:
         raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
     runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options, calib_text)
+    stage_s = {"load_s": load_s, **stage_s}
     made = {"model": model_spec, "model_class": type(model).__name__, **placement(model),
             "pruning": config.label if config else "none", "config": config.to_dict() if config else None}
     return score(runner, model, tokenizer, options, wall, stage_s, made,

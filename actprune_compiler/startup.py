@@ -1,0 +1,96 @@
+"""Cold and warm starts: how long a new process takes from nothing to its first generated token.
+
+Each measurement is a fresh Python process (`python -m actprune_compiler.startup ...`), so nothing
+compiled in this one can help it; what carries over between two of them is only what is on disk:
+Inductor's FX graph and AOT autograd caches (TORCHINDUCTOR_CACHE_DIR) and actprune's dequantised
+model copy. A cold start gets an empty cache folder, a warm start the folder the cold one filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROCESS_START = time.perf_counter()  # as early as this module can note it: imports count as start-up
+
+
+def measure(model_spec: str, pattern: str | None, cache_dir: str | Path, *, dtype: str = "default",
+            device: str | None = None, new_tokens: int = 8, freeze: bool = False) -> dict[str, Any]:
+    """One start in a fresh process with the given Inductor cache folder: its stage times, seconds."""
+    command = [sys.executable, "-m", "actprune_compiler.startup", "--model", model_spec, "--dtype", dtype,
+               "--new-tokens", str(new_tokens)]
+    command += ["--pattern", pattern] if pattern else []
+    command += ["--device", device] if device else []
+    command += ["--freeze"] if freeze else []
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the start-up measurement failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_s"] = round(time.perf_counter() - start, 3)  # interpreter start and exit included
+    return result
+
+
+def cold_and_warm(model_spec: str, pattern: str | None, folder: str | Path, **kwargs: Any) -> dict[str, dict]:
+    """A cold start into an empty cache folder under `folder`, then a warm start from what it left."""
+    cache = Path(folder) / f"inductor-cache-{pattern or 'dense'}".replace(":", "-")
+    if cache.exists() and any(cache.iterdir()):
+        raise ValueError(f"{cache} is not empty, so a start there would not be cold; remove it")
+    cold = measure(model_spec, pattern, cache, **kwargs)
+    return {"cold": cold, "warm": measure(model_spec, pattern, cache, **kwargs)}
+
+
+def _start(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from actprune_compiler.backends.dynamo import compile_model
+    from actprune_compiler.backends.inductor import inference_call
+    from actprune_compiler.generation import timed_generate
+    from actprune_compiler.models import load_model
+    from actprune_compiler.runinfo import Timer
+
+    timer = Timer()
+    timer.seconds["imports_s"] = round(time.perf_counter() - PROCESS_START, 3)
+    with timer("load_s"):
+        model, tokenizer = load_model(args.model, args.dtype, args.device)
+    with timer("setup_s"):
+        if args.pattern:
+            compile_model(model, {"pattern": args.pattern}, tokenizer=tokenizer, freeze=args.freeze)
+        else:  # the baseline: Inductor as it comes, in the same freezing mode
+            model.forward = inference_call(torch.compile(model.forward, backend="inductor", dynamic=True),
+                                           freeze=args.freeze)
+    ids = tokenizer("The quick brown fox jumps over the lazy dog because", return_tensors="pt").input_ids
+    ready = time.perf_counter()
+    with timer("generate_s"):  # compiles prefill and decode graphs (or loads them from the cache)
+        first = timed_generate(model, ids.to(model.device), args.new_tokens)
+    from torch._dynamo.utils import counters
+
+    from actprune_compiler.backends import dynamo
+
+    return {"model": args.model, "pattern": args.pattern or "none", "freeze": args.freeze, "times": timer.seconds,
+            "tokens": first["tokens"], "rewritten_per_graph": dynamo.report()["rewritten_per_graph"],
+            "first_token_s": round(ready - PROCESS_START + first["prefill_ms"] / 1e3, 3),
+            "new_tokens": args.new_tokens, "inductor_cache": {k: v for k, v in counters["inductor"].items()
+                                                              if k.startswith("fxgraph_cache")}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="one timed start: load, compile, generate a few tokens")
+    p.add_argument("--model", required=True)
+    p.add_argument("--pattern", default=None)
+    p.add_argument("--dtype", default="default")
+    p.add_argument("--device", default=None)
+    p.add_argument("--new-tokens", type=int, default=8)
+    p.add_argument("--freeze", action="store_true")
+    print(json.dumps(_start(p.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
