@@ -35,24 +35,44 @@ def inference_call(compiled: Callable, freeze: bool) -> Callable:
 
 
 class CompiledProgram(nn.Module):
-    """The compiled module; inference only (no autograd)."""
+    """The compiled module; inference only (no autograd). `regions` describes a regional compilation."""
 
-    def __init__(self, compiled: Callable, source: nn.Module, freeze: bool) -> None:
+    def __init__(self, compiled: Callable, source: nn.Module, freeze: bool, regions=None) -> None:
         super().__init__()
         self.call = inference_call(compiled, freeze)
         self.source = source
+        self.regions = regions
 
     def forward(self, *args, **kwargs):
         return self.call(*args, **kwargs)
 
 
 def compile_program(program: ExportedProgram | nn.Module, *, dynamic: bool = True,
-                    freeze: bool = True) -> CompiledProgram:
+                    freeze: bool | None = None, regional: bool = False) -> CompiledProgram:
     """torch.compile(program.module()) with actprune's Inductor lowering.
 
     dynamic=True compiles once for symbolic batch and sequence sizes instead of once per shape.
-    freeze=True lets Inductor treat the weights as constants (they must not change afterwards).
+    freeze (default: on for the whole graph) lets Inductor treat the weights as constants (they must
+    not change afterwards).
+    regional=True compiles each kind of repeated block (decoder layer) once and runs every layer of the
+    kind through that code, and the parts between them (embedding, final norm, lm_head) as regions of
+    their own (backends/regional.py): compile time no longer grows with depth. Weights stay graph
+    inputs (no freezing), which is what lets the layers share code. Needs an ExportedProgram.
     """
+    if regional:
+        if freeze:
+            raise ValueError("regional compilation shares one compiled layer among the layers, so the weights "
+                             "stay graph inputs: it cannot freeze them (leave freeze unset or False)")
+        from actprune_compiler.backends.regional import compile_regions
+
+        if not isinstance(program, ExportedProgram):
+            raise TypeError(f"regional compilation takes an ExportedProgram (it cuts the graph where the nodes' "
+                            f"module paths change), not {type(program).__name__}")
+        module = program.module()
+        regions = compile_regions(module, functools.partial(torch.compile, backend=inductor_with_nm_lowering,
+                                                            dynamic=dynamic))
+        return CompiledProgram(regions.module, module, False, regions)
+    freeze = True if freeze is None else freeze
     module = program.module() if isinstance(program, ExportedProgram) else program
     compiled = torch.compile(module, backend=inductor_with_nm_lowering, dynamic=dynamic)
     return CompiledProgram(compiled, module, freeze)
