@@ -43,6 +43,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-hub", action="store_true",
                    help="tasks whose data is not local are fetched from the Hugging Face hub "
                         "(default: missing data fails before the model loads)")
+    p.add_argument("--regional", action="store_true",
+                   help="compile one decoder layer and reuse its code for every layer (weights stay inputs, so "
+                        "Inductor's cache also gives warm starts); default: the whole graph, weights frozen")
     p.add_argument("--no-compile", action="store_true",
                    help="score the uncompiled program (reference kernels): quick quality checks; recorded")
 
@@ -53,7 +56,7 @@ def options_from_args(args: argparse.Namespace):
     return EvalOptions(tasks=args.tasks, seqlen=args.seqlen, max_windows=args.max_windows,
                        batch_size=args.batch_size, bos=args.bos, limit=args.limit, num_fewshot=args.num_fewshot,
                        apply_chat_template=args.apply_chat_template, data_dir=args.data_dir,
-                       calib_data=args.calib_data, compile=not args.no_compile)
+                       calib_data=args.calib_data, compile=not args.no_compile, regional=args.regional)
 
 
 @functools.cache

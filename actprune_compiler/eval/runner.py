@@ -36,15 +36,20 @@ class EvalOptions:
     # False scores the uncompiled program (reference kernels, same masks up to float32 rounding):
     # for quality sweeps where Inductor's compile would cost more than the scoring. Recorded.
     compile: bool = True
+    # Compile one decoder layer and reuse its code for every layer (backends/regional.py), weights as
+    # inputs: compile time stops growing with depth, and Inductor's cache gives warm starts.
+    regional: bool = False
     progress: bool = True
 
     def key(self) -> dict[str, Any]:
         """What makes two runs comparable (used by sweeps to skip finished runs); data_dir is a place,
-        the sweep's data checksum stands for what is in it."""
-        return {"tasks": list(self.tasks), "seqlen": self.seqlen, "max_windows": self.max_windows,
-                "batch_size": self.batch_size, "bos": self.bos, "limit": self.limit, "num_fewshot": self.num_fewshot,
-                "apply_chat_template": self.apply_chat_template, "compile": self.compile,
-                "calib_data": self.calib_data}
+        the sweep's data checksum stands for what is in it. regional appears only when on: results
+        recorded before it existed keep matching."""
+        key = {"tasks": list(self.tasks), "seqlen": self.seqlen, "max_windows": self.max_windows,
+               "batch_size": self.batch_size, "bos": self.bos, "limit": self.limit, "num_fewshot": self.num_fewshot,
+               "apply_chat_template": self.apply_chat_template, "compile": self.compile,
+               "calib_data": self.calib_data}
+        return {**key, "regional": True} if self.regional else key
 
 
 def warm_up_shapes(options: EvalOptions) -> list[tuple[int, int]]:
@@ -82,9 +87,7 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
 def program_runner(program, device: torch.device | str, options: EvalOptions, *, with_mask: bool = False):
     """ids -> logits through the program, compiled unless options say not (an attention_mask input, when the
     program has one, is all ones: perplexity windows and right-padded lm-eval requests need no mask)."""
-    # regional: one compiled decoder layer for all layers (backends/regional.py); an EvalOptions field when added
-    regional = getattr(options, "regional", False)
-    module = compile_program(program, regional=regional) if options.compile else program.module()
+    module = compile_program(program, regional=options.regional) if options.compile else program.module()
 
     def run(ids):  # token ids come from the tokenizer on the CPU; the program runs where its weights are
         with torch.no_grad():

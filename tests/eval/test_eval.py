@@ -133,3 +133,19 @@ def test_runner_uses_calibration_text_read_before_the_model_loaded():
     assert calibration["source"] == "read by the caller" and sparsified.replaced == 14
     with pytest.raises(ValueError, match="--calib-data 'nowhere/calib.txt' is neither"):  # None: read here
         _runner(model, tok, config, options)
+
+
+def test_regional_eval_scores_what_the_whole_graph_scores():
+    """`actprune eval --regional` (one compiled decoder layer for all of them) on a float64 tiny model: the
+    same perplexity as the whole compiled graph, and the option is recorded only when on."""
+    from actprune_compiler.eval.runner import EvalOptions, evaluate
+
+    model = copy.deepcopy(tiny_model("llama", layers=3)).double()
+    results = {}
+    for regional in (False, True):
+        options = EvalOptions(seqlen=64, max_windows=2, progress=False, regional=regional)
+        results[regional] = evaluate("tiny", SparsityConfig("8:16"), options, loaded=(model, char_tokenizer()))
+    whole, regional = results[False]["metrics"]["wikitext2"], results[True]["metrics"]["wikitext2"]
+    assert regional["windows"] == whole["windows"] == 2
+    assert math.isclose(regional["mean_nll"], whole["mean_nll"], rel_tol=1e-9)
+    assert results[True]["options"]["regional"] is True and "regional" not in results[False]["options"]
