@@ -138,7 +138,8 @@ def score(runner, model, tokenizer, options: EvalOptions, wall: float, stage_s: 
         metrics["wikitext2"] = {**perplexity(runner, tokenizer, text.text, seqlen=options.seqlen,
                                              max_windows=options.max_windows, batch_size=options.batch_size,
                                              bos=bos, progress=options.progress),
-                                "source": text.source, "text_sha256": text.sha256}
+                                "source": text.source, "raw_sha256": text.sha256,
+                                "text_sha256": text.text_sha256, "rows": text.rows}
     zero_shot = [t for t in options.tasks if t != "wikitext2"]
     if zero_shot:
         lm = make_lm(runner, model, tokenizer, options.batch_size)

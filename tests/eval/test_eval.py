@@ -115,6 +115,10 @@ def test_eval_command_runs_offline_on_a_tiny_model(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["replaced_linears"] == 14 and result["pruning"] == "2:4"
     assert result["metrics"]["wikitext2"]["windows"] == 3 and result["metrics"]["wikitext2"]["ppl"] > 1
+    from actprune_compiler.eval.data import load_wikitext2
+
+    scored = load_wikitext2("test")  # the result names the text it scored, not only the raw file it came from
+    assert result["metrics"]["wikitext2"]["text_sha256"] == scored.text_sha256 != scored.sha256
     for task in ("arc_easy", "boolq", "piqa", "winogrande"):
         metrics = result["metrics"][task]
         assert metrics["source"] == "local files" and metrics["samples"] == 4
