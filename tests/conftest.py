@@ -97,6 +97,19 @@ def char_tokenizer():
                                    pad_token="</s>")
 
 
+def save_tiny(folder, family: str = "llama"):
+    """The tiny model and the character tokenizer as a save_pretrained() folder (what loads by path)."""
+    tiny_model(family).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny Llama and its tokenizer, saved where HFLM and load_model find a string `pretrained`."""
+    return save_tiny(tmp_path_factory.mktemp("tiny"))
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     """The evaluation data folder (the project's data/ unless $ACTPRUNE_DATA_DIR says otherwise).

@@ -1,7 +1,7 @@
 """Warm starts: a second process compiling the same sparse model takes its code from Inductor's FX graph
 cache, and a change to actprune's lowering code changes the cache key."""
 
-from conftest import char_tokenizer, tiny_model
+from conftest import save_tiny
 
 from actprune_compiler.startup import cold_and_warm
 
@@ -10,9 +10,7 @@ def test_a_second_process_reuses_the_compiled_sparse_graph(tmp_path):
     """Two fresh processes (actprune_compiler.startup, what `actprune bench --startup` runs): the cold one
     compiles into an empty Inductor cache, the warm one takes every graph from it and generates the same
     tokens. Without freezing: Inductor bypasses its cache for frozen graphs."""
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    folder = save_tiny(tmp_path / "tiny")
     starts = cold_and_warm(str(folder), "8:16", tmp_path, new_tokens=4)
     cold, warm = starts["cold"]["inductor_cache"], starts["warm"]["inductor_cache"]
     assert cold.get("fxgraph_cache_miss", 0) >= 2 and "fxgraph_cache_bypass" not in cold  # prefill and decode

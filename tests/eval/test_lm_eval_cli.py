@@ -11,15 +11,6 @@ from importlib import metadata
 
 import pytest
 import torch
-from conftest import char_tokenizer, tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def _written(path):

@@ -1,20 +1,10 @@
 """generate_until through `--model actprune`: prefill and decode both run graphs the actprune backend
 rewrote, and the text is what an independent eager reference of the same pruning generates (tiny model)."""
 
-import pytest
-from conftest import char_tokenizer, tiny_model
 from reference import hooked
 
 # Same generation arguments (HFLM batches only requests that share them): batches of 2 and of 1.
 PROMPTS = ["Pack my box", "The lazy dog sleeps", "A"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def _requests():

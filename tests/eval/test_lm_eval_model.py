@@ -16,15 +16,6 @@ PAIRS = [("Question: what jumps?\nAnswer:", " the fox"), ("Pack my box", " with 
          ("The lazy dog sleeps", " all day long.")]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """The tiny Llama and its character tokenizer, saved where HFLM loads a string `pretrained` from."""
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def _requests(kind="loglikelihood", args=PAIRS):
     from lm_eval.api.instance import Instance
 
