@@ -96,7 +96,8 @@ def _register_nm_linear_decomposition() -> None:
 
     target = torch.ops.actprune.nm_linear.default
     if target not in decomposition.decompositions:
-        decomposition.decompositions[target] = nm_linear_decomposed
+        # looked up at each expansion, so that a replaced nm_linear_decomposed (a test's fault injection) is used
+        decomposition.decompositions[target] = lambda *args, **kwargs: nm_linear_decomposed(*args, **kwargs)
         decomposition.fast_random_decomps.cache_clear()  # a cached copy of the table
 
 
