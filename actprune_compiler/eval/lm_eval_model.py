@@ -33,7 +33,7 @@ log = logging.getLogger("actprune")
 CONFIG_ARGS = tuple(f.name for f in dataclasses.fields(SparsityConfig))
 # Beyond the SparsityConfig fields: where calibration text comes from, and eager (reference kernels)
 # instead of Inductor, as `actprune eval --no-compile` does.
-EXTRA_ARGS = ("calib_data", "data_dir", "compile")
+EXTRA_ARGS = ("calib_data", "data_dir", "compile", "freeze")
 
 
 def resolve_pretrained(spec: str, dtype: str | torch.dtype) -> tuple[str, str | None]:
@@ -65,6 +65,10 @@ class ActPruneLM(HFLM):
                             "only; to score a model object use actprune_compiler.eval.harness.make_lm")
         ours = {name: kwargs.pop(name) for name in (*CONFIG_ARGS, *EXTRA_ARGS) if name in kwargs}
         compiled = ours.pop("compile", True)
+        # freeze=true compiles as `actprune eval` does (weights folded as constants): the same float32 numerics
+        freeze = ours.pop("freeze", False)
+        if not isinstance(freeze, bool):
+            raise ValueError(f"freeze must be true or false, not {freeze!r}")
         if not isinstance(compiled, bool):
             raise ValueError(f"compile must be true or false, not {compiled!r}")
         calib_data, data_dir = ours.pop("calib_data", None), ours.pop("data_dir", None)
@@ -87,7 +91,8 @@ class ActPruneLM(HFLM):
         # The backend prunes whatever forward it traces: model(ids) for loglikelihood and generate's
         # prefill and decode steps alike.
         options = {**self.sparsity.to_dict(), "inner_backend": "inductor" if compiled else "eager"}
-        compile_model(self.model, options, tokenizer=self.tokenizer, calib_text=text[0] if text else None)
+        compile_model(self.model, options, tokenizer=self.tokenizer, calib_text=text[0] if text else None,
+                      freeze=freeze)
         self.actprune_info = {"pretrained": pretrained, "config": self.sparsity.to_dict(),
                               "label": self.sparsity.label, "compiled": compiled,
                               "calibration": text[1] if text else None}
