@@ -15,6 +15,7 @@ off. The top-level graph that calls the regions runs uncompiled.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable
@@ -136,7 +137,7 @@ def _extract(gm: fx.GraphModule, region: _Region):
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.output(tuple(env[n] for n in outputs))
 
-    tensors = [_fetch(gm, n.target) for n in attrs]
+    tensors = [functools.reduce(getattr, n.target.split("."), gm) for n in attrs]  # as graph_host reads get_attr
     # Node names differ from layer to layer (add_6, add_12, ...): the key numbers nodes by position.
     index = {node: i for i, node in enumerate(graph.nodes)}
     lines = []
@@ -145,13 +146,6 @@ def _extract(gm: fx.GraphModule, region: _Region):
         lines.append(f"{node.op} {node.target} {args!r}")
     key = "\n".join(lines) + "\n" + repr([_attr_key(t) for t in tensors])
     return graph, inputs, outputs, tensors, key
-
-
-def _fetch(gm: fx.GraphModule, target: str):
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 @dataclass
