@@ -93,9 +93,10 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
     prepared = prepare(model, tokenizer, config, calib_text, source=calib_source, stats=stats, timer=timer)
     with timer("passes_s"):
         layers = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), config, prepared.stats,
-                            keep_dense=frozenset(prepared.keep_dense))
+                            keep_dense=frozenset(prepared.keep_dense), learned=prepared.learned)
     report = {"config": config.to_dict(), "label": config.label,
               "inputs": ["input_ids", "attention_mask"] if with_attention_mask else ["input_ids"],
               "totals": layer_totals(layers), "graph_ops": count_ops(program.graph), "calibration": prepared.summary,
+              "recovery": prepared.recovery,
               "excluded_as_sensitive": prepared.keep_dense, "timings": timer.seconds, "layers": layers}
     return SparsifiedProgram(program, config, layers, report)

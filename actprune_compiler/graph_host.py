@@ -45,6 +45,10 @@ class GraphHost:
         self._overwrite(node, tensor)
         return node
 
+    def substitute(self, node: fx.Node, name: str, tensor: torch.Tensor) -> fx.Node:
+        """The node to use in place of `node` for one rewritten layer, holding `tensor` (a learned weight)."""
+        return self.replace_value(node, tensor)
+
     def _overwrite(self, node: fx.Node, tensor: torch.Tensor) -> None:
         raise NotImplementedError
 
@@ -125,6 +129,11 @@ class GraphModuleHost(GraphHost):
         with torch.no_grad():
             target.copy_(tensor)
         self.overwritten.append(target)
+
+    def substitute(self, node: fx.Node, name: str, tensor: torch.Tensor) -> fx.Node:
+        # A new constant, not the parameter overwritten: the user's model keeps its weights, and a
+        # recompile computes its constants from the original weight again, as the first compile did.
+        return self.add_constant(name, tensor)
 
     def add_constant(self, name: str, tensor: torch.Tensor) -> fx.Node:
         tensor = tensor.detach()  # calibrated from parameters; a constant must not carry autograd state

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -24,6 +24,9 @@ from actprune_compiler.graph_host import GraphModuleHost
 from actprune_compiler.passes import run_passes
 from actprune_compiler.sparsity.config import SparsityConfig, matches
 from actprune_compiler.sparsity.stats import LayerStats
+
+if TYPE_CHECKING:
+    from actprune_compiler.recovery.sparse_linear import LearnedLayer
 
 log = logging.getLogger("actprune")
 INNER_BACKENDS = ("inductor", "eager")
@@ -62,10 +65,12 @@ class BackendOptions:
     keep_dense: frozenset[str] = frozenset()  # module paths chosen to stay dense (skip_sensitive)
     freeze: bool = True  # fold the weights as constants (inference); see backends/freeze.py
     device: torch.device | None = None  # where every graph input must be; None: wherever the model is
+    learned: dict[str, LearnedLayer] | None = None  # a recovery method's weight and bias by module path
 
 
 EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration statistics by module path",
                  "keep_dense": "module paths to leave dense (what skip_sensitive chose)",
+                 "learned": "a recovery method's learned values by module path (what compile_model trains)",
                  "freeze": "fold the weights as constants (default True; they must not change afterwards)",
                  "device": "cpu, cuda or cuda:N: compile_model moves the model there; the backend refuses inputs "
                            "elsewhere"}
@@ -88,6 +93,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if isinstance(keep_dense, str):
         raise ValueError(f"keep_dense must be a list of module paths, not the string {keep_dense!r}")
     keep_dense = frozenset(keep_dense)
+    learned = options.pop("learned", None)
     unknown = sorted(set(options) - _CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"unknown actprune backend options {unknown}; allowed: "
@@ -101,7 +107,10 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if config.skip_sensitive and not keep_dense:
         raise ValueError(f"skip_sensitive={config.skip_sensitive} needs a sensitivity ranking: {hint}, or pass "
                          "options['keep_dense'] with the module paths to keep dense")
-    return BackendOptions(config, inner, stats, keep_dense, freeze, device)
+    if config.recovery != "none" and learned is None:
+        raise ValueError(f"recovery {config.recovery!r} needs values trained on the eager model: {hint}, or pass "
+                         "options['learned']")
+    return BackendOptions(config, inner, stats, keep_dense, freeze, device, learned)
 
 
 def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
@@ -139,7 +148,7 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     host = GraphModuleHost(gm, example_inputs)
     if config.target == "weight":
         _refuse_repruning(host, config)
-    rows = run_passes(host, config, parsed.stats, keep_dense=parsed.keep_dense)
+    rows = run_passes(host, config, parsed.stats, keep_dense=parsed.keep_dense, learned=parsed.learned)
     rewritten = [r["module"] for r in rows if r["decided"]["action"] == "sparse"]
     dense = [r["module"] for r in rows if r["decided"]["action"] == "dense"]
     LOG.graphs.append(GraphRecord(config.label, rewritten, dense))
@@ -193,6 +202,7 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"))
     options["stats"] = prepared.stats
     options["keep_dense"] = options.get("keep_dense") or prepared.keep_dense
+    options["learned"] = options.get("learned") or prepared.learned
     options["freeze"] = freeze
     parsed = parse_options(options)  # fail now, not at the first call
     linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}

@@ -7,7 +7,7 @@ backend), so a method that needs calibration behaves the same through either.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -17,12 +17,17 @@ from actprune_compiler.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.stats import LayerStats
 
+if TYPE_CHECKING:
+    from actprune_compiler.recovery.sparse_linear import LearnedLayer
+
 
 @dataclass
 class Prepared:
     stats: dict[str, LayerStats] | None = None
     summary: dict[str, Any] | None = None  # the calibration summary for report.json
     keep_dense: list[str] = field(default_factory=list)  # the skip_sensitive layers, most sensitive first
+    learned: dict[str, LearnedLayer] | None = None  # a recovery method's weight and bias, by module path
+    recovery: dict[str, Any] | None = None  # its summary for report.json: cost, KL before and after
 
 
 def _missing(what: str, config: SparsityConfig) -> ValueError:
@@ -33,8 +38,9 @@ def _missing(what: str, config: SparsityConfig) -> ValueError:
 def prepare(model: nn.Module | None, tokenizer, config: SparsityConfig, text: str | None, *,
             source: str = "caller's text", stats: dict[str, LayerStats] | None = None,
             timer: Timer | None = None) -> Prepared:
-    """Gather what `config` needs and is not given: statistics (calibrated criteria/corrections) and
-    the layers to keep dense (skip_sensitive). A config that needs neither costs nothing."""
+    """Gather what `config` needs and is not given: statistics (calibrated criteria/corrections), the
+    layers to keep dense (skip_sensitive) and learned values (recovery, trained or read from the store).
+    A config that needs none of them costs nothing."""
     timer = timer or Timer()
     out = Prepared(stats)
     if config.needs_calibration() and stats is None:
@@ -47,4 +53,12 @@ def prepare(model: nn.Module | None, tokenizer, config: SparsityConfig, text: st
             raise _missing(f"a sensitivity ranking (skip_sensitive={config.skip_sensitive})", config)
         with timer("sensitivity_s"):
             out.keep_dense = most_sensitive(model, tokenizer, config, text, out.stats)
+    if config.recovery != "none":
+        from actprune_compiler.recovery.store import learned_values
+
+        if model is None or text is None:
+            raise _missing(f"the eager model to train recovery {config.recovery!r} on", config)
+        with timer("recovery_s"):
+            out.learned, out.recovery = learned_values(model, tokenizer, config, text, out.stats,
+                                                       keep_dense=frozenset(out.keep_dense))
     return out

@@ -42,18 +42,21 @@ def collect_stats(model: nn.Module, batches: torch.Tensor, config: SparsityConfi
 
 def collect_pruning_errors(model: nn.Module, batches: torch.Tensor, config: SparsityConfig,
                            stats: dict[str, LayerStats]) -> None:
-    """E[x - x_sparse] per layer with the config's own mask, for the calibrated-bias correction."""
+    """E[x - x_sparse] per layer with the config's own mask and run-time correction: what the calibrated
+    bias makes up for, and where a recovery method's learned offset starts."""
     layers = selected_linears(model, config)
     pattern = config.parsed_pattern
-    plain = config.replace(correction="none")  # the mask the bias has to make up for
-    constants = {name: layer_constants(plain, layer.weight.detach(), None, stats[name])
+    # the calibrated bias is what is being measured here, so its own constant is left out
+    base = config.replace(correction="none") if CORRECTIONS[config.correction].calibrated_bias else config
+    constants = {name: layer_constants(base, layer.weight.detach(), None, stats[name])
                  for name, layer in layers.items()}
 
     def observe(name, mod, x):
         n, m = pattern.group(mod.in_features)
         c = constants[name]
-        sparse = sparsify_activation(x, n, m, config.criterion, "none", c.score_scale, None, prune_sorted)
-        stats[name].update_error(x - sparse)
+        sparse = sparsify_activation(x, n, m, base.criterion, base.correction, c.score_scale, c.shift, prune_sorted)
+        # a static shift is added back by the bias the pass folds, so the layer sees sparse + shift
+        stats[name].update_error(x - sparse if c.shift is None else x - sparse - c.shift)
 
     run_eager(model, batches, layers, observe, "calibration: pruning error")
 
@@ -65,7 +68,7 @@ def calibrate(model: nn.Module, tokenizer, config: SparsityConfig, text: str,
     start = time.perf_counter()
     batches = token_batches(tokenizer, text, config.calib_samples, config.calib_seqlen)
     stats = collect_stats(model, batches, config)
-    if CORRECTIONS[config.correction].calibrated_bias:
+    if config.needs_pruning_errors():
         collect_pruning_errors(model, batches, config, stats)
     summary = {"source": source, "samples": config.calib_samples, "seqlen": config.calib_seqlen,
                "tokens": int(batches.numel()), "seconds": round(time.perf_counter() - start, 2),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from actprune_compiler.devices import DEVICE_CHOICES, resolve_device
 from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
+from actprune_compiler.recovery.methods import RECOVERY
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
@@ -35,6 +36,16 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; it must be a positive number") from None
+    if not 0 < value < float("inf"):  # also catches nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range; it must be a positive finite number")
+    return value
 
 
 def example_limit(text: str) -> int | float:
@@ -154,6 +165,13 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8
     p.add_argument("--seed-compat", action="store_true",
                    help="drop the bias of activation-pruned layers as the seed's module swap does (it is kept "
                         "by default; the seed's Qwen collapse comes from dropping it)")
+    p.add_argument("--recovery", default="none", choices=list(RECOVERY),
+                   help="learn values against the dense model on calibration text, folded into weight and bias: "
+                        + "; ".join(f"{m.name}: {m.summary}" for m in RECOVERY.values() if m.trains))
+    p.add_argument("--recovery-steps", type=non_negative_int, default=100,
+                   help="optimiser steps of 4 calibration sequences each (--recovery)")
+    p.add_argument("--recovery-lr", type=positive_float, default=None,
+                   help="Adam's learning rate for the learned vectors (weights: 1/50 of it); default 1e-3")
     p.add_argument("--calib-samples", type=positive_int, default=16, help="calibration sequences")
     p.add_argument("--calib-seqlen", type=positive_int, default=512, help="tokens per calibration sequence")
 
@@ -166,7 +184,15 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
                           correction=args.correction, modules=args.modules,
                           exclude=tuple(x for x in args.exclude.split(",") if x.strip()),
                           skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
-                          calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat)
+                          calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat, recovery=args.recovery,
+                          recovery_steps=args.recovery_steps, recovery_lr=args.recovery_lr)
+
+
+def recovery_line(learned: dict) -> str:
+    """One line on what a recovery method learned and what it cost (compile and eval print it)."""
+    return (f"recovery {learned['method']}: {learned['steps']} steps on {learned['train_tokens']:,} calibration "
+            f"tokens ({learned['seconds']:.0f} s{', read from the store' if learned['from_store'] else ''}); "
+            f"held-out KL to dense {learned['kl_held_out_before']:.4f} -> {learned['kl_held_out_after']:.4f}")
 
 
 def calibration_input(args: argparse.Namespace, config: SparsityConfig | None) -> tuple[str | None, str]:

@@ -6,7 +6,13 @@ import argparse
 from collections import defaultdict
 from typing import Any
 
-from actprune_compiler.commands.common import add_config_args, add_model_args, calibration_input, config_from_args
+from actprune_compiler.commands.common import (
+    add_config_args,
+    add_model_args,
+    calibration_input,
+    config_from_args,
+    recovery_line,
+)
 from actprune_compiler.devices import placement
 from actprune_compiler.runinfo import format_times
 from actprune_compiler.tables import format_table
@@ -45,6 +51,8 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"linears {totals['linears']}, replaced {totals['replaced']}, dense (not matched) "
           f"{totals['dense_not_matched']}, dense (excluded) {totals['dense_excluded']}; "
           f"graph: {ops['nm_linear']} nm_linear, {ops['linear']} linear")
+    if learned := report.get("recovery"):
+        print(recovery_line(learned))
     print(format_times(t))
     if check := report.get("check"):
         print(check["line"])

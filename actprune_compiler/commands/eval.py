@@ -17,6 +17,7 @@ from actprune_compiler.commands.common import (
     int_at_least,
     non_negative_int,
     positive_int,
+    recovery_line,
     task_list,
 )
 from actprune_compiler.eval.perplexity import BOS_MODES
@@ -261,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     result["processes"] = processes
     row = result_row(result)
     print(format_table([row], list(row)))
+    if learned := (result.get("calibration") or {}).get("recovery"):
+        print(recovery_line(learned))
     print(format_times({**result["stages_s"], "run_s": result["runtime_s"]}))
     if args.output:
         write_result(args.output, result)

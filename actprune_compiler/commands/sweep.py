@@ -25,10 +25,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def describe(sweep, results: list[dict[str, Any]], source: str) -> str:
     o = sweep.options
     zero_shot = [t for t in o.tasks if t != "wikitext2"]
-    limits = f"WikiText-2 test: first {o.max_windows or 'all'} windows of {o.seqlen} tokens"
+    limits = []
+    if "wikitext2" in o.tasks:
+        limits.append(f"WikiText-2 test: first {o.max_windows or 'all'} windows of {o.seqlen} tokens")
     if zero_shot:
-        limits += (f"; zero-shot: {o.limit or 'all'} examples per task ({', '.join(zero_shot)}), "
-                   f"{o.num_fewshot or 0}-shot; batch size {o.batch_size}")
+        limits.append(f"zero-shot: {o.limit or 'all'} examples per task ({', '.join(zero_shot)}), "
+                      f"{o.num_fewshot or 0}-shot; batch size {o.batch_size}")
+    limits = "; ".join(limits)
     scored = ("Scored through the Inductor-compiled program. Runtime is its scoring wall time (compilation "
               "excluded, reported per run in results.jsonl); 'vs dense' divides by the dense run of this sweep."
               if o.compile else
@@ -41,7 +44,14 @@ def describe(sweep, results: list[dict[str, Any]], source: str) -> str:
 
 
 def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Path) -> tuple[list[str], Path]:
-    from actprune_compiler.eval.render import methods_table, plot, plot_methods, seed_table, stderr_note
+    from actprune_compiler.eval.render import (
+        methods_table,
+        plot,
+        plot_methods,
+        recovery_table,
+        seed_table,
+        stderr_note,
+    )
 
     mine = [r for r in results if r["model"] == model]
     if sweep.table == "methods":
@@ -50,6 +60,9 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
                  f"{g['ppl_magnitude']:.2f}: closes {g['gap_closed']:.0%} of the gap to dense "
                  f"({'meets' if g['gap_closed'] >= 0.5 else 'short of'} the goal of half)" for p, g in gaps.items()]
         image = plot_methods(results, model, folder / f"methods-{model}.png")
+        if any((r["config"] or {}).get("recovery", "none") != "none" for r in mine):
+            notes += ["", "Recovery methods (learned once on calibration text, folded into weights and biases):", "",
+                      recovery_table(results, model), "", stderr_note(mine)]
         return [f"\n## {model}\n", table, "", *notes], image
     image = plot(results, model, folder / f"plot-{model}.png")
     return [f"\n## {model}\n", seed_table(results, model), "", stderr_note(mine)], image

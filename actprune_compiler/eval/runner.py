@@ -80,6 +80,8 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
         text, source = calib_text if needs_text else (None, "")
         sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
         program, calibration = sparsified.program, sparsified.report["calibration"]
+        if sparsified.report["recovery"]:  # what was learned, and what it cost, beside the statistics
+            calibration = {**(calibration or {}), "recovery": sparsified.report["recovery"]}
         timer.seconds.update(sparsified.report["timings"])
     return program_runner(program, model_device(model), options), sparsified, calibration, timer.seconds
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actprune_compiler.graph_host import GraphHost
 from actprune_compiler.passes.fold_weight_masks import fold_weight_masks
@@ -10,6 +10,9 @@ from actprune_compiler.passes.insert_nm_linear import insert_nm_linear
 from actprune_compiler.passes.select_linears import LinearSite, select_linears
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.stats import LayerStats
+
+if TYPE_CHECKING:
+    from actprune_compiler.recovery.sparse_linear import LearnedLayer
 
 __all__ = ["run_passes", "select_linears", "insert_nm_linear", "fold_weight_masks", "layer_rows"]
 
@@ -33,10 +36,15 @@ def layer_rows(sites: list[LinearSite], changes: dict[str, Any]) -> list[dict[st
 
 
 def run_passes(host: GraphHost, config: SparsityConfig, stats: dict[str, LayerStats] | None = None, *,
-               keep_dense: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """select_linears -> insert_nm_linear (activation) or fold_weight_masks (weight) -> cleanup."""
+               keep_dense: frozenset[str] = frozenset(),
+               learned: dict[str, LearnedLayer] | None = None) -> list[dict[str, Any]]:
+    """select_linears -> insert_nm_linear (activation) or fold_weight_masks (weight) -> cleanup.
+
+    learned: a recovery method's values by module path (calibration/prepare.py makes them)."""
     sites = select_linears(host, config, keep_dense)
-    rewrite = insert_nm_linear if config.target == "activation" else fold_weight_masks
-    changes = rewrite(host, sites, config, stats)
+    if config.target == "activation":
+        changes = insert_nm_linear(host, sites, config, stats, learned)
+    else:
+        changes = fold_weight_masks(host, sites, config, stats)
     host.finish()
     return layer_rows(sites, changes)

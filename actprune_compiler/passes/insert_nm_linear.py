@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from actprune_compiler.graph_host import GraphHost
@@ -10,26 +12,37 @@ from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.constants import LayerConstants, layer_constants
 from actprune_compiler.sparsity.stats import LayerStats
 
+if TYPE_CHECKING:
+    from actprune_compiler.recovery.sparse_linear import LearnedLayer
+
 
 def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityConfig,
-                     stats: dict[str, LayerStats] | None = None) -> dict[str, LayerConstants]:
-    """Rewrite every selected site; return the constants each one received, by module path."""
+                     stats: dict[str, LayerStats] | None = None,
+                     learned: dict[str, LearnedLayer] | None = None) -> dict[str, LayerConstants]:
+    """Rewrite every selected site; return the constants each one received, by module path.
+
+    learned: a recovery method's weight and bias per module path; its weight replaces the layer's."""
     made = {}
     for site in (s for s in sites if s.selected):
         weight = host.value(site.weight)
         # the seed's module swap (config.drop_bias) computes x·Wᵀ without the layer's bias
         bias_node = None if config.drop_bias else site.bias
         bias = host.value(bias_node) if bias_node is not None else None
-        consts = layer_constants(config, weight, bias, (stats or {}).get(site.path))
+        mine = (learned or {}).get(site.path)
+        consts = layer_constants(config, weight, bias, (stats or {}).get(site.path), mine)
         if consts.bias is not None:  # a new constant: the model's own bias parameter stays untouched
-            bias_node = host.add_constant(f"{site.path}.corrected_bias", consts.bias)
+            kind = "learned_bias" if mine is not None else "corrected_bias"
+            bias_node = host.add_constant(f"{site.path}.{kind}", consts.bias)
+        weight_node = site.weight
+        if consts.weight is not None:
+            weight_node = host.substitute(weight_node, f"{site.path}.learned_weight", consts.weight)
         kwargs = {"criterion": config.criterion, "correction": config.correction}
         for name in ("score_scale", "shift"):
             if (t := getattr(consts, name)) is not None:
                 kwargs[name] = host.add_constant(f"{site.path}.{name}", t)
         with host.graph.inserting_before(site.node):
             new = host.graph.call_function(torch.ops.actprune.nm_linear.default,
-                                           (site.x, site.weight, bias_node, site.n, site.m), kwargs)
+                                           (site.x, weight_node, bias_node, site.n, site.m), kwargs)
         new.meta.update(site.node.meta)
         new.meta["actprune"] = {"module": site.path, "pattern": f"{site.n}:{site.m}",
                                 "criterion": config.criterion, "correction": config.correction}

@@ -102,6 +102,10 @@ class SparsityConfig:
     drop_bias:  the seed's behaviour (--seed-compat): its module swap copies the weight but not the bias,
                 so activation-pruned layers lose their bias. actprune keeps it by default; Qwen2's q/k/v
                 have biases, and dropping them is what collapses the seed's Qwen rows.
+    recovery:   values learned against the dense model on calibration text and folded into each pruned
+                layer's weight and bias (see actprune_compiler.recovery.methods); no run-time cost.
+    recovery_steps / recovery_lr: optimiser steps (4 sequences of calib_seqlen each) and Adam's rate
+                (None: the method's default).
     """
 
     pattern: str = "8:16"
@@ -114,6 +118,9 @@ class SparsityConfig:
     calib_samples: int = 16
     calib_seqlen: int = 512
     drop_bias: bool = False
+    recovery: str = "none"
+    recovery_steps: int = 100
+    recovery_lr: float | None = None
 
     def __post_init__(self) -> None:
         # Normalise first so that equal configs compare (and serialise) equal.
@@ -138,12 +145,32 @@ class SparsityConfig:
         if self.drop_bias and self.target == "weight":
             raise ValueError("drop_bias reproduces the seed's activation-pruning module swap; its weight pruning "
                              "keeps the bias, so use drop_bias with target 'activation' only")
+        self._check_recovery()
         if not isinstance(self.skip_sensitive, int) or self.skip_sensitive < 0:
             raise ValueError(f"skip_sensitive must be a non-negative integer, got {self.skip_sensitive!r}")
         if self.skip_sensitive and self.target == "weight":
             # The ranking measures each layer's activation-mask error, which says nothing about weight pruning.
             raise ValueError("skip_sensitive ranks layers by their activation-pruning error; it applies to target "
                              "'activation' only (use exclude=... to keep weight-pruned layers dense)")
+
+    def _check_recovery(self) -> None:
+        from actprune_compiler.recovery.methods import RECOVERY
+
+        _choice("recovery", self.recovery, tuple(RECOVERY))
+        if not isinstance(self.recovery_steps, int) or isinstance(self.recovery_steps, bool) \
+                or self.recovery_steps < 0:
+            raise ValueError(f"recovery_steps must be a non-negative integer, got {self.recovery_steps!r}")
+        if self.recovery_lr is not None and not (isinstance(self.recovery_lr, (int, float))
+                                                 and not isinstance(self.recovery_lr, bool) and self.recovery_lr > 0):
+            raise ValueError(f"recovery_lr must be a positive number or None, got {self.recovery_lr!r}")
+        if self.recovery == "none":
+            return
+        if self.target == "weight":
+            raise ValueError(f"recovery {self.recovery!r} learns around the activation mask; use it with target "
+                             "'activation' only")
+        if self.correction == "bias":
+            raise ValueError(f"recovery {self.recovery!r} starts from the calibrated bias and learns it further; "
+                             "use another correction than 'bias' with it")
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -164,6 +191,8 @@ class SparsityConfig:
             parts.append(f"skip{self.skip_sensitive}")
         if self.exclude:
             parts.append("excl " + ",".join(self.exclude))
+        if self.recovery != "none":
+            parts.append(f"{self.recovery}({self.recovery_steps})")
         if self.drop_bias:
             parts.append("seed-compat (no bias)")
         return " ".join(parts)
@@ -196,5 +225,12 @@ class SparsityConfig:
         from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 
         registry = CRITERIA if self.target == "activation" else WEIGHT_CRITERIA
-        return registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
+        return (registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
+                or self.recovery != "none")
+
+    def needs_pruning_errors(self) -> bool:
+        """Whether calibration measures E[x - x_sparse]: the calibrated bias, and where recovery starts."""
+        from actprune_compiler.sparsity.corrections import CORRECTIONS
+
+        return CORRECTIONS[self.correction].calibrated_bias or self.recovery != "none"
 

@@ -73,6 +73,12 @@ def fails_at_once(argv: list[str], fragment: str, root: Path, capfd) -> str:
     (["--target", "weight", "--correction", "variance"], "applies to activation pruning only"),
     (["--correction", "magic"], "argument --correction: invalid choice: 'magic'"),
     (["--modules", ""], "modules '' contains an empty name"),
+    (["--recovery", "lora"], "argument --recovery: invalid choice: 'lora'"),
+    (["--recovery", "offset", "--correction", "bias"], "use another correction than 'bias' with it"),
+    (["--recovery", "finetune", "--target", "weight"], "use it with target 'activation' only"),
+    (["--recovery-steps", "-3"], "argument --recovery-steps: -3 is too small"),
+    (["--recovery-lr", "0"], "argument --recovery-lr: 0 is out of range; it must be a positive finite number"),
+    (["--recovery-lr", "fast"], "argument --recovery-lr: 'fast' is not a number"),
 ])
 def test_compile(workdir, capfd, args, fragment):
     out = [] if "--out" in args else ["--out", "art"]

@@ -292,3 +292,21 @@ def test_the_run_key_changes_with_everything_that_changes_the_result(tmp_path):
     assert len(first) == 12 and data_checksum(options) == first
     (tmp_path / WIKITEXT_DIR / "test" / "data-00000-of-00001.arrow").write_bytes(b"changed")
     assert data_checksum(options) != first
+
+
+def test_recovery_table_shows_the_gap_closed_and_the_cost():
+    from actprune_compiler.eval.render import method_name, recovery_table
+
+    def result(config, ppl, recovery=None):
+        return {"model": "tiny", "pruning": config.label if config else "none",
+                "config": config.to_dict() if config else None, "metrics": {"wikitext2": {"ppl": ppl}},
+                "calibration": {"recovery": recovery} if recovery else None}
+
+    learned = {"kl_held_out_before": 0.9, "kl_held_out_after": 0.45, "seconds": 120.0, "train_tokens": 81920,
+               "extra_constant_values": 1000}
+    tuned = SparsityConfig("8:16", recovery="finetune", recovery_steps=40)
+    results = [result(None, 20.0), result(SparsityConfig("8:16"), 44.0), result(tuned, 32.0, learned)]
+    text = recovery_table(results, "tiny")
+    assert method_name(tuned.to_dict()) == "magnitude + finetune (40 steps)"
+    assert "| 8:16 | magnitude + finetune (40 steps) | 32.00 | 50% |" in text
+    assert "| 0.900 -> 0.450 | 2.0 min, 81,920 tokens | 0 (folded) | 1,000 values |" in text

@@ -1,0 +1,180 @@
+"""Recovery methods: learned values folded into the graph's constants, checked against eager references."""
+
+import copy
+
+import pytest
+import torch
+from conftest import char_tokenizer, tiny_model, token_ids
+from reference import masked_input
+
+import actprune_compiler
+from actprune_compiler import SparsityConfig
+from actprune_compiler.artifact import load_program, save_artifact
+from actprune_compiler.calibration.prepare import prepare
+from actprune_compiler.recovery.sparse_linear import LearnedLayer
+
+CALIB_TEXT = "Calibration text for a tiny model, with some variety: 0123456789 the quick brown fox. " * 60
+METHODS = ("offset", "affine", "finetune")
+
+
+@pytest.fixture(autouse=True)
+def no_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACTPRUNE_NO_RECOVERY_CACHE", "1")
+
+
+def tiny64(family="llama"):
+    return copy.deepcopy(tiny_model(family)).double()
+
+
+def config(method="offset", steps=0, **kw):
+    return SparsityConfig("8:16", recovery=method, recovery_steps=steps, calib_samples=2, calib_seqlen=32, **kw)
+
+
+def program_logits(result, ids):
+    with torch.no_grad():
+        return result.module()(ids)
+
+
+def folded_reference(model, learned: dict[str, LearnedLayer], ids, n=8, m=16):
+    """An eager model with each learned weight and bias copied in and the numpy mask on its input."""
+    ref = copy.deepcopy(model)
+    handles = []
+    for name, module in ref.named_modules():
+        if name in learned:
+            with torch.no_grad():
+                if learned[name].weight is not None:
+                    module.weight.copy_(learned[name].weight)
+                module.bias = torch.nn.Parameter(learned[name].bias.clone())
+            handles.append(module.register_forward_pre_hook(lambda mod, args: (masked_input(args[0], n, m),)))
+    with torch.no_grad():
+        return ref(input_ids=ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_steps_equals_the_calibrated_bias(method):
+    """Every method starts from E[x - x_sparse] folded into the bias: at 0 steps, correction 'bias'."""
+    model, tok, ids = tiny64(), char_tokenizer(), token_ids()
+    learned = actprune_compiler.sparsify(model, config(method), tokenizer=tok, calib_text=CALIB_TEXT)
+    calibrated = actprune_compiler.sparsify(model, config("none", correction="bias"), tokenizer=tok,
+                                            calib_text=CALIB_TEXT)
+    torch.testing.assert_close(program_logits(learned, ids), program_logits(calibrated, ids), rtol=1e-10, atol=1e-10)
+    assert learned.report["recovery"]["steps"] == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_trained_values_are_graph_constants_and_match_an_eager_reference(method, tmp_path):
+    model, tok, ids = tiny64(), char_tokenizer(), token_ids()
+    cfg = config(method, steps=4, recovery_lr=1e-2)
+    prepared = prepare(model, tok, cfg, CALIB_TEXT)
+    summary = prepared.recovery
+    # (a random tiny model's KL is ~1e-3 and noisy; the real models' tables show it falling)
+    assert summary["train_tokens"] == 4 * 4 * 32 and summary["kl_held_out_after"] != summary["kl_held_out_before"]
+    learned = prepared.learned
+    start = prepare(model, tok, cfg.replace(recovery_steps=0), CALIB_TEXT).learned
+    assert all(not torch.equal(learned[k].bias, start[k].bias) for k in learned)
+    assert len(learned) == 14
+    assert all((layer.weight is not None) == (method != "offset") for layer in learned.values())
+    result = actprune_compiler.sparsify(model, cfg, tokenizer=tok, calib_text=CALIB_TEXT, stats=prepared.stats)
+    names = [k for k in result.program.constants if k.endswith(".learned_bias")]
+    assert len(names) == 14
+    # the graph holds exactly the learned values: the folded reference gives the same logits
+    torch.testing.assert_close(program_logits(result, ids), folded_reference(model, learned, ids), rtol=1e-9,
+                               atol=1e-9)
+    save_artifact(tmp_path / "art", result.program, {"layers": result.layers})
+    loaded = load_program(tmp_path / "art")
+    for name in names:
+        torch.testing.assert_close(loaded.constants[name], result.program.constants[name], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.module()(ids), program_logits(result, ids), rtol=0, atol=0)
+
+
+def test_compiled_graph_matches_the_eager_student():
+    """Inductor's compiled program against the training-time module (SparseLinear) with the same values."""
+    from actprune_compiler.recovery.distill import sparse_student
+
+    model, tok, ids = tiny64(), char_tokenizer(), token_ids()
+    cfg = config("affine", steps=3, recovery_lr=1e-2, criterion="amber", correction="shift_static")
+    prepared = prepare(model, tok, cfg, CALIB_TEXT)
+    result = actprune_compiler.sparsify(model, cfg, stats=prepared.stats, tokenizer=tok, calib_text=CALIB_TEXT)
+    student, modules = sparse_student(model, cfg, prepared.stats)
+    with torch.no_grad():  # load the trained values into a fresh student: unfolded, as training computed them
+        for name, module in modules.items():
+            module.weight.copy_(prepared.learned[name].weight if prepared.learned[name].weight is not None
+                                else module.weight)
+            module.offset.zero_()
+            module.bias = prepared.learned[name].bias.clone()
+        eager = student(input_ids=ids, use_cache=False).logits
+    with torch.no_grad():  # the program, run eagerly, is exactly the student
+        torch.testing.assert_close(result.module()(ids), eager, rtol=0, atol=0)
+        # compiled: HF's rotary embedding runs in float32 even in a float64 model, and Inductor fuses it
+        # differently, hence 1e-6 and not float64's rounding
+        compiled = actprune_compiler.compile_program(result.program)
+        torch.testing.assert_close(compiled(ids), eager, rtol=1e-6, atol=1e-6)
+
+
+def test_store_reuses_learned_values(monkeypatch, tmp_path):
+    from actprune_compiler import models
+    from actprune_compiler.recovery import store
+
+    monkeypatch.delenv("ACTPRUNE_NO_RECOVERY_CACHE")
+    monkeypatch.setattr(store, "CACHE_DIR", tmp_path)
+    model, tok = tiny64(), char_tokenizer()
+    cfg = config("offset", steps=2, recovery_lr=1e-2)
+    first = prepare(model, tok, cfg, CALIB_TEXT)
+    second = prepare(model, tok, cfg, CALIB_TEXT)
+    assert not first.recovery["from_store"] and second.recovery["from_store"]
+    for name, layer in first.learned.items():
+        torch.testing.assert_close(second.learned[name].bias, layer.bias, rtol=0, atol=0)
+    other = prepare(model, tok, cfg.replace(recovery_steps=1), CALIB_TEXT)
+    assert not other.recovery["from_store"]
+    assert len(list(tmp_path.glob("recovery/*.pt"))) == 2
+    assert models.CACHE_DIR != tmp_path  # the package's own cache was not touched
+
+
+def test_torch_compile_backend_uses_learned_values_and_leaves_the_model_alone(fresh_dynamo):
+    model, tok, ids = tiny64(), char_tokenizer(), token_ids()
+    cfg = config("finetune", steps=2, recovery_lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = prepare(model, tok, cfg, CALIB_TEXT)
+    expected = folded_reference(model, prepared.learned, ids)
+    compiled = actprune_compiler.compile_model(copy.deepcopy(model), {**cfg.to_dict(), "inner_backend": "eager"},
+                                               tokenizer=tok, calib_text=CALIB_TEXT)
+    with torch.no_grad():
+        got = compiled(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_bad_recovery_configs_are_refused_in_one_sentence():
+    with pytest.raises(ValueError, match="recovery 'lora' is unknown; allowed: none, offset, affine, finetune"):
+        SparsityConfig("8:16", recovery="lora")
+    with pytest.raises(ValueError, match="target 'activation' only"):
+        SparsityConfig("8:16", target="weight", recovery="offset")
+    with pytest.raises(ValueError, match="use another correction than 'bias'"):
+        SparsityConfig("8:16", correction="bias", recovery="offset")
+    with pytest.raises(ValueError, match="recovery_steps must be a non-negative integer"):
+        SparsityConfig("8:16", recovery="offset", recovery_steps=-1)
+    assert SparsityConfig("8:16", recovery="finetune", recovery_steps=50).label == "8:16 finetune(50)"
+
+
+def test_compile_command_trains_folds_and_reports(tiny_dir, tmp_path, capsys):
+    """`actprune compile --recovery ...`: report.json says what was learned and what it cost; the graph names
+    the learned biases."""
+    import json
+
+    from actprune_compiler.cli import main
+
+    text = tmp_path / "calib.txt"
+    text.write_text(CALIB_TEXT)
+    out = tmp_path / "art"
+    assert main(["compile", "--model", str(tiny_dir), "--pattern", "8:16", "--recovery", "affine",
+                 "--recovery-steps", "2", "--calib-data", str(text), "--calib-samples", "2", "--calib-seqlen", "32",
+                 "--out", str(out), "--no-check"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["recovery"] == "affine" and report["label"] == "8:16 affine(2)"
+    recovery = report["recovery"]
+    assert recovery["steps"] == 2 and recovery["train_tokens"] == 2 * 4 * 32 and recovery["seconds"] > 0
+    assert recovery["extra_constant_values"] == sum(row["out_features"] for row in report["layers"][:-1])
+    assert "recovery_s" in report["timings"]
+    assert "recovery affine: 2 steps on 256 calibration tokens" in capsys.readouterr().out
+    assert (out / "graph.txt").read_text().count("learned_bias") >= 14
