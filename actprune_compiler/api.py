@@ -94,6 +94,11 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
     with timer("passes_s"):
         layers = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), config, prepared.stats,
                             keep_dense=frozenset(prepared.keep_dense), learned=prepared.learned)
+    # A whole model's program prunes every layer recovery trained (a Dynamo graph may hold only some)
+    pruned = {row["module"] for row in layers if LayerDecision.from_dict(row["decided"]).is_sparse}
+    if stray := sorted(set(prepared.learned or {}) - pruned):
+        raise ValueError(f"recovery learned values for {len(stray)} layers this program keeps dense "
+                         f"({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}); they would be ignored")
     report = {"config": config.to_dict(), "label": config.label,
               "inputs": ["input_ids", "attention_mask"] if with_attention_mask else ["input_ids"],
               "totals": layer_totals(layers), "graph_ops": count_ops(program.graph), "calibration": prepared.summary,

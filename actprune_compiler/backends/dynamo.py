@@ -101,7 +101,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     config = SparsityConfig(**options)
     hint = ("use compile_model(model, options, tokenizer=..., calib_text=...), which gathers it from the eager "
             "model first")
-    if config.needs_calibration() and stats is None:
+    if config.needs_statistics() and stats is None:
         raise ValueError(f"config {config.label!r} needs calibration statistics, which the backend cannot gather "
                          f"from a traced graph: {hint}, or pass options['stats']")
     if config.skip_sensitive and not keep_dense:
@@ -110,6 +110,9 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if config.recovery != "none" and learned is None:
         raise ValueError(f"recovery {config.recovery!r} needs values trained on the eager model: {hint}, or pass "
                          "options['learned']")
+    if config.recovery == "none" and learned:
+        raise ValueError("options['learned'] holds a recovery method's values, but the config has recovery 'none'; "
+                         "set recovery to the method that learned them")
     return BackendOptions(config, inner, stats, keep_dense, freeze, device, learned)
 
 
@@ -199,10 +202,9 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     if options.get("device") is not None:
         model.to(resolve_device(options["device"]))
     config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
-    prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"))
-    options["stats"] = prepared.stats
-    options["keep_dense"] = options.get("keep_dense") or prepared.keep_dense
-    options["learned"] = options.get("learned") or prepared.learned
+    prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"),
+                       keep_dense=options.get("keep_dense"), learned=options.get("learned"))
+    options.update(stats=prepared.stats, keep_dense=prepared.keep_dense, learned=prepared.learned)
     options["freeze"] = freeze
     parsed = parse_options(options)  # fail now, not at the first call
     linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}

@@ -15,15 +15,22 @@ from actprune_compiler.sparsity.config import SparsityConfig, matches
 Observer = Callable[[str, nn.Linear, torch.Tensor], None]
 
 
-def token_batches(tokenizer, text: str, samples: int, seqlen: int) -> torch.Tensor:
-    """The first `samples` non-overlapping windows of `seqlen` tokens of `text`: [samples, seqlen]."""
+def token_windows(tokenizer, text: str, seqlen: int) -> torch.Tensor:
+    """Every whole non-overlapping window of `seqlen` tokens of `text`, in order: [count, seqlen]."""
     if tokenizer is None:
         raise ValueError("calibration needs a tokenizer, and this model has none")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
-    if ids.numel() < samples * seqlen:
-        raise ValueError(f"calibration text has {ids.numel()} tokens, fewer than calib_samples x calib_seqlen "
-                         f"= {samples} x {seqlen}; lower them or give more text")
-    return ids[: samples * seqlen].view(samples, seqlen)
+    count = ids.numel() // seqlen
+    return ids[: count * seqlen].view(count, seqlen)
+
+
+def token_batches(tokenizer, text: str, samples: int, seqlen: int) -> torch.Tensor:
+    """The first `samples` non-overlapping windows of `seqlen` tokens of `text`: [samples, seqlen]."""
+    windows = token_windows(tokenizer, text, seqlen)
+    if len(windows) < samples:
+        raise ValueError(f"calibration text has {len(windows)} windows of {seqlen} tokens, fewer than "
+                         f"calib_samples x calib_seqlen = {samples} x {seqlen}; lower them or give more text")
+    return windows[:samples]
 
 
 def selected_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Linear]:

@@ -37,23 +37,25 @@ def _missing(what: str, config: SparsityConfig) -> ValueError:
 
 def prepare(model: nn.Module | None, tokenizer, config: SparsityConfig, text: str | None, *,
             source: str = "caller's text", stats: dict[str, LayerStats] | None = None,
+            keep_dense: list[str] | None = None, learned: dict[str, LearnedLayer] | None = None,
             timer: Timer | None = None) -> Prepared:
-    """Gather what `config` needs and is not given: statistics (calibrated criteria/corrections), the
-    layers to keep dense (skip_sensitive) and learned values (recovery, trained or read from the store).
-    A config that needs none of them costs nothing."""
+    """Gather what `config` needs and is not given: statistics (calibrated criteria/corrections, and the
+    start of a recovery method), the layers to keep dense (skip_sensitive) and learned values (recovery,
+    trained or read from the store). A config that needs none of them costs nothing."""
     timer = timer or Timer()
-    out = Prepared(stats)
-    if config.needs_calibration() and stats is None:
+    out = Prepared(stats, keep_dense=list(keep_dense or []), learned=learned)
+    trains = config.recovery != "none" and learned is None
+    if (config.needs_statistics() or trains) and stats is None:
         if model is None or text is None:
             raise _missing("calibration statistics", config)
         with timer("calibrate_s"):
             out.stats, out.summary = calibrate(model, tokenizer, config, text, source)
-    if config.skip_sensitive:
+    if config.skip_sensitive and keep_dense is None:
         if model is None or text is None:
             raise _missing(f"a sensitivity ranking (skip_sensitive={config.skip_sensitive})", config)
         with timer("sensitivity_s"):
             out.keep_dense = most_sensitive(model, tokenizer, config, text, out.stats)
-    if config.recovery != "none":
+    if trains:
         from actprune_compiler.recovery.store import learned_values
 
         if model is None or text is None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from actprune_compiler.devices import DEVICE_CHOICES, resolve_device
 from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
-from actprune_compiler.recovery.methods import RECOVERY
-from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig
+from actprune_compiler.recovery.distill import BATCH
+from actprune_compiler.recovery.methods import DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
+from actprune_compiler.sparsity.config import DEFAULT_MODULES, RECOVERY_STEPS, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 
@@ -168,10 +169,11 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8
     p.add_argument("--recovery", default="none", choices=list(RECOVERY),
                    help="learn values against the dense model on calibration text, folded into weight and bias: "
                         + "; ".join(f"{m.name}: {m.summary}" for m in RECOVERY.values() if m.trains))
-    p.add_argument("--recovery-steps", type=non_negative_int, default=100,
-                   help="optimiser steps of 4 calibration sequences each (--recovery)")
+    p.add_argument("--recovery-steps", type=non_negative_int, default=RECOVERY_STEPS,
+                   help=f"optimiser steps of {BATCH} calibration sequences each (--recovery)")
     p.add_argument("--recovery-lr", type=positive_float, default=None,
-                   help="Adam's learning rate for the learned vectors (weights: 1/50 of it); default 1e-3")
+                   help=f"Adam's learning rate for the learned vectors (weights: {WEIGHT_LR_RATIO} of it); "
+                        f"default {DEFAULT_LR}")
     p.add_argument("--calib-samples", type=positive_int, default=16, help="calibration sequences")
     p.add_argument("--calib-seqlen", type=positive_int, default=512, help="tokens per calibration sequence")
 

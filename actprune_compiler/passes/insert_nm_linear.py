@@ -26,9 +26,12 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
     for site in (s for s in sites if s.selected):
         weight = host.value(site.weight)
         # the seed's module swap (config.drop_bias) computes x·Wᵀ without the layer's bias
-        bias_node = None if config.drop_bias else site.bias
+        bias_node = config.kept_bias(site.bias)
         bias = host.value(bias_node) if bias_node is not None else None
         mine = (learned or {}).get(site.path)
+        if config.recovery != "none" and mine is None:
+            raise ValueError(f"recovery {config.recovery!r} learned no values for {site.path}, which this graph "
+                             "prunes: train them with the same config and the same layers kept dense")
         consts = layer_constants(config, weight, bias, (stats or {}).get(site.path), mine)
         if consts.bias is not None:  # a new constant: the model's own bias parameter stays untouched
             kind = "learned_bias" if mine is not None else "corrected_bias"

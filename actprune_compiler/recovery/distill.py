@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from actprune_compiler.calibration.hooks import selected_linears
-from actprune_compiler.recovery.methods import DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
+from actprune_compiler.recovery.methods import RECOVERY, WEIGHT_LR_RATIO, learning_rate
 from actprune_compiler.recovery.sparse_linear import LearnedLayer, SparseLinear, swap_in
+from actprune_compiler.sparsity.activation import score_dtype
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.constants import layer_constants
 from actprune_compiler.sparsity.stats import LayerStats
@@ -29,9 +30,10 @@ SEED = 0
 
 
 def kl_to_dense(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
-    """Mean over tokens of KL(p_teacher || p_student), in float32 whatever the model's dtype."""
-    t = torch.log_softmax(teacher_logits.float(), -1)
-    s = torch.log_softmax(student_logits.float(), -1)
+    """Mean over tokens of KL(p_teacher || p_student), in float32 at least whatever the model's dtype."""
+    dtype = score_dtype(student_logits.dtype)
+    t = torch.log_softmax(teacher_logits.to(dtype), -1)
+    s = torch.log_softmax(student_logits.to(dtype), -1)
     return (t.exp() * (t - s)).sum(-1).mean()
 
 
@@ -44,20 +46,12 @@ def sparse_student(model: nn.Module, config: SparsityConfig, stats: dict[str, La
     layers = {k: v for k, v in selected_linears(student, config).items() if k not in keep_dense}
 
     def make(name: str, linear: nn.Linear) -> SparseLinear:
-        bias = None if config.drop_bias else linear.bias  # as insert_nm_linear reads it
+        bias = config.kept_bias(linear.bias)
         consts = layer_constants(config, linear.weight.detach(), bias, stats.get(name))
-        return SparseLinear(linear, config, consts, stats[name].pruning_error_mean(), method)
+        start = consts.bias if consts.bias is not None else bias  # what insert_nm_linear gives the layer
+        return SparseLinear(linear, config, consts, start, stats[name].pruning_error_mean(name), method)
 
     return student, swap_in(student, layers, make)
-
-
-def _windows(tokenizer, text: str, seqlen: int) -> Tensor:
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
-    count = ids.numel() // seqlen
-    if count < HELD_OUT + 1:
-        raise ValueError(f"calibration text has {ids.numel()} tokens, too few for {HELD_OUT + 1} windows of "
-                         f"calib_seqlen={seqlen}; give more text or lower calib_seqlen")
-    return ids[: count * seqlen].view(count, seqlen)
 
 
 @torch.no_grad()
@@ -70,17 +64,21 @@ def held_out_kl(teacher: nn.Module, student: nn.Module, windows: Tensor, device:
     return total / len(windows)
 
 
-def distill(model: nn.Module, tokenizer, config: SparsityConfig, text: str, stats: dict[str, LayerStats], *,
+def distill(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: dict[str, LayerStats], *,
             keep_dense: frozenset[str] = frozenset()) -> tuple[dict[str, LearnedLayer], dict[str, Any]]:
-    """(learned values by module path, a summary for report.json: cost, KL before and after)."""
+    """(learned values by module path, a summary for report.json: cost, KL before and after).
+
+    windows: the calibration text as [count, calib_seqlen] token ids; the last HELD_OUT are never trained on."""
     start = time.perf_counter()
     method = RECOVERY[config.recovery]
     device = next(model.parameters()).device
-    teacher = model.eval()
+    if len(windows) < HELD_OUT + 1:
+        raise ValueError(f"calibration text has {len(windows)} windows of calib_seqlen={config.calib_seqlen} tokens, "
+                         f"too few to train on and hold {HELD_OUT} out; give more text or lower calib_seqlen")
+    teacher = model
     student, modules = sparse_student(model, config, stats, keep_dense)
-    windows = _windows(tokenizer, text, config.calib_seqlen)
     train, held = windows[:-HELD_OUT], windows[-HELD_OUT:]
-    lr = config.recovery_lr or DEFAULT_LR
+    lr = learning_rate(config)
     vectors = [p for m in modules.values() for p in (m.offset, m.scale, m.out_shift) if p.requires_grad]
     groups = [{"params": vectors, "lr": lr}]
     if method.weights:
@@ -108,12 +106,16 @@ def distill(model: nn.Module, tokenizer, config: SparsityConfig, text: str, stat
         losses.append(loss_sum)
     kl_after = held_out_kl(teacher, student, held, device) if config.recovery_steps else kl_before
     learned = {name: module.fold() for name, module in modules.items()}
+    broken = next((name for name, layer in learned.items() if not layer.is_finite()), None)
+    if broken is not None or not math.isfinite(kl_after):  # never stored, never folded into a graph
+        raise FloatingPointError(f"recovery {config.recovery!r} diverged: {broken or 'the held-out KL'} is not finite "
+                                 f"after {config.recovery_steps} steps; lower recovery_lr (now {lr})")
     original = dict(selected_linears(model, config))
     layers = {name: layer.summary(original[name].weight) for name, layer in learned.items()}
     # a layer without a bias gets one (the learned bias); learned weights replace the layer's own
     extra = sum(original[name].out_features for name in learned if original[name].bias is None or config.drop_bias)
     summary = {"method": config.recovery, "steps": config.recovery_steps, "lr": lr,
-               "train_tokens": config.recovery_steps * BATCH * config.calib_seqlen,
+               "train_tokens": config.recovery_steps * BATCH * config.calib_seqlen, "train_windows": len(train),
                "held_out_tokens": int(held.numel()), "kl_held_out_before": round(kl_before, 6),
                "kl_held_out_after": round(kl_after, 6), "loss_first": losses[0] if losses else None,
                "loss_last": losses[-1] if losses else None,

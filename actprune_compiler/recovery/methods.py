@@ -7,7 +7,7 @@ For one pruned layer, with S(x) the config's masked input (criterion and correct
 
     offset:   a (one vector per projection input), trained; s = t = 0
     affine:   a, s and t (per output channel) trained
-    finetune: a, s, t and W trained; the gradient reaches W through the kept inputs only
+    finetune: a, s, t and W trained (the mask is a constant of each step: gradients reach the kept inputs)
 
 folded: W' = (1 + s) * W (row-wise), b' = (1 + s) * (W a + b) + t. The initial a is E[x - S(x)] on
 the calibration tokens, so a method at 0 steps equals correction 'bias'.
@@ -45,7 +45,12 @@ RECOVERY: dict[str, RecoveryMethod] = {
                        offset=True),
         RecoveryMethod("affine", "offset a plus per-output scale s and shift t, folded into weight and bias",
                        offset=True, affine=True),
-        RecoveryMethod("finetune", "affine plus the projection weights (straight-through the mask), KL-trained",
+        RecoveryMethod("finetune", "affine plus the projection weights, KL-trained through the mask",
                        offset=True, affine=True, weights=True),
     )
 }
+
+
+def learning_rate(config) -> float:
+    """Adam's rate for the learned vectors: the config's, or DEFAULT_LR."""
+    return config.recovery_lr or DEFAULT_LR

@@ -1,7 +1,8 @@
 """Learned values on disk, so a second eval, sweep row or compile of the same method trains nothing.
 
-The key hashes everything training reads: the model's tensors, the config, the calibration text
-and the layers kept dense. ACTPRUNE_NO_RECOVERY_CACHE=1 turns the store off; the folder is
+The key hashes everything training reads: the model's tensors and config, the config, the calibration
+token ids (text and tokenizer), the pruning errors the offsets start from, the layers kept dense and
+the training constants. ACTPRUNE_NO_RECOVERY_CACHE=1 turns the store off; the folder is
 $ACTPRUNE_CACHE/recovery.
 """
 
@@ -12,42 +13,60 @@ import os
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from actprune_compiler.calibration.hooks import token_windows
 from actprune_compiler.files import atomic_write
 from actprune_compiler.models import CACHE_DIR
-from actprune_compiler.recovery.distill import distill
+from actprune_compiler.recovery import distill as training
+from actprune_compiler.recovery.methods import WEIGHT_LR_RATIO, learning_rate
 from actprune_compiler.recovery.sparse_linear import LearnedLayer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.stats import LayerStats
 
-FORMAT = 1  # bump when what is stored, or how distill() trains, changes
+FORMAT = 2  # bump when what is stored, or how distill() trains, changes
+
+
+def _update(digest, tensor: Tensor) -> None:
+    digest.update(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
+    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    digest.update((config.to_json_string() if hasattr(config, "to_json_string") else repr(config)).encode())
     for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(name.encode())
+        _update(digest, tensor)
     return digest.hexdigest()
 
 
-def store_key(model: nn.Module, config: SparsityConfig, text: str, keep_dense: frozenset[str]) -> str:
-    parts = [f"format={FORMAT}", model_fingerprint(model), config.to_json(),
-             hashlib.sha256(text.encode()).hexdigest(), ",".join(sorted(keep_dense))]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+def store_key(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: dict[str, LayerStats],
+              keep_dense: frozenset[str]) -> str:
+    digest = hashlib.sha256()
+    constants = (FORMAT, learning_rate(config), WEIGHT_LR_RATIO, training.BATCH, training.HELD_OUT, training.SEED)
+    for part in (repr(constants), model_fingerprint(model), config.to_json(), ",".join(sorted(keep_dense))):
+        digest.update(part.encode() + b"\n")
+    _update(digest, windows)
+    for name in sorted(stats):
+        if stats[name].error_total is not None:
+            _update(digest, stats[name].pruning_error_mean(name))
+    return digest.hexdigest()[:24]
 
 
 def learned_values(model: nn.Module, tokenizer, config: SparsityConfig, text: str, stats: dict[str, LayerStats],
                    *, keep_dense: frozenset[str] = frozenset()) -> tuple[dict[str, LearnedLayer], dict[str, Any]]:
     """distill()'s result, read from the store when this model, config and text were trained before."""
+    windows = token_windows(tokenizer, text, config.calib_seqlen)
     use_store = os.environ.get("ACTPRUNE_NO_RECOVERY_CACHE") != "1"
-    path = CACHE_DIR / "recovery" / f"{store_key(model, config, text, keep_dense)}.pt" if use_store else None
+    key = store_key(model, config, windows, stats, keep_dense) if use_store else None
+    path = CACHE_DIR / "recovery" / f"{key}.pt" if use_store else None
     if path is not None and path.is_file():
         saved = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
         learned = {name: LearnedLayer(**values) for name, values in saved["learned"].items()}
         return learned, {**saved["summary"], "store": str(path), "from_store": True}
-    learned, summary = distill(model, tokenizer, config, text, stats, keep_dense=keep_dense)
+    learned, summary = training.distill(model, config, windows, stats, keep_dense=keep_dense)
     if path is not None:
         saved = {"learned": {name: vars(layer) for name, layer in learned.items()}, "summary": summary}
         atomic_write(path, lambda tmp: torch.save(saved, tmp))

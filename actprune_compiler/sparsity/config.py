@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, TypeVar
 
 # The linear layers of a decoder block; lm_head is never pruned unless asked for by name.
 DEFAULT_MODULES: tuple[str, ...] = (
@@ -15,6 +16,8 @@ DEFAULT_MODULES: tuple[str, ...] = (
 )
 TARGETS = ("activation", "weight")
 MAX_M = 256
+RECOVERY_STEPS = 100  # optimiser steps of a recovery method when the config gives none
+T = TypeVar("T")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
@@ -119,7 +122,7 @@ class SparsityConfig:
     calib_seqlen: int = 512
     drop_bias: bool = False
     recovery: str = "none"
-    recovery_steps: int = 100
+    recovery_steps: int = RECOVERY_STEPS
     recovery_lr: float | None = None
 
     def __post_init__(self) -> None:
@@ -160,10 +163,15 @@ class SparsityConfig:
         if not isinstance(self.recovery_steps, int) or isinstance(self.recovery_steps, bool) \
                 or self.recovery_steps < 0:
             raise ValueError(f"recovery_steps must be a non-negative integer, got {self.recovery_steps!r}")
-        if self.recovery_lr is not None and not (isinstance(self.recovery_lr, (int, float))
-                                                 and not isinstance(self.recovery_lr, bool) and self.recovery_lr > 0):
-            raise ValueError(f"recovery_lr must be a positive number or None, got {self.recovery_lr!r}")
+        if self.recovery_lr is not None:
+            if isinstance(self.recovery_lr, bool) or not isinstance(self.recovery_lr, (int, float)) \
+                    or not 0 < self.recovery_lr < math.inf:
+                raise ValueError(f"recovery_lr must be a positive finite number or None, got {self.recovery_lr!r}")
+            object.__setattr__(self, "recovery_lr", float(self.recovery_lr))  # 1 and 1.0: one config
         if self.recovery == "none":
+            if self.recovery_steps != RECOVERY_STEPS or self.recovery_lr is not None:
+                raise ValueError("recovery_steps and recovery_lr set how a recovery method trains; choose one with "
+                                 "recovery=... (offset, affine, finetune) or leave them at their defaults")
             return
         if self.target == "weight":
             raise ValueError(f"recovery {self.recovery!r} learns around the activation mask; use it with target "
@@ -220,13 +228,21 @@ class SparsityConfig:
     def from_json(cls, text: str) -> SparsityConfig:
         return cls.from_dict(json.loads(text))
 
-    def needs_calibration(self) -> bool:
+    def needs_statistics(self) -> bool:
+        """Whether the criterion or correction reads calibration statistics when the graph is rewritten."""
         from actprune_compiler.sparsity.corrections import CORRECTIONS
         from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 
         registry = CRITERIA if self.target == "activation" else WEIGHT_CRITERIA
-        return (registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
-                or self.recovery != "none")
+        return registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
+
+    def needs_calibration(self) -> bool:
+        """Whether anything runs the eager model over calibration text: statistics, or a recovery method."""
+        return self.needs_statistics() or self.recovery != "none"
+
+    def kept_bias(self, bias: T) -> T | None:
+        """The bias an activation-pruned layer keeps: its own, or none under the seed's module swap."""
+        return None if self.drop_bias else bias
 
     def needs_pruning_errors(self) -> bool:
         """Whether calibration measures E[x - x_sparse]: the calibrated bias, and where recovery starts."""

@@ -61,3 +61,12 @@ def prune_by_rank(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
 
     groups = grouped(scores, m)
     return torch.ops.actprune.nm_select(groups, values.unflatten(-1, groups.shape[-2:]), n).flatten(-2)
+
+
+def prune_topk(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
+    """For training (recovery/): topk per group, about 1.6x faster in eager than the stable sort on a
+    512 x 1536 input. Exact score ties may be broken differently from the contract's lower-index rule,
+    which only exactly equal floats could notice. The gradient reaches the kept values only."""
+    groups = grouped(scores.detach(), m)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(n, -1).indices, True)
+    return torch.where(keep.flatten(-2), values, torch.zeros((), dtype=values.dtype, device=values.device))

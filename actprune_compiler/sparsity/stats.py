@@ -48,9 +48,10 @@ class LayerStats:
         self.error_total += tokens.sum(0)
         self.error_count += tokens.shape[0]
 
-    def pruning_error_mean(self) -> Tensor:
+    def pruning_error_mean(self, layer: str = "this layer") -> Tensor:
         if self.error_total is None:
-            raise ValueError("no pruning error was collected for this layer (calibrate with correction 'bias')")
+            raise ValueError(f"no pruning error was collected for {layer}; calibrate() with the same config "
+                             "(correction 'bias' or a recovery method collects it)")
         return (self.error_total / max(self.error_count, 1)).float()
 
     def mean(self) -> Tensor:

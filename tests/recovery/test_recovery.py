@@ -27,7 +27,8 @@ def tiny64(family="llama"):
 
 
 def config(method="offset", steps=0, **kw):
-    return SparsityConfig("8:16", recovery=method, recovery_steps=steps, calib_samples=2, calib_seqlen=32, **kw)
+    training = {"recovery": method, "recovery_steps": steps} if method != "none" else {}
+    return SparsityConfig("8:16", calib_samples=2, calib_seqlen=32, **training, **kw)
 
 
 def program_logits(result, ids):
@@ -96,7 +97,7 @@ def test_compiled_graph_matches_the_eager_student():
     prepared = prepare(model, tok, cfg, CALIB_TEXT)
     result = actprune_compiler.sparsify(model, cfg, stats=prepared.stats, tokenizer=tok, calib_text=CALIB_TEXT)
     student, modules = sparse_student(model, cfg, prepared.stats)
-    with torch.no_grad():  # load the trained values into a fresh student: unfolded, as training computed them
+    with torch.no_grad():  # a fresh student holding the folded values (a = s = t = 0), as the graph does
         for name, module in modules.items():
             module.weight.copy_(prepared.learned[name].weight if prepared.learned[name].weight is not None
                                 else module.weight)
@@ -112,7 +113,6 @@ def test_compiled_graph_matches_the_eager_student():
 
 
 def test_store_reuses_learned_values(monkeypatch, tmp_path):
-    from actprune_compiler import models
     from actprune_compiler.recovery import store
 
     monkeypatch.delenv("ACTPRUNE_NO_RECOVERY_CACHE")
@@ -126,23 +126,61 @@ def test_store_reuses_learned_values(monkeypatch, tmp_path):
         torch.testing.assert_close(second.learned[name].bias, layer.bias, rtol=0, atol=0)
     other = prepare(model, tok, cfg.replace(recovery_steps=1), CALIB_TEXT)
     assert not other.recovery["from_store"]
-    assert len(list(tmp_path.glob("recovery/*.pt"))) == 2
-    assert models.CACHE_DIR != tmp_path  # the package's own cache was not touched
+    other_text = prepare(model, tok, cfg, CALIB_TEXT.upper())
+    kept_dense = prepare(model, tok, cfg.replace(skip_sensitive=1), CALIB_TEXT)
+    assert not other_text.recovery["from_store"] and not kept_dense.recovery["from_store"]
+    assert len(kept_dense.learned) == 13 and len(list(tmp_path.glob("recovery/*.pt"))) == 4
 
 
 def test_torch_compile_backend_uses_learned_values_and_leaves_the_model_alone(fresh_dynamo):
     model, tok, ids = tiny64(), char_tokenizer(), token_ids()
     cfg = config("finetune", steps=2, recovery_lr=1e-2)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     prepared = prepare(model, tok, cfg, CALIB_TEXT)
     expected = folded_reference(model, prepared.learned, ids)
-    compiled = actprune_compiler.compile_model(copy.deepcopy(model), {**cfg.to_dict(), "inner_backend": "eager"},
-                                               tokenizer=tok, calib_text=CALIB_TEXT)
+    compiled = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in compiled.state_dict().items()}
+    actprune_compiler.compile_model(compiled, {**cfg.to_dict(), "inner_backend": "eager"}, tokenizer=tok,
+                                    calib_text=CALIB_TEXT)
     with torch.no_grad():
         got = compiled(input_ids=ids, use_cache=False).logits
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
-    for k, v in model.state_dict().items():
+    for k, v in compiled.state_dict().items():  # the learned weights are graph constants, not written back
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_backend_refuses_learned_values_that_do_not_fit(fresh_dynamo):
+    model, tok = tiny64(), char_tokenizer()
+    learned = prepare(model, tok, config("offset"), CALIB_TEXT).learned
+    with pytest.raises(ValueError, match="the config has recovery 'none'"):
+        actprune_compiler.compile_model(copy.deepcopy(model), {"pattern": "8:16", "learned": learned})
+    partial = dict(list(learned.items())[1:])
+    compiled = actprune_compiler.compile_model(copy.deepcopy(model), {**config("offset").to_dict(),
+                                                                      "learned": partial, "inner_backend": "eager"})
+    with pytest.raises(Exception, match="learned no values for model.layers.0.self_attn.q_proj"):
+        compiled(input_ids=token_ids(), use_cache=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_trained_function_is_the_folded_one(dtype):
+    """SparseLinear with nonzero a, s, t computes exactly the folded layer the graph receives."""
+    from actprune_compiler.recovery.methods import RECOVERY
+    from actprune_compiler.recovery.sparse_linear import SparseLinear
+    from actprune_compiler.sparsity.constants import LayerConstants
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).to(dtype)
+    layer = SparseLinear(linear, SparsityConfig("8:16", recovery="finetune"), LayerConstants(), linear.bias,
+                         torch.randn(64), RECOVERY["finetune"])
+    with torch.no_grad():
+        for p in (layer.offset, layer.scale, layer.out_shift):
+            p.copy_(torch.randn_like(p) * 0.05)
+    x = torch.randn(3, 5, 64, dtype=dtype)
+    folded = layer.fold()
+    n_kept = masked_input(x, 8, 16)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(n_kept, folded.weight, folded.bias)
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    assert layer.offset.dtype == layer.scale.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
 
 
 def test_bad_recovery_configs_are_refused_in_one_sentence():
@@ -154,6 +192,12 @@ def test_bad_recovery_configs_are_refused_in_one_sentence():
         SparsityConfig("8:16", correction="bias", recovery="offset")
     with pytest.raises(ValueError, match="recovery_steps must be a non-negative integer"):
         SparsityConfig("8:16", recovery="offset", recovery_steps=-1)
+    with pytest.raises(ValueError, match="recovery_lr must be a positive finite number"):
+        SparsityConfig("8:16", recovery="offset", recovery_lr=float("inf"))
+    with pytest.raises(ValueError, match="choose one with recovery=..."):
+        SparsityConfig("8:16", recovery_steps=5)
+    assert SparsityConfig("8:16", recovery="offset", recovery_lr=1) == SparsityConfig("8:16", recovery="offset",
+                                                                                      recovery_lr=1.0)
     assert SparsityConfig("8:16", recovery="finetune", recovery_steps=50).label == "8:16 finetune(50)"
 
 

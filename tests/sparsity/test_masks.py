@@ -63,3 +63,16 @@ def test_batched_leading_dims_and_random_values(keep_mask):
 def test_feature_count_not_a_multiple_of_m_is_rejected(keep_mask):
     with pytest.raises(ValueError, match=r"last dimension \(10\) is not a multiple of the group size M=4"):
         keep_mask(torch.zeros(2, 10), 2, 4)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (8, 16), (16, 32)])
+def test_the_training_mask_keeps_what_the_reference_keeps_without_ties(n, m):
+    """prune_topk (recovery's training mask) equals the reference on tie-free scores, and passes
+    gradient to the kept values only."""
+    from actprune_compiler.sparsity.masks import prune_sorted, prune_topk
+
+    x = torch.randn(3, 7, 4 * m, dtype=torch.float64, generator=torch.Generator().manual_seed(n), requires_grad=True)
+    got = prune_topk(x, x.abs(), n, m)
+    assert torch.equal(got, prune_sorted(x, x.abs(), n, m))
+    got.sum().backward()
+    assert torch.equal(x.grad, (got != 0).to(x.dtype))
