@@ -64,31 +64,22 @@ def held_out_kl(teacher: nn.Module, student: nn.Module, windows: Tensor, device:
     return total / len(windows)
 
 
-def distill(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: dict[str, LayerStats], *,
-            keep_dense: frozenset[str] = frozenset()) -> tuple[dict[str, LearnedLayer], dict[str, Any]]:
-    """(learned values by module path, a summary for report.json: cost, KL before and after).
-
-    windows: the calibration text as [count, calib_seqlen] token ids; the last HELD_OUT are never trained on."""
-    start = time.perf_counter()
-    method = RECOVERY[config.recovery]
-    device = next(model.parameters()).device
-    if len(windows) < HELD_OUT + 1:
-        raise ValueError(f"calibration text has {len(windows)} windows of calib_seqlen={config.calib_seqlen} tokens, "
-                         f"too few to train on and hold {HELD_OUT} out; give more text or lower calib_seqlen")
-    teacher = model
-    student, modules = sparse_student(model, config, stats, keep_dense)
-    train, held = windows[:-HELD_OUT], windows[-HELD_OUT:]
-    lr = learning_rate(config)
+def _optimiser(modules: dict[str, SparseLinear], weights: bool, lr: float) -> torch.optim.Optimizer:
     vectors = [p for m in modules.values() for p in (m.offset, m.scale, m.out_shift) if p.requires_grad]
     groups = [{"params": vectors, "lr": lr}]
-    if method.weights:
+    if weights:
         groups.append({"params": [m.weight for m in modules.values()], "lr": lr * WEIGHT_LR_RATIO})
-    optimiser = torch.optim.Adam(groups)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 1 - i / max(config.recovery_steps, 1))
-    kl_before = held_out_kl(teacher, student, held, device)
+    return torch.optim.Adam(groups)
+
+
+def _train(teacher: nn.Module, student: nn.Module, train: Tensor, optimiser: torch.optim.Optimizer,
+           config: SparsityConfig, device: torch.device) -> list[float]:
+    """recovery_steps Adam steps of BATCH windows each, the rate decaying linearly to 0; the loss per step."""
+    steps = config.recovery_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 1 - i / max(steps, 1))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SEED))
     losses = []
-    for step in tqdm(range(config.recovery_steps), desc=f"recovery: {config.recovery}", leave=False):
+    for step in tqdm(range(steps), desc=f"recovery: {config.recovery}", leave=False):
         loss_sum = 0.0
         for i in range(BATCH):
             row = train[order[(step * BATCH + i) % len(train)]].unsqueeze(0).to(device)
@@ -99,11 +90,31 @@ def distill(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: di
             loss_sum += float(loss.detach())
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"recovery {config.recovery!r}: the KL loss became {loss_sum} at step {step}; "
-                                     f"lower recovery_lr (now {lr})")
+                                     f"lower recovery_lr (now {optimiser.param_groups[0]['initial_lr']})")
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
         schedule.step()
-        losses.append(loss_sum)
+        losses.append(round(loss_sum, 6))
+    return losses
+
+
+def distill(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: dict[str, LayerStats], *,
+            keep_dense: frozenset[str] = frozenset()) -> tuple[dict[str, LearnedLayer], dict[str, Any]]:
+    """(learned values by module path, a summary for report.json: cost, KL before and after).
+
+    windows: the calibration text as [count, calib_seqlen] token ids; the last HELD_OUT are never trained on."""
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    if len(windows) < HELD_OUT + 1:
+        raise ValueError(f"calibration text has {len(windows)} windows of calib_seqlen={config.calib_seqlen} tokens, "
+                         f"too few to train on and hold {HELD_OUT} out; give more text or lower calib_seqlen")
+    teacher = model
+    student, modules = sparse_student(model, config, stats, keep_dense)
+    train, held = windows[:-HELD_OUT], windows[-HELD_OUT:]
+    lr = learning_rate(config)
+    optimiser = _optimiser(modules, RECOVERY[config.recovery].weights, lr)
+    kl_before = held_out_kl(teacher, student, held, device)
+    losses = _train(teacher, student, train, optimiser, config, device)
     kl_after = held_out_kl(teacher, student, held, device) if config.recovery_steps else kl_before
     learned = {name: module.fold() for name, module in modules.items()}
     broken = next((name for name, layer in learned.items() if not layer.is_finite()), None)
@@ -118,8 +129,8 @@ def distill(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: di
                "train_tokens": config.recovery_steps * BATCH * config.calib_seqlen, "train_windows": len(train),
                "held_out_tokens": int(held.numel()), "kl_held_out_before": round(kl_before, 6),
                "kl_held_out_after": round(kl_after, 6), "loss_first": losses[0] if losses else None,
-               "loss_last": losses[-1] if losses else None,
-               "trained_values": sum(p.numel() for g in groups for p in g["params"]),
+               "loss_last": losses[-1] if losses else None, "losses": losses,
+               "trained_values": sum(p.numel() for g in optimiser.param_groups for p in g["params"]),
                "extra_constant_values": extra,
                "seconds": round(time.perf_counter() - start, 2), "layers": layers}
     return learned, summary
