@@ -131,14 +131,17 @@ def recovery_table(results: list[dict[str, Any]], model: str) -> str:
         row = {"pattern": config["pattern"], "method": method_name(config),
                "wikitext2 ppl": f"{ppl:.2f}" if ppl else "",
                "gap closed": f"{(base - ppl) / (base - dense):.0%}" if ppl and base and dense and base > dense else "",
-               "extra run-time FLOPs": "0 (folded)" if learned else "0"}
+               "extra run-time FLOPs": "0"}
         for task in ZERO_SHOT:
             acc = _acc(r, task)
             row[task.replace("_", " ")] = "" if acc is None else f"{acc:.3f}"
         if learned:
             row["held-out KL"] = f"{learned['kl_held_out_before']:.3f} -> {learned['kl_held_out_after']:.3f}"
             row["training"] = f"{learned['seconds'] / 60:.1f} min, {learned['train_tokens']:,} tokens"
-            row["extra constants"] = f"{learned.get('extra_constant_values', 0):,} values"
+            extra = learned.get("extra_constant_values")  # absent from the first version's records
+            row["extra constants"] = "not recorded" if extra is None else f"{extra:,} values"
+            # folded into W and b; a layer that had no bias gains a bias add
+            row["extra run-time FLOPs"] = "not recorded" if extra is None else "a bias add" if extra else "0"
         out.append(row)
     return format_table(out, RECOVERY_COLUMNS, markdown=True)
 

@@ -309,4 +309,4 @@ def test_recovery_table_shows_the_gap_closed_and_the_cost():
     text = recovery_table(results, "tiny")
     assert method_name(tuned.to_dict()) == "magnitude + finetune (40 steps)"
     assert "| 8:16 | magnitude + finetune (40 steps) | 32.00 | 50% |" in text
-    assert "| 0.900 -> 0.450 | 2.0 min, 81,920 tokens | 0 (folded) | 1,000 values |" in text
+    assert "| 0.900 -> 0.450 | 2.0 min, 81,920 tokens | a bias add | 1,000 values |" in text
