@@ -43,7 +43,8 @@ def prepare(model: nn.Module | None, tokenizer, config: SparsityConfig, text: st
     start of a recovery method), the layers to keep dense (skip_sensitive) and learned values (recovery,
     trained or read from the store). A config that needs none of them costs nothing."""
     timer = timer or Timer()
-    out = Prepared(stats, keep_dense=list(keep_dense or []), learned=learned)
+    # a given keep_dense is passed on as it is: the backend's option check refuses a bad one in one sentence
+    out = Prepared(stats, keep_dense=[] if keep_dense is None else keep_dense, learned=learned)
     trains = config.recovery != "none" and learned is None
     if (config.needs_statistics() or trains) and stats is None:
         if model is None or text is None:
