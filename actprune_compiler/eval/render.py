@@ -31,10 +31,16 @@ def seed_row(result: dict[str, Any], dense_runtime: float | None) -> dict[str, A
            "runtime (min)": f"{result['runtime_s'] / 60:.2f}",
            "vs dense": f"{result['runtime_s'] / dense_runtime:.2f}x" if dense_runtime else "",
            "replaced linear layers": result["replaced_linears"]}
+    return {**row, **accuracy_cells(result)}
+
+
+def accuracy_cells(result: dict[str, Any]) -> dict[str, str]:
+    """{'arc easy': '0.460', ...}: the zero-shot columns of a table row ('' where a task was not run)."""
+    cells = {}
     for task in ZERO_SHOT:
         acc = _acc(result, task)
-        row[task.replace("_", " ")] = "" if acc is None else f"{acc:.3f}"
-    return row
+        cells[task.replace("_", " ")] = "" if acc is None else f"{acc:.3f}"
+    return cells
 
 
 def _order(result: dict[str, Any]) -> tuple:
@@ -132,9 +138,7 @@ def recovery_table(results: list[dict[str, Any]], model: str) -> str:
                "wikitext2 ppl": f"{ppl:.2f}" if ppl else "",
                "gap closed": f"{(base - ppl) / (base - dense):.0%}" if ppl and base and dense and base > dense else "",
                "extra run-time FLOPs": "0"}
-        for task in ZERO_SHOT:
-            acc = _acc(r, task)
-            row[task.replace("_", " ")] = "" if acc is None else f"{acc:.3f}"
+        row.update(accuracy_cells(r))
         if learned:
             row["held-out KL"] = f"{learned['kl_held_out_before']:.3f} -> {learned['kl_held_out_after']:.3f}"
             row["training"] = f"{learned['seconds'] / 60:.1f} min, {learned['train_tokens']:,} tokens"
