@@ -36,6 +36,7 @@ class RecoveryMethod:
 # WEIGHT_LR_RATIO of it (full-weight steps as large as the vectors' would undo the dense model).
 DEFAULT_LR = 1e-3
 WEIGHT_LR_RATIO = 0.02
+BATCH = 4  # sequences of calib_seqlen tokens per optimiser step
 
 RECOVERY: dict[str, RecoveryMethod] = {
     m.name: m

@@ -19,7 +19,7 @@ from actprune_compiler.calibration.hooks import token_windows
 from actprune_compiler.files import atomic_write
 from actprune_compiler.models import CACHE_DIR
 from actprune_compiler.recovery import distill as training
-from actprune_compiler.recovery.methods import WEIGHT_LR_RATIO, learning_rate
+from actprune_compiler.recovery.methods import BATCH, WEIGHT_LR_RATIO, learning_rate
 from actprune_compiler.recovery.sparse_linear import LearnedLayer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.stats import LayerStats
@@ -45,7 +45,7 @@ def model_fingerprint(model: nn.Module) -> str:
 def store_key(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: dict[str, LayerStats],
               keep_dense: frozenset[str]) -> str:
     digest = hashlib.sha256()
-    constants = (FORMAT, learning_rate(config), WEIGHT_LR_RATIO, training.BATCH, training.HELD_OUT, training.SEED)
+    constants = (FORMAT, learning_rate(config), WEIGHT_LR_RATIO, BATCH, training.HELD_OUT, training.SEED)
     for part in (repr(constants), model_fingerprint(model), config.to_json(), ",".join(sorted(keep_dense))):
         digest.update(part.encode() + b"\n")
     _update(digest, windows)
