@@ -118,7 +118,7 @@ def bench_layers(model: nn.Module, config: SparsityConfig, tokens: list[int], re
     return rows
 
 
-def _prefill_timings(model: nn.Module, config: SparsityConfig, dense, pruned, ids: torch.Tensor,
+def _prefill_timings(model: nn.Module, config: SparsityConfig, dense, pruned, regional, ids: torch.Tensor,
                      repeats: int) -> dict[str, dict]:
     def eager():
         with torch.no_grad():
@@ -129,22 +129,25 @@ def _prefill_timings(model: nn.Module, config: SparsityConfig, dense, pruned, id
             return eager()
 
     variants = {"dense eager": eager, "seed eager mask": seed, "dense compiled": lambda: dense(ids),
-                "actprune compiled": lambda: pruned(ids)}
+                "actprune compiled": lambda: pruned(ids), "actprune compiled regional": lambda: regional(ids)}
     timings = interleaved(variants, repeats)  # the warm-up call compiles
     return with_ratios(timings, ("dense compiled", "seed eager mask", "dense eager"))
 
 
 def bench_prefill(model: nn.Module, config: SparsityConfig, shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
-    """Whole-model forward at each (batch, seqlen): exported programs, compiled with Inductor."""
+    """Whole-model forward at each (batch, seqlen): exported programs, compiled with Inductor (the sparse one
+    also one decoder layer at a time, backends/regional.py)."""
     from actprune_compiler import compile_program, export_causal_lm, sparsify
 
     program = export_causal_lm(model)
-    dense, pruned = compile_program(program), compile_program(sparsify(program, config).program)
+    sparse = sparsify(program, config).program
+    dense, pruned = compile_program(program), compile_program(sparse)
+    regional = compile_program(sparse, regional=True)
     rows = []
     for batch, seqlen in tqdm(shapes, desc="prefill"):
         ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=model_device(model))
         rows.append({"shape": f"batch {batch} x {seqlen}",
-                     **_prefill_timings(model, config, dense, pruned, ids, repeats)})
+                     **_prefill_timings(model, config, dense, pruned, regional, ids, repeats)})
     return rows
 
 
@@ -152,8 +155,8 @@ def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_
                  repeats: int) -> dict[str, dict]:
     """Greedy generation with the KV cache, batch 1: decode tokens per second.
 
-    actprune is timed through both documented calls: compile_model (dynamic shapes, freezing) and
-    the plain model.forward = torch.compile(model.forward, backend="actprune", options=...).
+    actprune is timed through both documented calls: compile_model (dynamic shapes, freezing; and
+    regional) and the plain model.forward = torch.compile(model.forward, backend="actprune", options=...).
     """
     from actprune_compiler.generation import several_compiled_models
 
@@ -168,10 +171,11 @@ def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, n
     from actprune_compiler.generation import timed_generate
 
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=model_device(model))
-    dense_c, pruned_c, plain_c = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+    dense_c, pruned_c, plain_c, regional_c = (copy.deepcopy(model) for _ in range(4))
     dense_c.forward = inference_call(torch.compile(dense_c.forward, backend="inductor", dynamic=True), freeze=True)
     compile_model(pruned_c, config.to_dict(), freeze=True)  # as the dense baseline: peak speed
     plain_c.forward = torch.compile(plain_c.forward, backend="actprune", options=config.to_dict())
+    compile_model(regional_c, config.to_dict(), regional=True)
 
     def seed():
         with seed_hooks(model, config):
@@ -180,7 +184,8 @@ def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, n
     runs = {"dense eager": lambda: timed_generate(model, ids, new_tokens), "seed eager mask": seed,
             "dense compiled": lambda: timed_generate(dense_c, ids, new_tokens),
             "actprune compile_model": lambda: timed_generate(pruned_c, ids, new_tokens),
-            "actprune plain torch.compile": lambda: timed_generate(plain_c, ids, new_tokens)}
+            "actprune plain torch.compile": lambda: timed_generate(plain_c, ids, new_tokens),
+            "actprune compile_model regional": lambda: timed_generate(regional_c, ids, new_tokens)}
     for fn in runs.values():  # compile prefill and decode graphs
         fn()
     rates: dict[str, list[float]] = {name: [] for name in runs}

@@ -21,13 +21,15 @@ PROCESS_START = time.perf_counter()  # as early as this module can note it: impo
 
 
 def measure(model_spec: str, pattern: str | None, cache_dir: str | Path, *, dtype: str = "default",
-            device: str | None = None, new_tokens: int = 8, freeze: bool = False) -> dict[str, Any]:
+            device: str | None = None, new_tokens: int = 8, freeze: bool = False,
+            regional: bool = False) -> dict[str, Any]:
     """One start in a fresh process with the given Inductor cache folder: its stage times, seconds."""
     command = [sys.executable, "-m", "actprune_compiler.startup", "--model", model_spec, "--dtype", dtype,
                "--new-tokens", str(new_tokens)]
     command += ["--pattern", pattern] if pattern else []
     command += ["--device", device] if device else []
     command += ["--freeze"] if freeze else []
+    command += ["--regional"] if regional else []
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -40,7 +42,8 @@ def measure(model_spec: str, pattern: str | None, cache_dir: str | Path, *, dtyp
 
 def cold_and_warm(model_spec: str, pattern: str | None, folder: str | Path, **kwargs: Any) -> dict[str, dict]:
     """A cold start into an empty cache folder under `folder`, then a warm start from what it left."""
-    cache = Path(folder) / f"inductor-cache-{pattern or 'dense'}".replace(":", "-")
+    mode = "regional" if kwargs.get("regional") else "whole"
+    cache = Path(folder) / f"inductor-cache-{pattern or 'dense'}-{mode}".replace(":", "-")
     if cache.exists() and any(cache.iterdir()):
         raise ValueError(f"{cache} is not empty, so a start there would not be cold; remove it")
     cold = measure(model_spec, pattern, cache, **kwargs)
@@ -62,7 +65,13 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
         model, tokenizer = load_model(args.model, args.dtype, args.device)
     with timer("setup_s"):
         if args.pattern:
-            compile_model(model, {"pattern": args.pattern}, tokenizer=tokenizer, freeze=args.freeze)
+            compile_model(model, {"pattern": args.pattern}, tokenizer=tokenizer, freeze=args.freeze,
+                          regional=args.regional)
+        elif args.regional:  # the baseline: the same modules, compiled by Inductor as it comes
+            from actprune_compiler.backends.regional_modules import compile_dense_units
+            from actprune_compiler.sparsity.config import SparsityConfig
+
+            compile_dense_units(model, SparsityConfig())
         else:  # the baseline: Inductor as it comes, in the same freezing mode
             model.forward = inference_call(torch.compile(model.forward, backend="inductor", dynamic=True),
                                            freeze=args.freeze)
@@ -74,7 +83,8 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
 
     from actprune_compiler.backends import dynamo
 
-    return {"model": args.model, "pattern": args.pattern or "none", "freeze": args.freeze, "times": timer.seconds,
+    return {"model": args.model, "pattern": args.pattern or "none", "freeze": args.freeze,
+            "regional": args.regional, "times": timer.seconds,
             "tokens": first["tokens"], "rewritten_per_graph": dynamo.report()["rewritten_per_graph"],
             "first_token_s": round(ready - PROCESS_START + first["prefill_ms"] / 1e3, 3),
             "new_tokens": args.new_tokens, "inductor_cache": {k: v for k, v in counters["inductor"].items()
@@ -89,6 +99,7 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--new-tokens", type=int, default=8)
     p.add_argument("--freeze", action="store_true")
+    p.add_argument("--regional", action="store_true")
     print(json.dumps(_start(p.parse_args())))
 
 

@@ -45,12 +45,14 @@ class GraphRecord:
 @dataclass
 class BackendLog:
     graphs: list[GraphRecord] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)  # modules compiled on their own (regional), by path
     # parameter -> config label; weakly keyed, so a freed model's entries die with it and a new
     # parameter at a recycled id() is never mistaken for an old one
     pruned_weights: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary)
 
     def reset(self) -> None:
         self.graphs.clear()
+        self.units.clear()
         self.pruned_weights.clear()
 
 
@@ -183,7 +185,7 @@ def register() -> None:
 
 def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, tokenizer=None,
                   calib_text: str | None = None, freeze: bool = False, dynamic: bool | None = True,
-                  **compile_kwargs) -> nn.Module:
+                  regional: bool = False, **compile_kwargs) -> nn.Module:
     """Compile `model.forward` in place with the actprune backend, so `model.generate` uses it too.
 
     Inference only. Calibrated criteria/corrections and skip_sensitive run the eager model over
@@ -194,6 +196,8 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     dynamic=True: prompt and cache lengths are symbolic from the first compile; left to Dynamo's
     automatic detection they are not (a prompt length is followed by decode's length 1, which is
     always specialised), and every new prompt length recompiles.
+    regional=True compiles the modules inside the layers instead of the model (regional_modules.py):
+    one compiled MLP and one per projection shape serve every layer, and the rest runs eagerly.
     """
     from actprune_compiler.backends.inductor import inference_call
     from actprune_compiler.calibration.prepare import prepare
@@ -202,6 +206,10 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     if options.get("device") is not None:
         model.to(resolve_device(options["device"]))
     config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
+    if regional:
+        from actprune_compiler.backends.regional_modules import refuse_per_layer_values
+
+        refuse_per_layer_values(config, {**options, "freeze": freeze})  # before any calibration or training
     prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"),
                        keep_dense=options.get("keep_dense"), learned=options.get("learned"))
     options.update(stats=prepared.stats, keep_dense=prepared.keep_dense, learned=prepared.learned)
@@ -210,6 +218,11 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     if unknown := sorted(parsed.keep_dense - linears):
         raise ValueError(f"keep_dense names {unknown}, which are not linear layers of this model")
+    if regional:
+        from actprune_compiler.backends.regional_modules import compile_units
+
+        LOG.units.extend(compile_units(model, config, options, parsed.keep_dense, dynamic, **compile_kwargs))
+        return model
     compiled = torch.compile(model.forward, backend="actprune", options=options, dynamic=dynamic, **compile_kwargs)
     model.forward = inference_call(compiled, freeze)
     return model
@@ -220,16 +233,24 @@ def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = Non
     the matching linears that never appeared in a rewritten graph: those ran dense, in eager mode."""
     from torch._dynamo.utils import counters
 
-    seen = {path for g in LOG.graphs for path in g.rewritten}
+    from actprune_compiler.backends.regional_modules import unit_of
+
+    seen = {path for g in LOG.graphs for path in g.rewritten}  # module paths; inside a regional unit, relative
+
+    def rewritten(path: str) -> bool:
+        inside = unit_of(path, LOG.units)
+        return path in seen or (inside is not None and inside[1] in seen)
+
     out = {"graphs_compiled": len(LOG.graphs),  # for one compiled forward: 1 + its recompilations
            "dynamo_frames_compiled": counters["frames"]["ok"],
            "graph_breaks": sum(counters["graph_break"].values()),
            "rewritten_per_graph": [len(g.rewritten) for g in LOG.graphs],
            "dense_linears_per_graph": [len(g.dense) for g in LOG.graphs],
-           "configs": sorted({g.config for g in LOG.graphs})}
+           "configs": sorted({g.config for g in LOG.graphs}),
+           "regional_units": len(LOG.units)}
     if model is not None:
         wanted = modules or SparsityConfig().modules
         linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches(name, wanted)]
         out["matching_linears"] = len(linears)
-        out["ran_outside_rewritten_graphs"] = [name for name in linears if name not in seen]
+        out["ran_outside_rewritten_graphs"] = [name for name in linears if not rewritten(name)]
     return out

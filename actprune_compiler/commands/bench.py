@@ -63,9 +63,13 @@ def timing_rows(rows: list[dict], kind: str) -> list[dict[str, Any]]:
 
 def startup_rows(startup: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
     """One row per (variant, cold/warm): where the seconds of a fresh process went, and the ratio of the
-    sparse model's compile (setup + first generate) to the dense model's in the same kind of start."""
+    sparse model's compile (setup + first generate) to the dense model's in the same kind of start and
+    the same compile mode (variants are named '<config> whole' or '<config> regional')."""
     def compile_s(run: dict) -> float:
         return run["times"]["setup_s"] + run["times"]["generate_s"]
+
+    def dense_of(variant: str) -> dict:  # the dense start compiled the same way (whole or regional)
+        return startup["dense " + variant.rsplit(" ", 1)[-1]]
 
     rows = []
     for variant, starts in startup.items():
@@ -74,7 +78,7 @@ def startup_rows(startup: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
             hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
             rows.append({"variant": variant, "start": kind, "imports (s)": f"{t['imports_s']:.1f}",
                          "load (s)": f"{t['load_s']:.1f}", "compile + generate (s)": f"{compile_s(run):.1f}",
-                         "vs dense": f"{compile_s(run) / compile_s(startup['dense'][kind]):.2f}x",
+                         "vs dense": f"{compile_s(run) / compile_s(dense_of(variant)[kind]):.2f}x",
                          "first token (s)": f"{run['first_token_s']:.1f}", "process (s)": f"{run['process_s']:.1f}",
                          "cache hits/misses": f"{hits}/{misses}"})
     return rows
@@ -145,8 +149,10 @@ def run(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory(prefix="actprune-startup-") as folder:
             place = {"dtype": args.dtype, "device": args.device}
-            result["startup"] = {"dense": cold_and_warm(args.model, None, folder, **place),
-                                 config.label: cold_and_warm(args.model, config.pattern, folder, **place)}
+            variants = (("dense", None), (config.label, config.pattern))
+            result["startup"] = {
+                f"{name} {mode}": cold_and_warm(args.model, pattern, folder, regional=mode == "regional", **place)
+                for mode in ("whole", "regional") for name, pattern in variants}
     text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
             f"`{result['command']}`. Medians of {args.repeats} interleaved repeats; ratios are time / baseline "
             "(below 1 is faster).", "",
@@ -162,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
         text += ["", "## cold and warm starts (fresh processes, no freezing)", "",
                  "Cold: an empty Inductor cache; warm: a second process with the cache the cold one filled. Both "
                  "load the model from actprune's dequantised copy. first token: from the start of the Python "
-                 "process's imports to the first generated token.", "",
+                 "process's imports to the first generated token. whole: model.forward compiled as one graph; "
+                 "regional: the modules inside the decoder layers compiled once per kind "
+                 "(backends/regional_modules.py), the rest eager; vs dense: against the dense start compiled "
+                 "the same way.", "",
                  format_table(startup_rows(result["startup"]), list(startup_rows(result["startup"])[0]),
                               markdown=True)]
     print("\n".join(text))
