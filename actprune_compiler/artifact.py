@@ -22,10 +22,13 @@ PROGRAM, REPORT, GRAPH = "program.pt2", "report.json", "graph.txt"
 
 
 def save_artifact(out_dir: str | Path, program: ExportedProgram, report: dict[str, Any], *,
-                  force: bool = False) -> Path:
-    """Write the three files into a new folder; an existing non-empty one is replaced only with force."""
+                  force: bool = False, extra: dict[str, bytes] | None = None) -> Path:
+    """Write the three files (and `extra` ones, by name) into a new folder; an existing non-empty one is
+    replaced only with force."""
 
     def fill(folder: Path) -> None:
+        for name, data in (extra or {}).items():
+            (folder / name).write_bytes(data)
         torch.export.save(program, folder / PROGRAM)
         (folder / GRAPH).write_text(program.graph_module.print_readable(print_output=False, include_stride=False,
                                                                         include_device=False))

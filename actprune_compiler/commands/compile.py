@@ -26,6 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--attention-mask", action="store_true", help="export an attention_mask input too")
     p.add_argument("--no-check", action="store_true",
                    help="skip the check (a few rewritten layers compiled by Inductor vs the reference, float64)")
+    p.add_argument("--compiled-code", action="store_true",
+                   help="also compile the program (regionally) and store Inductor's cache artifacts in the folder, "
+                        "so 'actprune eval --model OUT --regional' starts without compiling")
     p.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
     return p
 
@@ -84,8 +87,18 @@ def run(args: argparse.Namespace) -> int:
         report["timings"]["check_s"] = timer.seconds["check_s"]
         if not report["check"]["passed"]:
             raise RuntimeError(report["check"]["line"] + "; nothing was written")
+    extra = {}
+    if args.compiled_code:
+        from actprune_compiler.compiled_code import compile_for_artifact
+
+        with timer("compiled_code_s"):
+            data, report["compiled_code"] = compile_for_artifact(sparsified.program, model.device,
+                                                                 with_mask=args.attention_mask)
+        report["timings"]["compiled_code_s"] = timer.seconds["compiled_code_s"]
+        extra[report["compiled_code"]["file"]] = data
     report["layers"] = report.pop("layers")  # last: the long per-layer table
-    save_artifact(args.out, sparsified.program, report, force=args.force)
+    save_artifact(args.out, sparsified.program, report, force=args.force, extra=extra)
     print_summary(report)
-    print(f"wrote {args.out}/program.pt2, report.json, graph.txt")
+    stored = f", {report['compiled_code']['file']}" if "compiled_code" in report else ""
+    print(f"wrote {args.out}/program.pt2, report.json, graph.txt{stored}")
     return 0

@@ -27,14 +27,35 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
     with timer("load_s"):
         program = load_program(folder)
     check_window_shapes(program, options, folder)
+    compiled_code = _compiled_code(folder, report, options)
     device = report["device"]
     runner = program_runner(program, device, options, with_mask="attention_mask" in report.get("inputs", ()))
     made = {"model": report["model"], "model_class": report["model_class"], "device": device,
             "dtype": report["dtype"], "pruning": report["label"], "config": report["config"],
-            "artifact": str(folder)}
+            "artifact": str(folder), **({"compiled_code": compiled_code} if compiled_code else {})}
     stand_in = ProgramModel(config, device, report["model"])
-    return score(runner, stand_in, tokenizer, options, wall, timer.seconds, made,
-                  replaced=report["totals"]["replaced"], calibration=report.get("calibration"))
+    result = score(runner, stand_in, tokenizer, options, wall, timer.seconds, made,
+                   replaced=report["totals"]["replaced"], calibration=report.get("calibration"))
+    if compiled_code:  # how many graphs came from it: every one, unless torch or actprune's lowering changed
+        from torch._dynamo.utils import counters
+
+        compiled_code["fxgraph_cache"] = {k.removeprefix("fxgraph_cache_"): v for k, v in counters["inductor"].items()
+                                          if k.startswith("fxgraph_cache_")}
+    return result
+
+
+def _compiled_code(folder: str | Path, report: dict[str, Any], options: EvalOptions) -> dict[str, Any] | None:
+    """Load the artifact's compiled code into Inductor's caches when this evaluation compiles regionally, as
+    it was made; say so when it is there but unused."""
+    from actprune_compiler.compiled_code import load_compiled_code
+
+    if "compiled_code" not in report:
+        return None
+    if not (options.compile and options.regional):
+        print(f"note: {folder} carries compiled code for regional compilation; this evaluation compiles "
+              f"{'nothing' if not options.compile else 'the whole graph'} and does not use it (add --regional)")
+        return None
+    return load_compiled_code(folder)
 
 
 def check_window_shapes(program, options: EvalOptions, folder: str | Path) -> None:

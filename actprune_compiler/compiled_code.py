@@ -1,0 +1,56 @@
+"""Compiled code that travels with an artifact, so `eval --model ARTIFACT` starts without compiling.
+
+`actprune compile --compiled-code` compiles the rewritten program the way a regional evaluation will
+(one decoder layer at a time, weights as inputs: Inductor caches no frozen graph), runs it at the
+shapes scoring uses, and stores what Inductor and AOTAutograd cached as torch's portable cache
+artifacts (`torch.compiler.save_cache_artifacts`) in the artifact folder. Evaluating the artifact with
+--regional loads them into the local caches first (`load_cache_artifacts`), so every graph is a cache
+hit, on this machine or another with the same torch, Python and actprune lowering code (a different one
+simply misses and compiles).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+COMPILED_CODE = "compiled-code.bin"
+
+
+def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool = False) -> tuple[bytes, dict]:
+    """Compile `program` as a regional evaluation does and run it at the shapes scoring uses (perplexity
+    windows and lm-eval batches); (the cache artifacts, a summary for report.json)."""
+    from torch._dynamo.utils import counters
+
+    from actprune_compiler.artifact import input_ranges
+    from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
+
+    (_, batch_max), (_, seq_max) = input_ranges(program)
+    options = EvalOptions(tasks=("wikitext2", "arc_easy"), seqlen=min(EvalOptions.seqlen, seq_max),
+                          batch_size=min(EvalOptions.batch_size, batch_max), regional=True)
+    shapes = warm_up_shapes(options)
+    torch.compiler.reset()  # only this program's graphs in the saved artifacts
+    before = dict(counters["inductor"])
+    runner = program_runner(program, device, options, with_mask=with_mask)
+    for batch, seqlen in shapes:
+        runner(torch.zeros(batch, seqlen, dtype=torch.long))
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        raise RuntimeError("Inductor saved no cache artifacts for the compiled program; is its cache disabled "
+                           "(TORCHINDUCTOR_FX_GRAPH_CACHE=0)?")
+    data, _ = saved
+    graphs = counters["inductor"]["fxgraph_cache_miss"] + counters["inductor"]["fxgraph_cache_hit"] \
+        - before.get("fxgraph_cache_miss", 0) - before.get("fxgraph_cache_hit", 0)
+    return data, {"file": COMPILED_CODE, "bytes": len(data), "graphs": graphs, "shapes": [list(s) for s in shapes],
+                  "regional": True, "torch": torch.__version__}
+
+
+def load_compiled_code(folder: str | Path) -> dict[str, Any] | None:
+    """Put an artifact's compiled code into the local Inductor caches; None when it carries none."""
+    path = Path(folder) / COMPILED_CODE
+    if not path.is_file():
+        return None
+    info = torch.compiler.load_cache_artifacts(path.read_bytes())
+    return {"file": str(path), "entries": {k: len(v) for k, v in vars(info).items()} if info else {}}
