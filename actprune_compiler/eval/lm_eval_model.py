@@ -33,7 +33,7 @@ log = logging.getLogger("actprune")
 CONFIG_ARGS = tuple(f.name for f in dataclasses.fields(SparsityConfig))
 # Beyond the SparsityConfig fields: where calibration text comes from, and eager (reference kernels)
 # instead of Inductor, as `actprune eval --no-compile` does.
-EXTRA_ARGS = ("calib_data", "data_dir", "compile", "freeze")
+EXTRA_ARGS = ("calib_data", "data_dir", "compile", "freeze", "regional")
 
 
 def resolve_pretrained(spec: str, dtype: str | torch.dtype) -> tuple[str, str | None]:
@@ -69,8 +69,11 @@ class ActPruneLM(HFLM):
         freeze = ours.pop("freeze", False)
         if not isinstance(freeze, bool):
             raise ValueError(f"freeze must be true or false, not {freeze!r}")
-        if not isinstance(compiled, bool):
-            raise ValueError(f"compile must be true or false, not {compiled!r}")
+        # regional=true compiles the modules inside the layers once per kind (backends/regional_modules.py)
+        regional = ours.pop("regional", False)
+        for name, value in (("compile", compiled), ("regional", regional)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, not {value!r}")
         calib_data, data_dir = ours.pop("calib_data", None), ours.pop("data_dir", None)
         # Checked before the model loads, so that a bad argument fails at once.
         self.sparsity = SparsityConfig(**ours)
@@ -92,9 +95,9 @@ class ActPruneLM(HFLM):
         # prefill and decode steps alike.
         options = {**self.sparsity.to_dict(), "inner_backend": "inductor" if compiled else "eager"}
         compile_model(self.model, options, tokenizer=self.tokenizer, calib_text=text[0] if text else None,
-                      freeze=freeze)
+                      freeze=freeze, regional=regional)
         self.actprune_info = {"pretrained": pretrained, "config": self.sparsity.to_dict(),
-                              "label": self.sparsity.label, "compiled": compiled,
+                              "label": self.sparsity.label, "compiled": compiled, "regional": regional,
                               "calibration": text[1] if text else None}
 
     def _split_documents_on_cpu(self) -> None:

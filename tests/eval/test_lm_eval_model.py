@@ -52,6 +52,25 @@ def test_registered_model_scores_and_generates_through_the_sparse_compiled_forwa
     assert len(LOG.graphs) > graphs and all(len(g.rewritten) == 14 for g in LOG.graphs)
 
 
+def test_regional_model_args_compile_the_modules_inside_the_layers_and_score_alike(tiny_dir, fresh_dynamo):
+    from lm_eval.api.registry import get_model
+
+    from actprune_compiler.backends.dynamo import LOG
+    from actprune_compiler.eval import lm_eval_model  # noqa: F401  (registers "actprune")
+
+    scores = {}
+    for regional in (False, True):
+        LOG.reset()
+        lm = get_model("actprune").create_from_arg_obj({"pretrained": str(tiny_dir), "pattern": "2:4",
+                                                         "regional": regional}, {"batch_size": 2, "device": "cpu"})
+        scores[regional] = [ll for ll, _ in lm.loglikelihood(_requests())]
+        assert lm.actprune_info["regional"] is regional
+    assert len(LOG.units) == 2 * 5 and {len(g.rewritten) for g in LOG.graphs} == {1, 3}  # projections, MLPs
+    assert scores[True] == pytest.approx(scores[False], abs=1e-4)
+    (text,) = lm.generate_until(_requests("generate_until", [("Pack my box", {"until": ["\n"], "max_gen_toks": 4})]))
+    assert isinstance(text, str)
+
+
 def test_calibrated_config_reads_calib_data_and_scores_eagerly(tiny_dir, tmp_path, fresh_dynamo):
     from actprune_compiler.backends.dynamo import LOG
     from actprune_compiler.eval.lm_eval_model import ActPruneLM
@@ -72,6 +91,8 @@ def test_actprune_arguments_are_checked_before_the_model_loads(tiny_dir):
         ActPruneLM(pretrained=str(tiny_dir), pattern="3:2")
     with pytest.raises(ValueError, match="compile must be true or false"):
         ActPruneLM(pretrained=str(tiny_dir), compile="yes")
+    with pytest.raises(ValueError, match="regional must be true or false"):
+        ActPruneLM(pretrained=str(tiny_dir), regional="yes")
     with pytest.raises(TypeError, match="pretrained must be a string"):
         ActPruneLM(pretrained=tiny_model("llama"))
 
