@@ -18,6 +18,7 @@ happened to compile first) are refused.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from typing import Any
@@ -82,13 +83,22 @@ def refuse_per_layer_values(config: SparsityConfig, options: dict[str, Any]) -> 
 def _compile_each(model: nn.Module, paths: list[str], backend: str, options: dict[str, Any] | None,
                   dynamic: bool | None, **compile_kwargs) -> None:
     """Compile each unit's forward in place, weights as inputs (no freezing): one options object for
-    all units, so Dynamo's backend check lets them share code."""
-    from actprune_compiler.backends.inductor import inference_call
-
+    all units, so Dynamo's backend check lets them share code. Inference only, like compile_model: a
+    unit runs without autograd (no_grad alone, not inference_call's config patch: a unit is called 150
+    times per token, and Inductor's freezing is off by default already)."""
     for path in paths:
         unit = model.get_submodule(path)
-        unit.forward = inference_call(torch.compile(unit.forward, backend=backend, options=options,
-                                                    dynamic=dynamic, **compile_kwargs), False)
+        unit.forward = _without_grad(torch.compile(unit.forward, backend=backend, options=options,
+                                                   dynamic=dynamic, **compile_kwargs))
+
+
+def _without_grad(compiled):
+    @functools.wraps(compiled)
+    def call(*args, **kwargs):
+        with torch.no_grad():
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 def compile_units(model: nn.Module, config: SparsityConfig, options: dict[str, Any], keep_dense: frozenset[str],
