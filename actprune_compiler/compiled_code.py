@@ -31,26 +31,39 @@ def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool
     options = EvalOptions(tasks=("wikitext2", "arc_easy"), seqlen=min(EvalOptions.seqlen, seq_max),
                           batch_size=min(EvalOptions.batch_size, batch_max), regional=True)
     shapes = warm_up_shapes(options)
-    torch.compiler.reset()  # only this program's graphs in the saved artifacts
+    from torch.compiler._cache import CacheArtifactManager
+
+    torch.compiler.reset()
+    CacheArtifactManager.clear()  # only this program's graphs in the saved artifacts (not the check's)
     before = dict(counters["inductor"])
     runner = program_runner(program, device, options, with_mask=with_mask)
     for batch, seqlen in shapes:
         runner(torch.zeros(batch, seqlen, dtype=torch.long))
     saved = torch.compiler.save_cache_artifacts()
     if saved is None:
-        raise RuntimeError("Inductor saved no cache artifacts for the compiled program; is its cache disabled "
-                           "(TORCHINDUCTOR_FX_GRAPH_CACHE=0)?")
+        raise RuntimeError("Inductor saved no cache artifacts for the compiled program, so its FX graph cache is "
+                           "off (TORCHINDUCTOR_FX_GRAPH_CACHE=0 or TORCHINDUCTOR_FORCE_DISABLE_CACHES=1): turn it on, "
+                           "or drop --compiled-code")
     data, _ = saved
-    graphs = counters["inductor"]["fxgraph_cache_miss"] + counters["inductor"]["fxgraph_cache_hit"] \
-        - before.get("fxgraph_cache_miss", 0) - before.get("fxgraph_cache_hit", 0)
+    graphs = sum(fxgraph_cache_since(before).values())
     return data, {"file": COMPILED_CODE, "bytes": len(data), "graphs": graphs, "shapes": [list(s) for s in shapes],
                   "regional": True, "torch": torch.__version__}
+
+
+def fxgraph_cache_since(before: dict[str, int]) -> dict[str, int]:
+    """Inductor's FX graph cache hits and misses counted since `before` (a copy of counters["inductor"])."""
+    from torch._dynamo.utils import counters
+
+    now = counters["inductor"]
+    return {key.removeprefix("fxgraph_cache_"): now[key] - before.get(key, 0) for key in ("fxgraph_cache_hit",
+            "fxgraph_cache_miss") if now[key] - before.get(key, 0)}
 
 
 def load_compiled_code(folder: str | Path) -> dict[str, Any] | None:
     """Put an artifact's compiled code into the local Inductor caches; None when it carries none."""
     path = Path(folder) / COMPILED_CODE
     if not path.is_file():
+        print(f"warning: {folder}'s report.json lists compiled code, but {COMPILED_CODE} is missing: compiling")
         return None
     info = torch.compiler.load_cache_artifacts(path.read_bytes())
     return {"file": str(path), "entries": {k: len(v) for k, v in vars(info).items()} if info else {}}

@@ -51,10 +51,8 @@ def cold_and_warm(model_spec: str, pattern: str | None, folder: str | Path, **kw
 
 
 def _start(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
 
-    from actprune_compiler.backends.dynamo import compile_model
-    from actprune_compiler.backends.inductor import inference_call
+    from actprune_compiler.backends.dynamo import compile_dense, compile_model
     from actprune_compiler.generation import timed_generate
     from actprune_compiler.models import load_model
     from actprune_compiler.runinfo import Timer
@@ -67,14 +65,8 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
         if args.pattern:
             compile_model(model, {"pattern": args.pattern}, tokenizer=tokenizer, freeze=args.freeze,
                           regional=args.regional)
-        elif args.regional:  # the baseline: the same modules, compiled by Inductor as it comes
-            from actprune_compiler.backends.regional_modules import compile_dense_units
-            from actprune_compiler.sparsity.config import SparsityConfig
-
-            compile_dense_units(model, SparsityConfig())
-        else:  # the baseline: Inductor as it comes, in the same freezing mode
-            model.forward = inference_call(torch.compile(model.forward, backend="inductor", dynamic=True),
-                                           freeze=args.freeze)
+        else:  # the baseline: Inductor as it comes, compiled the same way
+            compile_dense(model, freeze=args.freeze, regional=args.regional)
     ids = tokenizer("The quick brown fox jumps over the lazy dog because", return_tensors="pt").input_ids
     ready = time.perf_counter()
     with timer("generate_s"):  # compiles prefill and decode graphs (or loads them from the cache)

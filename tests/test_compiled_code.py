@@ -22,7 +22,7 @@ def actprune(*args, cache) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_eval_of_an_artifact_with_compiled_code_compiles_nothing(tiny_dir, tmp_path):
+def test_eval_of_an_artifact_with_compiled_code_takes_every_inductor_graph_from_it(tiny_dir, tmp_path):
     data = tmp_path / "data"
     Dataset.from_dict({"page": [TEXT, TEXT.upper()]}).save_to_disk(str(data / WIKITEXT_DIR / "test"))
     art = tmp_path / "art"

@@ -40,19 +40,18 @@ class GraphRecord:
     config: str
     rewritten: list[str]  # module paths whose linear became nm_linear (or got a pruned weight)
     dense: list[str]  # linears left as they were (not matched, or excluded)
+    regional_unit: bool = False  # a unit shared by the layers (regional_modules.py): paths relative to it
 
 
 @dataclass
 class BackendLog:
     graphs: list[GraphRecord] = field(default_factory=list)
-    units: list[str] = field(default_factory=list)  # modules compiled on their own (regional), by path
     # parameter -> config label; weakly keyed, so a freed model's entries die with it and a new
     # parameter at a recycled id() is never mistaken for an old one
     pruned_weights: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary)
 
     def reset(self) -> None:
         self.graphs.clear()
-        self.units.clear()
         self.pruned_weights.clear()
 
 
@@ -68,6 +67,7 @@ class BackendOptions:
     freeze: bool = True  # fold the weights as constants (inference); see backends/freeze.py
     device: torch.device | None = None  # where every graph input must be; None: wherever the model is
     learned: dict[str, LearnedLayer] | None = None  # a recovery method's weight and bias by module path
+    regional_unit: bool = False  # the graph is a unit every layer runs: no per-layer constant may go into it
 
 
 EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration statistics by module path",
@@ -75,7 +75,8 @@ EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration stat
                  "learned": "a recovery method's learned values by module path (what compile_model trains)",
                  "freeze": "fold the weights as constants (default True; they must not change afterwards)",
                  "device": "cpu, cuda or cuda:N: compile_model moves the model there; the backend refuses inputs "
-                           "elsewhere"}
+                           "elsewhere",
+                 "regional_unit": "set by compile_model(regional=True): the graph is a module every layer runs"}
 
 
 def parse_options(options: dict[str, Any] | None) -> BackendOptions:
@@ -96,6 +97,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
         raise ValueError(f"keep_dense must be a list of module paths, not the string {keep_dense!r}")
     keep_dense = frozenset(keep_dense)
     learned = options.pop("learned", None)
+    regional_unit = options.pop("regional_unit", False)
     unknown = sorted(set(options) - _CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"unknown actprune backend options {unknown}; allowed: "
@@ -115,7 +117,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if config.recovery == "none" and learned:
         raise ValueError("options['learned'] holds a recovery method's values, but the config has recovery 'none'; "
                          "set recovery to the method that learned them")
-    return BackendOptions(config, inner, stats, keep_dense, freeze, device, learned)
+    return BackendOptions(config, inner, stats, keep_dense, freeze, device, learned, regional_unit)
 
 
 def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
@@ -154,9 +156,12 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     if config.target == "weight":
         _refuse_repruning(host, config)
     rows = run_passes(host, config, parsed.stats, keep_dense=parsed.keep_dense, learned=parsed.learned)
+    if parsed.regional_unit and (added := [name for name, _ in gm.named_buffers() if name.startswith("actprune_")]):
+        raise RuntimeError(f"the passes put per-layer constants ({', '.join(added)}) into a graph every layer "
+                           "shares; this config cannot be compiled regionally")
     rewritten = [r["module"] for r in rows if r["decided"]["action"] == "sparse"]
     dense = [r["module"] for r in rows if r["decided"]["action"] == "dense"]
-    LOG.graphs.append(GraphRecord(config.label, rewritten, dense))
+    LOG.graphs.append(GraphRecord(config.label, rewritten, dense, parsed.regional_unit))
     newly = [t for t in host.overwritten if t not in LOG.pruned_weights]
     if newly:  # a recompile prunes the same weights again, to the same values: say it once
         for tensor in newly:
@@ -198,6 +203,7 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     always specialised), and every new prompt length recompiles.
     regional=True compiles the modules inside the layers instead of the model (regional_modules.py):
     one compiled MLP and one per projection shape serve every layer, and the rest runs eagerly.
+    It raises Dynamo's recompile limit to regional_modules.RECOMPILE_LIMIT for the whole process.
     """
     from actprune_compiler.backends.inductor import inference_call
     from actprune_compiler.calibration.prepare import prepare
@@ -209,7 +215,7 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     if regional:
         from actprune_compiler.backends.regional_modules import refuse_per_layer_values
 
-        refuse_per_layer_values(config, {**options, "freeze": freeze})  # before any calibration or training
+        refuse_per_layer_values(config, freeze)  # before any calibration or training
     prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"),
                        keep_dense=options.get("keep_dense"), learned=options.get("learned"))
     options.update(stats=prepared.stats, keep_dense=prepared.keep_dense, learned=prepared.learned)
@@ -221,10 +227,26 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     if regional:
         from actprune_compiler.backends.regional_modules import compile_units
 
-        LOG.units.extend(compile_units(model, config, options, parsed.keep_dense, dynamic, **compile_kwargs))
+        compile_units(model, config, options, parsed.keep_dense, dynamic, **compile_kwargs)
         return model
     compiled = torch.compile(model.forward, backend="actprune", options=options, dynamic=dynamic, **compile_kwargs)
     model.forward = inference_call(compiled, freeze)
+    return model
+
+
+def compile_dense(model: nn.Module, config: SparsityConfig | None = None, *, freeze: bool = False,
+                  regional: bool = False) -> nn.Module:
+    """The baseline for compile_model: the dense model compiled the same way by Inductor as it comes
+    (regional: the units compile_model would compile for `config`, nothing pruned)."""
+    from actprune_compiler.backends.inductor import inference_call
+
+    if regional:
+        from actprune_compiler.backends.regional_modules import compile_dense_units, refuse_per_layer_values
+
+        refuse_per_layer_values(SparsityConfig(), freeze)
+        compile_dense_units(model, config or SparsityConfig())
+    else:
+        model.forward = inference_call(torch.compile(model.forward, backend="inductor", dynamic=True), freeze)
     return model
 
 
@@ -235,11 +257,15 @@ def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = Non
 
     from actprune_compiler.backends.regional_modules import unit_of
 
-    seen = {path for g in LOG.graphs for path in g.rewritten}  # module paths; inside a regional unit, relative
+    seen = {path for g in LOG.graphs if not g.regional_unit for path in g.rewritten}
+    # Inside a regional unit, paths are relative to it ('' for a unit that is one linear); units compile
+    # with fullgraph=True, so a unit whose relative path was rewritten never runs eagerly.
+    seen_in_units = {path for g in LOG.graphs if g.regional_unit for path in g.rewritten}
+    units = getattr(model, "actprune_units", [])
 
     def rewritten(path: str) -> bool:
-        inside = unit_of(path, LOG.units)
-        return path in seen or (inside is not None and inside[1] in seen)
+        inside = unit_of(path, units)
+        return inside[1] in seen_in_units if inside is not None else path in seen
 
     out = {"graphs_compiled": len(LOG.graphs),  # for one compiled forward: 1 + its recompilations
            "dynamo_frames_compiled": counters["frames"]["ok"],
@@ -247,7 +273,7 @@ def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = Non
            "rewritten_per_graph": [len(g.rewritten) for g in LOG.graphs],
            "dense_linears_per_graph": [len(g.dense) for g in LOG.graphs],
            "configs": sorted({g.config for g in LOG.graphs}),
-           "regional_units": len(LOG.units)}
+           "regional_units": len(getattr(model, "actprune_units", []))}
     if model is not None:
         wanted = modules or SparsityConfig().modules
         linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches(name, wanted)]

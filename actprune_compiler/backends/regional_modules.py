@@ -11,9 +11,11 @@ compiled graph, and compile time no longer grows with depth. Norms, rotary table
 the embedding and lm_head run eagerly.
 
 One compiled graph serves many layers, so nothing in it may be specific to one layer: which linears are
-pruned is decided here, on the model's real module paths, and configs with per-layer values (calibrated
-criteria or corrections, recovery) or a weight target (which prunes the weights of the layer that
-happened to compile first) are refused.
+pruned is decided here, on the model's real module paths, and configs with per-layer values (criteria
+scaled by weight norms or calibration statistics, corrections, recovery) or a weight target (which
+prunes the weights of the layer that happened to compile first) are refused. Units compile with
+fullgraph=True, so a unit Dynamo cannot compile (a graph break, its recompile limit) is an error, never
+an eager dense layer.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from torch import nn
 
 from actprune_compiler.sparsity.config import SparsityConfig, matches
 
-_CACHE_ARGUMENT = re.compile(r"cache|past_key", re.IGNORECASE)
+_CACHE_ARGUMENT = re.compile(r"cache|past_key|layer_past", re.IGNORECASE)
+# Every single-linear unit shares nn.Linear.forward's code: each (shape, bias) kind takes up to four graphs
+# (batch 1 or more, prefill or decode), past Dynamo's default limit of 8 for three kinds.
+RECOMPILE_LIMIT = 64
 _INSIDE_A_BLOCK = re.compile(r"(^|\.)\d+\.")  # below a child of a ModuleList: model.layers.3.mlp
 
 
@@ -38,9 +43,11 @@ def takes_cache(module: nn.Module) -> bool:
 
 
 def pruned_linears(model: nn.Module, config: SparsityConfig, keep_dense: frozenset[str]) -> set[str]:
-    """Module paths of the linears the config prunes (what the passes would select on a whole graph)."""
+    """Module paths of the linears the config prunes: the passes' own decision, on the real paths."""
+    from actprune_compiler.passes.select_linears import decide
+
     return {path for path, module in model.named_modules() if isinstance(module, nn.Linear)
-            and matches(path, config.modules) and not matches(path, config.exclude) and path not in keep_dense}
+            and matches(path, config.modules) and decide(path, module.in_features, config, keep_dense).is_sparse}
 
 
 def units(model: nn.Module, pruned: set[str]) -> list[str]:
@@ -64,41 +71,49 @@ def units(model: nn.Module, pruned: set[str]) -> list[str]:
     return found
 
 
-def refuse_per_layer_values(config: SparsityConfig, options: dict[str, Any]) -> None:
-    """One compiled unit serves every layer: refuse what would differ from layer to layer, in one sentence."""
+def refuse_per_layer_values(config: SparsityConfig, freeze: bool, how: str = "regional=False") -> None:
+    """One compiled unit serves every layer: refuse what would differ from layer to layer, in one sentence.
+    `how` names the switch that turns regional compilation off where the user turned it on."""
+    from actprune_compiler.sparsity.criteria import CRITERIA
+
     why = None
     if config.target == "weight":
         why = "a weight target prunes the weights of the one layer whose call compiled the shared graph"
     elif config.needs_statistics():
         why = f"config {config.label!r} uses calibration statistics, which differ from layer to layer"
+    elif CRITERIA[config.criterion].static_scale is not None:
+        why = f"criterion {config.criterion!r} scales scores by each layer's own weights"
     elif config.recovery != "none":
         why = f"recovery {config.recovery!r} learns values for each layer"
-    elif options.get("freeze"):
+    elif freeze:
         why = "freezing would bake the first layer's weights into the graph every layer runs"
     if why:
         raise ValueError(f"regional compilation shares one compiled graph among layers, but {why}; "
-                         "compile the whole model (regional=False) instead")
+                         f"compile the whole model instead ({how})")
 
 
 def _compile_each(model: nn.Module, paths: list[str], backend: str, options: dict[str, Any] | None,
                   dynamic: bool | None, **compile_kwargs) -> None:
     """Compile each unit's forward in place, weights as inputs (no freezing): one options object for
-    all units, so Dynamo's backend check lets them share code. Inference only, like compile_model: a
-    unit runs without autograd (no_grad alone, not inference_call's config patch: a unit is called 150
-    times per token, and Inductor's freezing is off by default already)."""
+    all units, so Dynamo's backend check lets them share code. Inference only, like compile_model: the
+    model's forward runs without autograd (once per call, not per unit: a unit is called 150 times per
+    token)."""
+    if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
+        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+    compile_kwargs.setdefault("fullgraph", True)
     for path in paths:
         unit = model.get_submodule(path)
-        unit.forward = _without_grad(torch.compile(unit.forward, backend=backend, options=options,
-                                                   dynamic=dynamic, **compile_kwargs))
+        unit.forward = torch.compile(unit.forward, backend=backend, options=options, dynamic=dynamic,
+                                     **compile_kwargs)
+    forward = model.forward
 
-
-def _without_grad(compiled):
-    @functools.wraps(compiled)
-    def call(*args, **kwargs):
+    @functools.wraps(forward)
+    def without_grad(*args, **kwargs):
         with torch.no_grad():
-            return compiled(*args, **kwargs)
+            return forward(*args, **kwargs)
 
-    return call
+    model.forward = without_grad
+    model.actprune_units = paths  # what report() looks for: the units of this model
 
 
 def compile_units(model: nn.Module, config: SparsityConfig, options: dict[str, Any], keep_dense: frozenset[str],
@@ -109,10 +124,12 @@ def compile_units(model: nn.Module, config: SparsityConfig, options: dict[str, A
     only linears chosen here, on the model's real paths."""
     pruned = pruned_linears(model, config, keep_dense)
     if not pruned:
-        raise ValueError(f"no linear layer of this model matches modules {list(config.modules)} "
-                         f"(exclude {list(config.exclude)}), so there is nothing to compile regionally")
+        raise ValueError(f"no linear layer of this model is pruned by {config.label!r} (modules "
+                         f"{list(config.modules)}, exclude {list(config.exclude)}, {len(keep_dense)} kept dense), "
+                         "so there is nothing to compile regionally")
     paths = units(model, pruned)
-    shared = {**options, "modules": ["*"], "exclude": [], "keep_dense": [], "freeze": False}
+    shared = {**options, "modules": ["*"], "exclude": [], "keep_dense": [], "skip_sensitive": 0, "freeze": False,
+              "regional_unit": True}
     _compile_each(model, paths, "actprune", shared, dynamic, **compile_kwargs)
     return paths
 

@@ -28,7 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="skip the check (a few rewritten layers compiled by Inductor vs the reference, float64)")
     p.add_argument("--compiled-code", action="store_true",
                    help="also compile the program (regionally) and store Inductor's cache artifacts in the folder, "
-                        "so 'actprune eval --model OUT --regional' starts without compiling")
+                        "so 'actprune eval --model OUT --regional' takes Inductor's code from it instead of compiling")
     p.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
     return p
 

@@ -18,6 +18,7 @@ from actprune_compiler.commands.common import (
 )
 from actprune_compiler.generation import several_compiled_models, timed_generate
 from actprune_compiler.runinfo import Timer, format_times
+from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.tables import format_table
 
 
@@ -37,26 +38,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, Any] | None, *, tokenizer=None,
-                calib_text: str | None = None, regional: bool = False) -> dict[str, Any]:
+                calib_text: str | None = None, regional: bool = False,
+                config: SparsityConfig | None = None) -> dict[str, Any]:
     """Compile (a warm-up generate builds the prefill and decode graphs), then time a second run.
 
     times: setup_s (calibration, when the method needs it), compile_s (the warm-up generate: Dynamo,
     actprune's passes and Inductor, or Inductor's cache on a warm start, plus one run), run_s (the timed
     generate); first_token_s: from the start of setup to the warm-up's first token."""
     from actprune_compiler.backends import dynamo
-    from actprune_compiler.backends.inductor import inference_call
-    from actprune_compiler.backends.regional_modules import compile_dense_units
-    from actprune_compiler.sparsity.config import SparsityConfig
+    from actprune_compiler.backends.regional_modules import refuse_per_layer_values
 
     dynamo.LOG.reset()
     timer = Timer()
     with timer("setup_s"):
-        if options is None and regional:  # the baseline: the same modules, compiled by Inductor as it comes
-            compile_dense_units(model, SparsityConfig())
-        elif options is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
-            model.forward = inference_call(torch.compile(model.forward, backend="inductor", dynamic=True),
-                                           freeze=False)
+        if options is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
+            dynamo.compile_dense(model, config, regional=regional)
         else:
+            if regional:  # refused in the user's words before anything loads or calibrates
+                refuse_per_layer_values(config or SparsityConfig(), False, how="drop --regional")
             dynamo.compile_model(model, options, tokenizer=tokenizer, calib_text=calib_text, regional=regional)
     with timer("compile_s"):
         first = timed_generate(model, ids, new_tokens)
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     for name, options in variants.items():
         with several_compiled_models():
             result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options, tokenizer=tokenizer,
-                                 calib_text=calib_text, regional=args.regional)
+                                 calib_text=calib_text, regional=args.regional, config=config)
         print(f"\n[{name}] {args.prompt}{tokenizer.decode(result['tokens'], skip_special_tokens=True)}")
         print(f"{format_times({'load_s': load_s, **result['times']})}; first token {result['first_token_s']:.1f} s "
               "after the load")

@@ -18,7 +18,10 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
     the dtype it was compiled in, with its model's tokenizer and config (never its weights).
 
     The result is the one a fresh `evaluate(model, config, ...)` gives, plus "artifact": the folder."""
+    from torch._dynamo.utils import counters
+
     from actprune_compiler.artifact import load_program, load_report
+    from actprune_compiler.compiled_code import fxgraph_cache_since
 
     wall = time.perf_counter()
     report = report if report is not None else load_report(folder)
@@ -28,6 +31,7 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
         program = load_program(folder)
     check_window_shapes(program, options, folder)
     compiled_code = _compiled_code(folder, report, options)
+    before = dict(counters["inductor"])
     device = report["device"]
     runner = program_runner(program, device, options, with_mask="attention_mask" in report.get("inputs", ()))
     made = {"model": report["model"], "model_class": report["model_class"], "device": device,
@@ -37,10 +41,7 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
     result = score(runner, stand_in, tokenizer, options, wall, timer.seconds, made,
                    replaced=report["totals"]["replaced"], calibration=report.get("calibration"))
     if compiled_code:  # how many graphs came from it: every one, unless torch or actprune's lowering changed
-        from torch._dynamo.utils import counters
-
-        compiled_code["fxgraph_cache"] = {k.removeprefix("fxgraph_cache_"): v for k, v in counters["inductor"].items()
-                                          if k.startswith("fxgraph_cache_")}
+        compiled_code["fxgraph_cache"] = fxgraph_cache_since(before)
     return result
 
 
@@ -53,7 +54,8 @@ def _compiled_code(folder: str | Path, report: dict[str, Any], options: EvalOpti
         return None
     if not (options.compile and options.regional):
         print(f"note: {folder} carries compiled code for regional compilation; this evaluation compiles "
-              f"{'nothing' if not options.compile else 'the whole graph'} and does not use it (add --regional)")
+              f"{'nothing (--no-compile)' if not options.compile else 'the whole graph (add --regional to use it)'}"
+              " and does not use it")
         return None
     return load_compiled_code(folder)
 

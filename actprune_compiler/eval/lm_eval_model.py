@@ -77,6 +77,10 @@ class ActPruneLM(HFLM):
         calib_data, data_dir = ours.pop("calib_data", None), ours.pop("data_dir", None)
         # Checked before the model loads, so that a bad argument fails at once.
         self.sparsity = SparsityConfig(**ours)
+        if regional:
+            from actprune_compiler.backends.regional_modules import refuse_per_layer_values
+
+            refuse_per_layer_values(self.sparsity, freeze, how="drop regional=true")
         needs_text = self.sparsity.needs_calibration() or self.sparsity.skip_sensitive
         text = calibration_text(calib_data, data_dir) if needs_text else None
 

@@ -9,7 +9,7 @@ import torch
 from torch import fx
 
 from actprune_compiler.graph_host import GraphHost
-from actprune_compiler.sparsity.config import Pattern, SparsityConfig, matches
+from actprune_compiler.sparsity.config import SparsityConfig, matches
 from actprune_compiler.sparsity.decision import LayerDecision
 
 # aten.linear in exported graphs (rewrite before decomposing); torch-level linear in Dynamo graphs.
@@ -82,20 +82,21 @@ def _weight_shape(node: fx.Node) -> tuple[int, int]:
     return int(in_features), int(out_features)
 
 
-def _decide(site: LinearSite, config: SparsityConfig, pattern: Pattern, keep_dense: frozenset[str]) -> LayerDecision:
-    if matches(site.path, config.exclude):
+def decide(path: str, in_features: int, config: SparsityConfig, keep_dense: frozenset[str]) -> LayerDecision:
+    """The config's decision about a matched linear layer (module path, input features)."""
+    if matches(path, config.exclude):
         return LayerDecision.dense("excluded")
-    if site.path in keep_dense:
+    if path in keep_dense:
         return LayerDecision.dense("sensitive")
-    n, m = pattern.group(site.in_features)
-    if site.in_features % m:
+    n, m = config.parsed_pattern.group(in_features)
+    if in_features % m:
         raise ValueError(
-            f"layer {site.path} has {site.in_features} input features, not a multiple of M={m} "
-            f"(pattern {config.pattern}); choose a pattern whose M divides {site.in_features} "
-            f"or leave the layer dense with exclude={site.path!r}")
+            f"layer {path} has {in_features} input features, not a multiple of M={m} "
+            f"(pattern {config.pattern}); choose a pattern whose M divides {in_features} "
+            f"or leave the layer dense with exclude={path!r}")
     if not 0 < n < m:
         raise ValueError(
-            f"pattern {config.pattern} keeps {n} of the {m} input features of layer {site.path}, which is "
+            f"pattern {config.pattern} keeps {n} of the {m} input features of layer {path}, which is "
             f"{'no sparsity' if n else 'nothing'}; choose a ratio that keeps between 1 and {m - 1} of them")
     return LayerDecision.sparse(config.target, n, m)
 
@@ -115,7 +116,7 @@ def select_linears(host: GraphHost, config: SparsityConfig,
         site = LinearSite(node, module_path(node, host.module_prefix), in_features, out_features)
         site.before = site.after = format_node(node)
         if matches(site.path, config.modules):
-            site.decision = _decide(site, config, config.parsed_pattern, keep_dense)
+            site.decision = decide(site.path, site.in_features, config, keep_dense)
         sites.append(site)
     matched = [s for s in sites if matches(s.path, config.modules)]
     if sites and not matched:

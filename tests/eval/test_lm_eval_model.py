@@ -65,7 +65,7 @@ def test_regional_model_args_compile_the_modules_inside_the_layers_and_score_ali
                                                          "regional": regional}, {"batch_size": 2, "device": "cpu"})
         scores[regional] = [ll for ll, _ in lm.loglikelihood(_requests())]
         assert lm.actprune_info["regional"] is regional
-    assert len(LOG.units) == 2 * 5 and {len(g.rewritten) for g in LOG.graphs} == {1, 3}  # projections, MLPs
+    assert len(lm.model.actprune_units) == 2 * 5 and {len(g.rewritten) for g in LOG.graphs} == {1, 3}
     assert scores[True] == pytest.approx(scores[False], abs=1e-4)
     (text,) = lm.generate_until(_requests("generate_until", [("Pack my box", {"until": ["\n"], "max_gen_toks": 4})]))
     assert isinstance(text, str)
