@@ -166,13 +166,12 @@ def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_
 
 def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int,
                     repeats: int) -> dict[str, dict]:
-    from actprune_compiler.backends.dynamo import compile_model
-    from actprune_compiler.backends.inductor import inference_call
+    from actprune_compiler.backends.dynamo import compile_dense, compile_model
     from actprune_compiler.generation import timed_generate
 
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=model_device(model))
     dense_c, pruned_c, plain_c, regional_c = (copy.deepcopy(model) for _ in range(4))
-    dense_c.forward = inference_call(torch.compile(dense_c.forward, backend="inductor", dynamic=True), freeze=True)
+    compile_dense(dense_c, freeze=True)
     compile_model(pruned_c, config.to_dict(), freeze=True)  # as the dense baseline: peak speed
     plain_c.forward = torch.compile(plain_c.forward, backend="actprune", options=config.to_dict())
     compile_model(regional_c, config.to_dict(), regional=True)

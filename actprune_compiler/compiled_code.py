@@ -23,6 +23,7 @@ def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool
     """Compile `program` as a regional evaluation does and run it at the shapes scoring uses (perplexity
     windows and lm-eval batches); (the cache artifacts, a summary for report.json)."""
     from torch._dynamo.utils import counters
+    from torch.compiler._cache import CacheArtifactManager
 
     from actprune_compiler.artifact import input_ranges
     from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
@@ -31,8 +32,6 @@ def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool
     options = EvalOptions(tasks=("wikitext2", "arc_easy"), seqlen=min(EvalOptions.seqlen, seq_max),
                           batch_size=min(EvalOptions.batch_size, batch_max), regional=True)
     shapes = warm_up_shapes(options)
-    from torch.compiler._cache import CacheArtifactManager
-
     torch.compiler.reset()
     CacheArtifactManager.clear()  # only this program's graphs in the saved artifacts (not the check's)
     before = dict(counters["inductor"])

@@ -51,7 +51,6 @@ def cold_and_warm(model_spec: str, pattern: str | None, folder: str | Path, **kw
 
 
 def _start(args: argparse.Namespace) -> dict[str, Any]:
-
     from actprune_compiler.backends.dynamo import compile_dense, compile_model
     from actprune_compiler.generation import timed_generate
     from actprune_compiler.models import load_model

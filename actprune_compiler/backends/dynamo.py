@@ -273,7 +273,7 @@ def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = Non
            "rewritten_per_graph": [len(g.rewritten) for g in LOG.graphs],
            "dense_linears_per_graph": [len(g.dense) for g in LOG.graphs],
            "configs": sorted({g.config for g in LOG.graphs}),
-           "regional_units": len(getattr(model, "actprune_units", []))}
+           "regional_units": len(units)}
     if model is not None:
         wanted = modules or SparsityConfig().modules
         linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches(name, wanted)]

@@ -46,7 +46,6 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
     actprune's passes and Inductor, or Inductor's cache on a warm start, plus one run), run_s (the timed
     generate); first_token_s: from the start of setup to the warm-up's first token."""
     from actprune_compiler.backends import dynamo
-    from actprune_compiler.backends.regional_modules import refuse_per_layer_values
 
     dynamo.LOG.reset()
     timer = Timer()
@@ -54,8 +53,6 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
         if options is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
             dynamo.compile_dense(model, config, regional=regional)
         else:
-            if regional:  # refused in the user's words before anything loads or calibrates
-                refuse_per_layer_values(config or SparsityConfig(), False, how="drop --regional")
             dynamo.compile_model(model, options, tokenizer=tokenizer, calib_text=calib_text, regional=regional)
     with timer("compile_s"):
         first = timed_generate(model, ids, new_tokens)
@@ -73,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config is None:
         raise ValueError("actprune generate needs a pattern such as 8:16")
+    if args.regional:  # refused in the user's words before anything loads or calibrates
+        from actprune_compiler.backends.regional_modules import refuse_per_layer_values
+
+        refuse_per_layer_values(config, False, how="drop --regional")
     calib_text, _ = calibration_input(args, config)  # missing calibration data fails before the model loads
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, args.dtype, args.device)
