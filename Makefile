@@ -35,5 +35,5 @@ test-fast: setup
 # tests wait on Inductor's single-threaded compiles, so two workers finish in well under the serial time.
 JOBS ?= $(shell nproc)
 test: lint
-	$(PY) -m pytest -q -n $(JOBS) -m "not slow"
-	$(PY) -m pytest -q -n $(JOBS) -m slow
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow" --durations=15
+	$(PY) -m pytest -q -n $(JOBS) -m slow --durations=5

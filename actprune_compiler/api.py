@@ -28,6 +28,7 @@ from actprune_compiler.passes.select_linears import LINEAR_TARGETS
 from actprune_compiler.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.decision import LayerDecision
+from actprune_compiler.sparsity.rotation import rotation_cost
 from actprune_compiler.sparsity.stats import LayerStats
 
 __all__ = ["SparsifiedProgram", "compile_model", "compile_program", "count_ops", "layer_totals", "load_model",
@@ -102,6 +103,6 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
     report = {"config": config.to_dict(), "label": config.label,
               "inputs": ["input_ids", "attention_mask"] if with_attention_mask else ["input_ids"],
               "totals": layer_totals(layers), "graph_ops": count_ops(program.graph), "calibration": prepared.summary,
-              "recovery": prepared.recovery,
+              "recovery": prepared.recovery, "rotation": rotation_cost(layers) if config.rotation != "none" else None,
               "excluded_as_sensitive": prepared.keep_dense, "timings": timer.seconds, "layers": layers}
     return SparsifiedProgram(program, config, layers, report)

@@ -16,6 +16,7 @@ from actprune_compiler.recovery.methods import BATCH, DEFAULT_LR, RECOVERY, WEIG
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, RECOVERY_STEPS, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
+from actprune_compiler.sparsity.rotation import ROTATIONS
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -173,6 +174,13 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8
     p.add_argument("--recovery-lr", type=positive_float, default=None,
                    help=f"Adam's learning rate for the learned vectors (weights: {WEIGHT_LR_RATIO} of it); "
                         f"default {DEFAULT_LR}")
+    p.add_argument("--rotation", default="none", choices=list(ROTATIONS),
+                   help="pca: mask each input in the principal directions of its calibration inputs, interleaved "
+                        "across groups (W Q folded; x @ Q runs at run time, its cost is reported); "
+                        "pca_contiguous: the same in rank order (the ablation)")
+    p.add_argument("--rotation-block", type=non_negative_int, default=0,
+                   help="rotate within blocks of this many features (a multiple of M): K*B extra multiply-adds "
+                        "per token instead of K*K; 0: the whole input")
     p.add_argument("--calib-samples", type=positive_int, default=16, help="calibration sequences")
     p.add_argument("--calib-seqlen", type=positive_int, default=512, help="tokens per calibration sequence")
 
@@ -186,7 +194,8 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
                           exclude=tuple(x for x in args.exclude.split(",") if x.strip()),
                           skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
                           calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat, recovery=args.recovery,
-                          recovery_steps=args.recovery_steps, recovery_lr=args.recovery_lr)
+                          recovery_steps=args.recovery_steps, recovery_lr=args.recovery_lr,
+                          rotation=args.rotation, rotation_block=args.rotation_block)
 
 
 def recovery_line(learned: dict) -> str:
@@ -194,6 +203,13 @@ def recovery_line(learned: dict) -> str:
     return (f"recovery {learned['method']}: {learned['steps']} steps on {learned['train_tokens']:,} calibration "
             f"tokens ({learned['seconds']:.0f} s{', read from the store' if learned['from_store'] else ''}); "
             f"held-out KL to dense {learned['kl_held_out_before']:.4f} -> {learned['kl_held_out_after']:.4f}")
+
+
+def rotation_line(cost: dict) -> str:
+    """One line on what the rotations cost at run time (compile and eval print it)."""
+    return (f"rotation: {cost['rotations']} x @ Q products serve {cost['rotated_layers']} layers, "
+            f"{cost['macs_per_token']:,} extra multiply-adds per token = {cost['extra_flops_fraction']:.1%} of the "
+            f"pruned GEMMs' (dense) work; {cost['constant_values']:,} constant values")
 
 
 def calibration_input(args: argparse.Namespace, config: SparsityConfig | None) -> tuple[str | None, str]:

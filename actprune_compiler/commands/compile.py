@@ -12,6 +12,7 @@ from actprune_compiler.commands.common import (
     calibration_input,
     config_from_args,
     recovery_line,
+    rotation_line,
 )
 from actprune_compiler.devices import placement
 from actprune_compiler.runinfo import format_times
@@ -56,6 +57,8 @@ def print_summary(report: dict[str, Any]) -> None:
           f"graph: {ops['nm_linear']} nm_linear, {ops['linear']} linear")
     if learned := report.get("recovery"):
         print(recovery_line(learned))
+    if rotation := report.get("rotation"):
+        print(rotation_line(rotation))
     print(format_times(t))
     if check := report.get("check"):
         print(check["line"])

@@ -18,6 +18,7 @@ from actprune_compiler.commands.common import (
     non_negative_int,
     positive_int,
     recovery_line,
+    rotation_line,
     task_list,
 )
 from actprune_compiler.eval.perplexity import BOS_MODES
@@ -264,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([row], list(row)))
     if learned := (result.get("calibration") or {}).get("recovery"):
         print(recovery_line(learned))
+    if rotation := (result.get("calibration") or {}).get("rotation"):
+        print(rotation_line(rotation))
     print(format_times({**result["stages_s"], "run_s": result["runtime_s"]}))
     if args.output:
         write_result(args.output, result)

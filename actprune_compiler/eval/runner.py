@@ -80,8 +80,9 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
         text, source = calib_text if needs_text else (None, "")
         sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
         program, calibration = sparsified.program, sparsified.report["calibration"]
-        if sparsified.report["recovery"]:  # what was learned, and what it cost, beside the statistics
-            calibration = {**(calibration or {}), "recovery": sparsified.report["recovery"]}
+        for method in ("recovery", "rotation"):  # what was learned or built, and what it costs, beside the statistics
+            if sparsified.report[method]:
+                calibration = {**(calibration or {}), method: sparsified.report[method]}
         timer.seconds.update(sparsified.report["timings"])
     return program_runner(program, model_device(model), options), sparsified, calibration, timer.seconds
 

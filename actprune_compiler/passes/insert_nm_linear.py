@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import fx
 
 from actprune_compiler.graph_host import GraphHost
 from actprune_compiler.passes.select_linears import LinearSite, format_node
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.constants import LayerConstants, layer_constants
+from actprune_compiler.sparsity.rotation import block_width, rotation_macs
 from actprune_compiler.sparsity.stats import LayerStats
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
 
     learned: a recovery method's weight and bias per module path; its weight replaces the layer's."""
     made = {}
+    rotated: dict[fx.Node, tuple[torch.Tensor, fx.Node]] = {}  # an input's x @ Q, reused by layers sharing x and Q
     for site in (s for s in sites if s.selected):
         weight = host.value(site.weight)
         # the seed's module swap (config.drop_bias) computes x·Wᵀ without the layer's bias
@@ -36,22 +39,42 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
         if consts.bias is not None:  # a new constant: the model's own bias parameter stays untouched
             kind = "learned_bias" if mine is not None else "corrected_bias"
             bias_node = host.add_constant(f"{site.path}.{kind}", consts.bias)
-        weight_node = site.weight
+        weight_node, x_node = site.weight, site.x
         if consts.weight is not None:
-            weight_node = host.substitute(weight_node, f"{site.path}.learned_weight", consts.weight)
+            kind = "rotated_weight" if consts.rotation is not None else "learned_weight"
+            weight_node = host.substitute(weight_node, f"{site.path}.{kind}", consts.weight)
+        if consts.rotation is not None:
+            x_node = _rotate(host, site, consts, config.rotation_block, rotated)
         kwargs = {"criterion": config.criterion, "correction": config.correction}
         for name in ("score_scale", "shift"):
             if (t := getattr(consts, name)) is not None:
                 kwargs[name] = host.add_constant(f"{site.path}.{name}", t)
         with host.graph.inserting_before(site.node):
             new = host.graph.call_function(torch.ops.actprune.nm_linear.default,
-                                           (site.x, weight_node, bias_node, site.n, site.m), kwargs)
+                                           (x_node, weight_node, bias_node, site.n, site.m), kwargs)
         new.meta.update(site.node.meta)
         new.meta["actprune"] = {"module": site.path, "pattern": f"{site.n}:{site.m}",
-                                "criterion": config.criterion, "correction": config.correction}
+                                "criterion": config.criterion, "correction": config.correction,
+                                **({"rotation": config.label} if consts.rotation is not None else {})}
         site.node.replace_all_uses_with(new)
         host.graph.erase_node(site.node)
         site.node = new
         site.after = format_node(new)
         made[site.path] = consts
     return made
+
+
+def _rotate(host: GraphHost, site: LinearSite, consts: LayerConstants, block: int,
+            rotated: dict[fx.Node, tuple[torch.Tensor, fx.Node]]) -> fx.Node:
+    """The node computing site.x @ Q: a new one (its cost counted in consts.rotation_macs), or the one a
+    layer with the same input and the same Q made (q/k/v and gate/up see the same calibration inputs)."""
+    q = consts.rotation
+    if (done := rotated.get(site.x)) is not None and torch.equal(done[0], q):
+        return done[1]
+    q_node = host.add_constant(f"{site.path}.rotation", q)
+    with host.graph.inserting_before(site.node):
+        node = host.graph.call_function(torch.ops.aten.matmul.default, (site.x, q_node))
+    node.meta.update(site.x.meta)  # same shape and dtype as x; export's serialiser needs its "val"
+    consts.rotation_macs = rotation_macs(site.in_features, block_width(block, site.in_features, site.m, site.path))
+    rotated[site.x] = (q, node)
+    return node

@@ -109,6 +109,10 @@ class SparsityConfig:
                 layer's weight and bias (see actprune_compiler.recovery.methods); no run-time cost.
     recovery_steps / recovery_lr: optimiser steps (4 sequences of calib_seqlen each) and Adam's rate
                 (None: the method's default).
+    rotation:   "pca": mask each input in the basis of its calibration inputs' principal directions,
+                interleaved across groups; W Q is folded, x @ Q runs at run time (sparsity/rotation.py).
+                "pca_contiguous": the same, directions in rank order (the ablation).
+    rotation_block: rotate within blocks of this many features (a multiple of M); 0: the whole input.
     """
 
     pattern: str = "8:16"
@@ -124,6 +128,8 @@ class SparsityConfig:
     recovery: str = "none"
     recovery_steps: int = RECOVERY_STEPS
     recovery_lr: float | None = None
+    rotation: str = "none"
+    rotation_block: int = 0
 
     def __post_init__(self) -> None:
         # Normalise first so that equal configs compare (and serialise) equal.
@@ -149,6 +155,7 @@ class SparsityConfig:
             raise ValueError("drop_bias reproduces the seed's activation-pruning module swap; its weight pruning "
                              "keeps the bias, so use drop_bias with target 'activation' only")
         self._check_recovery()
+        self._check_rotation()
         if not isinstance(self.skip_sensitive, int) or self.skip_sensitive < 0:
             raise ValueError(f"skip_sensitive must be a non-negative integer, got {self.skip_sensitive!r}")
         if self.skip_sensitive and self.target == "weight":
@@ -180,6 +187,34 @@ class SparsityConfig:
             raise ValueError(f"recovery {self.recovery!r} starts from the calibrated bias and learns it further; "
                              "use another correction than 'bias' with it")
 
+    def _check_rotation(self) -> None:
+        from actprune_compiler.sparsity.corrections import CORRECTIONS
+        from actprune_compiler.sparsity.criteria import CRITERIA
+        from actprune_compiler.sparsity.rotation import ROTATIONS
+
+        _choice("rotation", self.rotation, tuple(ROTATIONS))
+        block = self.rotation_block
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0:
+            raise ValueError(f"rotation_block must be a non-negative integer (0: the whole input), got {block!r}")
+        if self.rotation == "none":
+            if block:
+                raise ValueError("rotation_block sets the width of a rotation; choose one with rotation='pca' "
+                                 "or leave it at 0")
+            return
+        # what would be measured or learned in the unrotated basis and applied in the rotated one
+        clash = ("a weight target" if self.target == "weight"
+                 else f"recovery {self.recovery!r}" if self.recovery != "none"
+                 else f"correction {self.correction!r}" if CORRECTIONS[self.correction].needs_calibration
+                 else f"criterion {self.criterion!r}" if CRITERIA[self.criterion].needs_calibration
+                 else f"skip_sensitive={self.skip_sensitive}" if self.skip_sensitive else None)
+        if clash:
+            raise ValueError(f"rotation {self.rotation!r} masks activations in a rotated basis, and {clash} is "
+                             "calibrated or applied in the original one; use the rotation with an activation target, "
+                             "a run-time correction (none, variance, shift_mean, shift_median) and no recovery")
+        if block and block % self.parsed_pattern.group(block)[1]:
+            raise ValueError(f"rotation_block={block} is not a multiple of the pattern's M; allowed: 0 (the whole "
+                             "input) or a multiple of M")
+
     @property
     def parsed_pattern(self) -> Pattern:
         return parse_pattern(self.pattern)
@@ -201,6 +236,8 @@ class SparsityConfig:
             parts.append("excl " + ",".join(self.exclude))
         if self.recovery != "none":
             parts.append(f"{self.recovery}({self.recovery_steps})")
+        if self.rotation != "none":
+            parts.append(self.rotation + (f"/{self.rotation_block}" if self.rotation_block else ""))
         if self.drop_bias:
             parts.append("seed-compat (no bias)")
         return " ".join(parts)
@@ -234,7 +271,8 @@ class SparsityConfig:
         from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 
         registry = CRITERIA if self.target == "activation" else WEIGHT_CRITERIA
-        return registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
+        return (registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
+                or self.rotation != "none")
 
     def needs_calibration(self) -> bool:
         """Whether anything runs the eager model over calibration text: statistics, or a recovery method."""

@@ -79,6 +79,10 @@ def fails_at_once(argv: list[str], fragment: str, root: Path, capfd) -> str:
     (["--recovery-steps", "-3"], "argument --recovery-steps: -3 is too small"),
     (["--recovery-lr", "0"], "argument --recovery-lr: 0 is out of range; it must be a positive finite number"),
     (["--recovery-lr", "fast"], "argument --recovery-lr: 'fast' is not a number"),
+    (["--rotation", "hadamard"], "argument --rotation: invalid choice: 'hadamard'"),
+    (["--rotation", "pca", "--recovery", "offset"], "use the rotation with an activation target"),
+    (["--rotation", "pca", "--rotation-block", "20"], "rotation_block=20 is not a multiple of the pattern's M"),
+    (["--rotation-block", "64"], "rotation_block sets the width of a rotation"),
 ])
 def test_compile(workdir, capfd, args, fragment):
     out = [] if "--out" in args else ["--out", "art"]

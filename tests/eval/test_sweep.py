@@ -310,3 +310,24 @@ def test_recovery_table_shows_the_gap_closed_and_the_cost():
     assert method_name(tuned.to_dict()) == "magnitude + finetune (40 steps)"
     assert "| 8:16 | magnitude + finetune (40 steps) | 32.00 | 50% |" in text
     assert "| 0.900 -> 0.450 | 2.0 min, 81,920 tokens | a bias add | 1,000 values |" in text
+
+
+def test_a_rotation_is_reported_with_its_cost_and_never_as_the_free_best():
+    from actprune_compiler.eval.render import method_name, methods_table, recovery_table
+
+    def result(config, ppl, rotation=None):
+        return {"model": "tiny", "pruning": config.label if config else "none",
+                "config": config.to_dict() if config else None, "metrics": {"wikitext2": {"ppl": ppl}},
+                "calibration": {"rotation": rotation} if rotation else None}
+
+    cost = {"extra_flops_fraction": 0.948, "constant_values": 4096}
+    rotated = SparsityConfig("8:16", rotation="pca")
+    results = [result(None, 20.0), result(SparsityConfig("8:16"), 44.0), result(rotated, 30.0, cost),
+               result(SparsityConfig("8:16", correction="variance"), 40.0)]
+    assert method_name(rotated.to_dict()) == "magnitude + pca rotation"
+    assert "| 30.00 | 58% |" in recovery_table(results, "tiny")
+    assert "| 94.8% of the pruned GEMMs (x @ Q) | 4,096 values |" in recovery_table(results, "tiny")
+    table, gaps = methods_table(results, "tiny")
+    assert "| magnitude + variance | **40.00** |" in table and "| magnitude + pca rotation | 30.00 |" in table
+    assert gaps["8:16"]["free"]["best"] == "magnitude + variance"
+    assert gaps["8:16"]["with_extra_work"]["best"] == "magnitude + pca rotation"
