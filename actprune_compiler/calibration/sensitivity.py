@@ -37,10 +37,12 @@ def layer_sensitivity(model: nn.Module, tokenizer, config: SparsityConfig, text:
     def observe(name, mod, x):
         n, m = config.parsed_pattern.group(mod.in_features)
         c = constants[name]
-        sparse = sparsify_activation(x, n, m, config.criterion, plain.correction, c.score_scale, c.shift, prune_sorted)
+        # a rotation masks z = x @ Q and multiplies by W Q: the same layer, in the basis the mask acts in
+        z, weight = (x, mod.weight) if c.rotation is None else (x @ c.rotation, c.weight)
+        sparse = sparsify_activation(z, n, m, config.criterion, plain.correction, c.score_scale, c.shift, prune_sorted)
         if c.shift is not None:  # what the GEMM sees is x - eta; the bias gives W @ eta back
             sparse = sparse + c.shift
-        error[name] += float(F.linear(x - sparse, mod.weight).double().square().sum())
+        error[name] += float(F.linear(z - sparse, weight).double().square().sum())
         signal[name] += float(F.linear(x, mod.weight).double().square().sum())
 
     run_eager(model, batches, layers, observe, "sensitivity")

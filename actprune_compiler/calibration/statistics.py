@@ -20,7 +20,6 @@ from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.constants import layer_constants
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.masks import prune_sorted
-from actprune_compiler.sparsity.rotation import block_width
 from actprune_compiler.sparsity.stats import LayerStats
 
 # Dense-input statistics depend only on the model, the text and the layers: sweeps reuse them.
@@ -28,22 +27,15 @@ from actprune_compiler.sparsity.stats import LayerStats
 _STATS_CACHE: dict[tuple, tuple[weakref.ref, dict[str, LayerStats]]] = {}
 
 
-def gram_width(config: SparsityConfig, name: str, in_features: int) -> int:
-    """The block width of a layer's second moments: the rotation's (checked here, before any model runs), or 0."""
-    if config.rotation == "none":
-        return 0
-    return block_width(config.rotation_block, in_features, config.parsed_pattern.group(in_features)[1], name)
-
-
 def collect_stats(model: nn.Module, batches: torch.Tensor, config: SparsityConfig) -> dict[str, LayerStats]:
     """Per-feature sums over the dense model's inputs to every selected linear."""
     layers = selected_linears(model, config)
-    widths = {name: gram_width(config, name, layer.in_features) for name, layer in layers.items()}
-    key = (id(model), hash(batches.numpy().tobytes()), tuple(widths.items()))
+    with_gram = config.rotation != "none"
+    key = (id(model), hash(batches.numpy().tobytes()), tuple(layers), with_gram)
     owner, cached = _STATS_CACHE.get(key, (None, None))
     if owner is not None and owner() is model:
         return copy.deepcopy(cached)
-    stats = {name: LayerStats(layer.in_features, gram_width=widths[name]) for name, layer in layers.items()}
+    stats = {name: LayerStats(layer.in_features, with_gram=with_gram) for name, layer in layers.items()}
     run_eager(model, batches, layers, lambda name, mod, x: stats[name].update(x), "calibration: input statistics")
     _STATS_CACHE[key] = (weakref.ref(model), copy.deepcopy(stats))
     return stats

@@ -128,11 +128,12 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config is None or config.target != "activation":
         raise ValueError("bench times activation pruning: give --pattern N:M")
-    if (config.criterion, config.correction, config.skip_sensitive) != ("magnitude", "none", 0):
+    plain = ("magnitude", "none", 0, "none", "none")
+    if (config.criterion, config.correction, config.skip_sensitive, config.recovery, config.rotation) != plain:
         # Every static criterion costs what magnitude costs at run time (|x| times a constant); the
         # per-layer timings use magnitude, so a different method would be reported under its name but not timed.
-        raise ValueError(f"bench times the plain magnitude mask; {config.label!r} is not benchmarked "
-                         "(leave --criterion, --correction and --skip-sensitive at their defaults)")
+        raise ValueError(f"bench times the plain magnitude mask; {config.label!r} is not benchmarked (leave "
+                         "--criterion, --correction, --skip-sensitive, --recovery and --rotation at their defaults)")
     out = Path(args.out or f"results/bench-{args.model}-{config.pattern.replace(':', '-')}")
     check_output_folder(out, force=True)  # files in it are replaced one by one; a file there fails now
     model, _ = load_model(args.model, args.dtype, args.device)

@@ -176,11 +176,8 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8
                         f"default {DEFAULT_LR}")
     p.add_argument("--rotation", default="none", choices=list(ROTATIONS),
                    help="pca: mask each input in the principal directions of its calibration inputs, interleaved "
-                        "across groups (W Q folded; x @ Q runs at run time, its cost is reported); "
-                        "pca_contiguous: the same in rank order (the ablation)")
-    p.add_argument("--rotation-block", type=non_negative_int, default=0,
-                   help="rotate within blocks of this many features (a multiple of M): K*B extra multiply-adds "
-                        "per token instead of K*K; 0: the whole input")
+                        "across groups (W Q folded; x @ Q, K*K multiply-adds per token, runs at run time and is "
+                        "reported); pca_contiguous: the same in rank order (the ablation)")
     p.add_argument("--calib-samples", type=positive_int, default=16, help="calibration sequences")
     p.add_argument("--calib-seqlen", type=positive_int, default=512, help="tokens per calibration sequence")
 
@@ -195,7 +192,7 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
                           skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
                           calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat, recovery=args.recovery,
                           recovery_steps=args.recovery_steps, recovery_lr=args.recovery_lr,
-                          rotation=args.rotation, rotation_block=args.rotation_block)
+                          rotation=args.rotation)
 
 
 def recovery_line(learned: dict) -> str:

@@ -44,9 +44,12 @@ def describe(sweep, results: list[dict[str, Any]], source: str) -> str:
 
 
 def gap_note(pattern: str, gap: dict[str, Any], what: str) -> str:
+    from actprune_compiler.eval.render import adds_run_time_work
+
     return (f"- {pattern}: {what} **{gap['best']}** ppl {gap['ppl_best']:.2f} vs magnitude {gap['ppl_magnitude']:.2f}: "
             f"closes {gap['gap_closed']:.0%} of the gap to dense "
-            f"({'meets' if gap['gap_closed'] >= 0.5 else 'short of'} the goal of half)")
+            f"({'meets' if gap['gap_closed'] >= 0.5 else 'short of'} the goal of half)"
+            + (" at the run-time cost in the table below" if adds_run_time_work(gap["best"]) else ""))
 
 
 def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Path) -> tuple[list[str], Path]:
@@ -66,8 +69,9 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
         notes += [gap_note(p, g["with_extra_work"], "best with extra run-time work") for p, g in gaps.items()
                   if "with_extra_work" in g]
         image = plot_methods(results, model, folder / f"methods-{model}.png")
-        if any((r["config"] or {}).get("recovery", "none") != "none" for r in mine):
-            notes += ["", "Recovery methods (learned once on calibration text, folded into weights and biases):", "",
+        if any((r["config"] or {}).get(k, "none") != "none" for r in mine for k in ("recovery", "rotation")):
+            notes += ["", "Recovery methods (learned once on calibration text, folded into weights and biases) and "
+                      "rotations (x @ Q at run time), with what each costs:", "",
                       recovery_table(results, model), "", stderr_note(mine)]
         return [f"\n## {model}\n", table, "", *notes], image
     image = plot(results, model, folder / f"plot-{model}.png")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.eval.runner import EvalOptions, program_runner, score, warm_up_shapes
+from actprune_compiler.eval.runner import EvalOptions, calibration_record, program_runner, score, warm_up_shapes
 from actprune_compiler.runinfo import Timer
 
 
@@ -39,7 +39,7 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
             "artifact": str(folder), **({"compiled_code": compiled_code} if compiled_code else {})}
     stand_in = ProgramModel(config, device, report["model"])
     result = score(runner, stand_in, tokenizer, options, wall, timer.seconds, made,
-                   replaced=report["totals"]["replaced"], calibration=report.get("calibration"))
+                   replaced=report["totals"]["replaced"], calibration=calibration_record(report))
     if compiled_code:  # how many graphs came from it: every one, unless torch or actprune's lowering changed
         compiled_code["fxgraph_cache"] = fxgraph_cache_since(before)
     return result

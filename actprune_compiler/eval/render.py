@@ -116,8 +116,7 @@ def method_name(config: dict[str, Any] | None) -> str:
     if config.get("recovery", "none") != "none":
         name += f" + {config['recovery']} ({config['recovery_steps']} steps)"
     if config.get("rotation", "none") != "none":
-        block = config.get("rotation_block")
-        name += f" + {config['rotation']} rotation" + (f"/{block}" if block else "")
+        name += f" + {config['rotation']} rotation"
     return name + (f" (skip {config['skip_sensitive']})" if config.get("skip_sensitive") else "")
 
 

@@ -79,12 +79,19 @@ def _runner(model, tokenizer, config: SparsityConfig | None, options: EvalOption
             calib_text = calibration_text(options.calib_data, options.data_dir)
         text, source = calib_text if needs_text else (None, "")
         sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source)
-        program, calibration = sparsified.program, sparsified.report["calibration"]
-        for method in ("recovery", "rotation"):  # what was learned or built, and what it costs, beside the statistics
-            if sparsified.report[method]:
-                calibration = {**(calibration or {}), method: sparsified.report[method]}
+        program, calibration = sparsified.program, calibration_record(sparsified.report)
         timer.seconds.update(sparsified.report["timings"])
     return program_runner(program, model_device(model), options), sparsified, calibration, timer.seconds
+
+
+def calibration_record(report: dict[str, Any]) -> dict[str, Any] | None:
+    """A result's `calibration`: the statistics' summary, and beside it what a recovery method learned or a
+    rotation added and what each costs (report.json keeps them at its top level)."""
+    calibration = report.get("calibration")
+    for method in ("recovery", "rotation"):
+        if report.get(method):
+            calibration = {**(calibration or {}), method: report[method]}
+    return calibration
 
 
 def program_runner(program, device: torch.device | str, options: EvalOptions, *, with_mask: bool = False):

@@ -29,8 +29,11 @@ def layer_rows(sites: list[LinearSite], changes: dict[str, Any]) -> list[dict[st
         if isinstance(change, int):
             row["weight_nonzero"] = change
             row["weight_density"] = round(change / (site.in_features * site.out_features), 6)
-        elif change is not None and (constants := change.summary()):
-            row["constants"] = constants
+        elif change is not None:
+            if constants := change.summary():
+                row["constants"] = constants
+            if change.rotation is not None:  # the x @ Q it added, read by sparsity.rotation.rotation_cost
+                row["rotation_macs_per_token"] = change.rotation_macs
         rows.append(row)
     return rows
 

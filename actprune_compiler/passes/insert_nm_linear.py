@@ -11,7 +11,6 @@ from actprune_compiler.graph_host import GraphHost
 from actprune_compiler.passes.select_linears import LinearSite, format_node
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.constants import LayerConstants, layer_constants
-from actprune_compiler.sparsity.rotation import block_width, rotation_macs
 from actprune_compiler.sparsity.stats import LayerStats
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
             kind = "rotated_weight" if consts.rotation is not None else "learned_weight"
             weight_node = host.substitute(weight_node, f"{site.path}.{kind}", consts.weight)
         if consts.rotation is not None:
-            x_node = _rotate(host, site, consts, config.rotation_block, rotated)
+            x_node = _rotate(host, site, consts, rotated)
         kwargs = {"criterion": config.criterion, "correction": config.correction}
         for name in ("score_scale", "shift"):
             if (t := getattr(consts, name)) is not None:
@@ -64,17 +63,22 @@ def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityC
     return made
 
 
-def _rotate(host: GraphHost, site: LinearSite, consts: LayerConstants, block: int,
+def _rotate(host: GraphHost, site: LinearSite, consts: LayerConstants,
             rotated: dict[fx.Node, tuple[torch.Tensor, fx.Node]]) -> fx.Node:
-    """The node computing site.x @ Q: a new one (its cost counted in consts.rotation_macs), or the one a
-    layer with the same input and the same Q made (q/k/v and gate/up see the same calibration inputs)."""
+    """The node computing site.x @ Q: a new one (its K² multiply-adds per token counted in consts), or the one
+    a layer with the same input and the same Q made (q/k/v and gate/up see the same calibration inputs)."""
     q = consts.rotation
     if (done := rotated.get(site.x)) is not None and torch.equal(done[0], q):
         return done[1]
     q_node = host.add_constant(f"{site.path}.rotation", q)
     with host.graph.inserting_before(site.node):
         node = host.graph.call_function(torch.ops.aten.matmul.default, (site.x, q_node))
-    node.meta.update(site.x.meta)  # same shape and dtype as x; export's serialiser needs its "val"
-    consts.rotation_macs = rotation_macs(site.in_features, block_width(block, site.in_features, site.m, site.path))
+    # the layer's place in the model (inspect and regional compilation read it) and x @ Q's own fake value
+    node.meta.update({k: site.node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in site.node.meta})
+    for key in ("val", "example_value"):
+        if isinstance(fake := site.x.meta.get(key), torch.Tensor) and hasattr(fake, "fake_mode"):
+            with fake.fake_mode:
+                node.meta[key] = fake @ fake.new_empty(q.shape)
+    consts.rotation_macs = q.shape[0] * q.shape[1]
     rotated[site.x] = (q, node)
     return node

@@ -112,7 +112,6 @@ class SparsityConfig:
     rotation:   "pca": mask each input in the basis of its calibration inputs' principal directions,
                 interleaved across groups; W Q is folded, x @ Q runs at run time (sparsity/rotation.py).
                 "pca_contiguous": the same, directions in rank order (the ablation).
-    rotation_block: rotate within blocks of this many features (a multiple of M); 0: the whole input.
     """
 
     pattern: str = "8:16"
@@ -129,7 +128,6 @@ class SparsityConfig:
     recovery_steps: int = RECOVERY_STEPS
     recovery_lr: float | None = None
     rotation: str = "none"
-    rotation_block: int = 0
 
     def __post_init__(self) -> None:
         # Normalise first so that equal configs compare (and serialise) equal.
@@ -193,27 +191,21 @@ class SparsityConfig:
         from actprune_compiler.sparsity.rotation import ROTATIONS
 
         _choice("rotation", self.rotation, tuple(ROTATIONS))
-        block = self.rotation_block
-        if not isinstance(block, int) or isinstance(block, bool) or block < 0:
-            raise ValueError(f"rotation_block must be a non-negative integer (0: the whole input), got {block!r}")
         if self.rotation == "none":
-            if block:
-                raise ValueError("rotation_block sets the width of a rotation; choose one with rotation='pca' "
-                                 "or leave it at 0")
             return
         # what would be measured or learned in the unrotated basis and applied in the rotated one
         clash = ("a weight target" if self.target == "weight"
                  else f"recovery {self.recovery!r}" if self.recovery != "none"
                  else f"correction {self.correction!r}" if CORRECTIONS[self.correction].needs_calibration
-                 else f"criterion {self.criterion!r}" if CRITERIA[self.criterion].needs_calibration
-                 else f"skip_sensitive={self.skip_sensitive}" if self.skip_sensitive else None)
+                 else f"criterion {self.criterion!r}" if CRITERIA[self.criterion].needs_calibration else None)
         if clash:
+            run_time = ", ".join(name for name, fix in CORRECTIONS.items() if not fix.needs_calibration)
             raise ValueError(f"rotation {self.rotation!r} masks activations in a rotated basis, and {clash} is "
                              "calibrated or applied in the original one; use the rotation with an activation target, "
-                             "a run-time correction (none, variance, shift_mean, shift_median) and no recovery")
-        if block and block % self.parsed_pattern.group(block)[1]:
-            raise ValueError(f"rotation_block={block} is not a multiple of the pattern's M; allowed: 0 (the whole "
-                             "input) or a multiple of M")
+                             f"a run-time correction ({run_time}) and no recovery")
+        if not self.parsed_pattern.is_nm:
+            raise ValueError(f"rotation {self.rotation!r} spreads the principal directions over groups of M; use it "
+                             f"with an N:M pattern, not {self.pattern!r}")
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -237,7 +229,7 @@ class SparsityConfig:
         if self.recovery != "none":
             parts.append(f"{self.recovery}({self.recovery_steps})")
         if self.rotation != "none":
-            parts.append(self.rotation + (f"/{self.rotation_block}" if self.rotation_block else ""))
+            parts.append(self.rotation)
         if self.drop_bias:
             parts.append("seed-compat (no bias)")
         return " ".join(parts)

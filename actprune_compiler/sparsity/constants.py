@@ -36,16 +36,14 @@ class LayerConstants:
         moved = {name: t.to(device) if isinstance(t, Tensor) else t for name, t in vars(self).items()}
         return LayerConstants(**moved)
 
-    def summary(self) -> dict[str, dict[str, float | list[int]] | int]:
-        out: dict[str, dict[str, float | list[int]] | int] = {}
+    def summary(self) -> dict[str, dict[str, float | list[int]]]:
+        out = {}
         for name in ("score_scale", "shift", "bias", "weight", "rotation"):
             t = getattr(self, name)
             if t is not None:
                 t = t.float()
                 out[name] = {"shape": list(t.shape), "mean": float(t.mean()), "min": float(t.min()),
                              "max": float(t.max())}
-        if self.rotation is not None:
-            out["rotation_macs_per_token"] = self.rotation_macs
         return out
 
 

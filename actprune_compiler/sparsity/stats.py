@@ -19,17 +19,16 @@ class LayerStats:
     absmax: Tensor = field(init=False)
     error_total: Tensor | None = None  # sum of x - x_sparse, for the calibrated-bias correction
     error_count: int = 0
-    # > 0: also sum x xᵀ over diagonal blocks of this width (a rotation's principal directions)
-    gram_width: int = 0
+    # also sum x xᵀ (a rotation's principal directions): K² float64 values per layer
+    with_gram: bool = False
     gram: Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.total = torch.zeros(self.in_features, dtype=torch.float64)
         self.total_sq = torch.zeros(self.in_features, dtype=torch.float64)
         self.absmax = torch.zeros(self.in_features, dtype=torch.float64)
-        if self.gram_width:
-            blocks = self.in_features // self.gram_width
-            self.gram = torch.zeros(blocks, self.gram_width, self.gram_width, dtype=torch.float64)
+        if self.with_gram:
+            self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
 
     def _follow(self, device: torch.device) -> None:
         """Accumulate on the device the activations come from: no copy to the CPU per batch."""
@@ -48,8 +47,7 @@ class LayerStats:
         self.total_sq += tokens.square().sum(0)
         self.absmax = torch.maximum(self.absmax, tokens.abs().amax(0))
         if self.gram is not None:
-            blocked = tokens.view(tokens.shape[0], -1, self.gram_width)
-            self.gram += torch.einsum("tbi,tbj->bij", blocked, blocked)
+            self.gram += tokens.T @ tokens
 
     def update_error(self, error: Tensor) -> None:
         tokens = error.detach().reshape(-1, self.in_features).to(torch.float64)
@@ -69,7 +67,7 @@ class LayerStats:
         return (self.total / max(self.count, 1)).float()
 
     def second_moment(self) -> Tensor:
-        """E[x xᵀ] over each diagonal block: [in_features / gram_width, gram_width, gram_width]."""
+        """E[x xᵀ]: [in_features, in_features]."""
         if self.gram is None:
             raise ValueError("no second moments were collected; calibrate() with the rotation's config")
         return self.gram / max(self.count, 1)

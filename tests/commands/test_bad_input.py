@@ -81,8 +81,7 @@ def fails_at_once(argv: list[str], fragment: str, root: Path, capfd) -> str:
     (["--recovery-lr", "fast"], "argument --recovery-lr: 'fast' is not a number"),
     (["--rotation", "hadamard"], "argument --rotation: invalid choice: 'hadamard'"),
     (["--rotation", "pca", "--recovery", "offset"], "use the rotation with an activation target"),
-    (["--rotation", "pca", "--rotation-block", "20"], "rotation_block=20 is not a multiple of the pattern's M"),
-    (["--rotation-block", "64"], "rotation_block sets the width of a rotation"),
+    (["--rotation", "pca", "--pattern", "50%"], "use it with an N:M pattern, not '50%'"),
 ])
 def test_compile(workdir, capfd, args, fragment):
     out = [] if "--out" in args else ["--out", "art"]
