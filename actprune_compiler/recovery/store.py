@@ -9,6 +9,7 @@ $ACTPRUNE_CACHE/recovery.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -42,11 +43,21 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# SparsityConfig fields added after this store's format: left out of the key at their defaults, so values
+# learned before a field existed keep their key (their config had that default, whatever it serialised).
+LATER_FIELDS = {"rotation": "none"}
+
+
+def config_key(config: SparsityConfig) -> str:
+    data = {k: v for k, v in config.to_dict().items() if LATER_FIELDS.get(k, object()) != v}
+    return json.dumps(data, sort_keys=True)
+
+
 def store_key(model: nn.Module, config: SparsityConfig, windows: Tensor, stats: dict[str, LayerStats],
               keep_dense: frozenset[str]) -> str:
     digest = hashlib.sha256()
     constants = (FORMAT, learning_rate(config), WEIGHT_LR_RATIO, BATCH, training.HELD_OUT, training.SEED)
-    for part in (repr(constants), model_fingerprint(model), config.to_json(), ",".join(sorted(keep_dense))):
+    for part in (repr(constants), model_fingerprint(model), config_key(config), ",".join(sorted(keep_dense))):
         digest.update(part.encode() + b"\n")
     _update(digest, windows)
     for name in sorted(stats):

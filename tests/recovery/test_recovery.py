@@ -222,3 +222,17 @@ def test_compile_command_trains_folds_and_reports(tiny_dir, tmp_path, capsys):
     assert "recovery_s" in report["timings"]
     assert "recovery affine: 2 steps on 256 calibration tokens" in capsys.readouterr().out
     assert (out / "graph.txt").read_text().count("learned_bias") >= 14
+
+
+def test_a_config_field_added_later_keeps_earlier_store_keys_at_its_default():
+    """Values learned before SparsityConfig had `rotation` were keyed on a JSON without it: same key now."""
+    import json
+
+    from actprune_compiler.recovery.store import config_key
+
+    tuned = SparsityConfig("2:4", recovery="finetune", recovery_steps=40)
+    before = {k: v for k, v in tuned.to_dict().items() if k != "rotation"}
+    assert config_key(tuned) == json.dumps(before, sort_keys=True)
+    rotated = SparsityConfig("2:4", rotation="pca")
+    assert '"rotation": "pca"' in config_key(rotated)
+    assert '"rotation"' not in config_key(rotated.replace(rotation="none"))
