@@ -70,6 +70,7 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
     ready = time.perf_counter()
     with timer("generate_s"):  # compiles prefill and decode graphs (or loads them from the cache)
         first = timed_generate(model, ids.to(model.device), args.new_tokens)
+    steady = timed_generate(model, ids.to(model.device), 32)  # compiled by now: the decode speed this start gets
     from torch._dynamo.utils import counters
 
     from actprune_compiler.backends import dynamo
@@ -78,7 +79,8 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
             "regional": args.regional, "times": timer.seconds,
             "tokens": first["tokens"], "rewritten_per_graph": dynamo.report()["rewritten_per_graph"],
             "first_token_s": round(ready - PROCESS_START + first["prefill_ms"] / 1e3, 3),
-            "new_tokens": args.new_tokens, "inductor_cache": {k: v for k, v in counters["inductor"].items()
+            "new_tokens": args.new_tokens, "decode_tokens_per_s": round(steady["decode_tokens_per_s"], 2),
+            "inductor_cache": {k: v for k, v in counters["inductor"].items()
                                                               if k.startswith("fxgraph_cache")}}
 
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("actprune")
 INNER_BACKENDS = ("inductor", "eager")
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(SparsityConfig)}
+REGIONAL_FREEZE = ("regional compilation shares one compiled layer among the layers, so their weights stay graph "
+                   "inputs and cannot be frozen; use {how}")
 
 
 @dataclass
@@ -40,7 +42,7 @@ class GraphRecord:
     config: str
     rewritten: list[str]  # module paths whose linear became nm_linear (or got a pruned weight)
     dense: list[str]  # linears left as they were (not matched, or excluded)
-    regional_unit: bool = False  # a unit shared by the layers (regional_modules.py): paths relative to it
+    regions: dict | None = None  # compiled regionally: regions, kinds and regions per kind (regional_graph.py)
 
 
 @dataclass
@@ -67,7 +69,7 @@ class BackendOptions:
     freeze: bool = True  # fold the weights as constants (inference); see backends/freeze.py
     device: torch.device | None = None  # where every graph input must be; None: wherever the model is
     learned: dict[str, LearnedLayer] | None = None  # a recovery method's weight and bias by module path
-    regional_unit: bool = False  # the graph is a unit every layer runs: no per-layer constant may go into it
+    regional: bool = False  # compile each kind of decoder layer once (regional_graph.py)
 
 
 EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration statistics by module path",
@@ -76,7 +78,8 @@ EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration stat
                  "freeze": "fold the weights as constants (default True; they must not change afterwards)",
                  "device": "cpu, cuda or cuda:N: compile_model moves the model there; the backend refuses inputs "
                            "elsewhere",
-                 "regional_unit": "set by compile_model(regional=True): the graph is a module every layer runs"}
+                 "regional": "compile each kind of decoder layer once (compile_model(regional=True) sets it, and "
+                             "traces with float attributes specialised)"}
 
 
 def parse_options(options: dict[str, Any] | None) -> BackendOptions:
@@ -97,7 +100,11 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
         raise ValueError(f"keep_dense must be a list of module paths, not the string {keep_dense!r}")
     keep_dense = frozenset(keep_dense)
     learned = options.pop("learned", None)
-    regional_unit = options.pop("regional_unit", False)
+    regional = options.pop("regional", False)
+    if not isinstance(regional, bool):
+        raise ValueError(f"regional must be True or False, not {regional!r}")
+    if regional and freeze:
+        raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
     unknown = sorted(set(options) - _CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"unknown actprune backend options {unknown}; allowed: "
@@ -117,7 +124,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     if config.recovery == "none" and learned:
         raise ValueError("options['learned'] holds a recovery method's values, but the config has recovery 'none'; "
                          "set recovery to the method that learned them")
-    return BackendOptions(config, inner, stats, keep_dense, freeze, device, learned, regional_unit)
+    return BackendOptions(config, inner, stats, keep_dense, freeze, device, learned, regional)
 
 
 def _parameters(host: GraphModuleHost) -> list[nn.Parameter]:
@@ -156,12 +163,10 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     if config.target == "weight":
         _refuse_repruning(host, config)
     rows = run_passes(host, config, parsed.stats, keep_dense=parsed.keep_dense, learned=parsed.learned)
-    if parsed.regional_unit and (added := [name for name, _ in gm.named_buffers() if name.startswith("actprune_")]):
-        raise RuntimeError(f"the passes put per-layer constants ({', '.join(added)}) into a graph every layer "
-                           "shares; this config cannot be compiled regionally")
     rewritten = [r["module"] for r in rows if r["decided"]["action"] == "sparse"]
     dense = [r["module"] for r in rows if r["decided"]["action"] == "dense"]
-    LOG.graphs.append(GraphRecord(config.label, rewritten, dense, parsed.regional_unit))
+    record = GraphRecord(config.label, rewritten, dense)
+    LOG.graphs.append(record)
     newly = [t for t in host.overwritten if t not in LOG.pruned_weights]
     if newly:  # a recompile prunes the same weights again, to the same values: say it once
         for tensor in newly:
@@ -172,6 +177,12 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
         return gm.forward
     from actprune_compiler.backends.inductor import inductor_with_nm_lowering
 
+    if parsed.regional and not torch.is_grad_enabled():
+        from actprune_compiler.backends.regional_graph import compile_graph_regions
+
+        regions = compile_graph_regions(gm, inductor_with_nm_lowering)
+        record.regions = regions.summary()
+        return regions.module.forward
     if not parsed.freeze or torch.is_grad_enabled():  # freezing is for inference; a training call keeps inputs
         return inductor_with_nm_lowering(gm, example_inputs)
     from actprune_compiler.backends.freeze import call_with_frozen, freeze_parameters
@@ -201,9 +212,8 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     dynamic=True: prompt and cache lengths are symbolic from the first compile; left to Dynamo's
     automatic detection they are not (a prompt length is followed by decode's length 1, which is
     always specialised), and every new prompt length recompiles.
-    regional=True compiles the modules inside the layers instead of the model (regional_modules.py):
-    one compiled MLP and one per projection shape serve every layer, and the rest runs eagerly.
-    It raises Dynamo's recompile limit to regional_modules.RECOMPILE_LIMIT for the whole process.
+    regional=True traces the model whole but compiles each kind of decoder layer once (regional_graph.py):
+    compile time no longer grows with depth, and every per-layer value is kept. It cannot freeze.
     """
     from actprune_compiler.backends.inductor import inference_call
     from actprune_compiler.calibration.prepare import prepare
@@ -212,41 +222,32 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     if options.get("device") is not None:
         model.to(resolve_device(options["device"]))
     config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
-    if regional:
-        from actprune_compiler.backends.regional_modules import refuse_per_layer_values
-
-        refuse_per_layer_values(config, freeze)  # before any calibration or training
+    if regional and freeze:  # before any calibration or training
+        raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
     prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"),
                        keep_dense=options.get("keep_dense"), learned=options.get("learned"))
     options.update(stats=prepared.stats, keep_dense=prepared.keep_dense, learned=prepared.learned)
-    options["freeze"] = freeze
+    options.update(freeze=freeze, regional=regional)
     parsed = parse_options(options)  # fail now, not at the first call
     linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     if unknown := sorted(parsed.keep_dense - linears):
         raise ValueError(f"keep_dense names {unknown}, which are not linear layers of this model")
-    if regional:
-        from actprune_compiler.backends.regional_modules import compile_units
-
-        compile_units(model, config, options, parsed.keep_dense, dynamic, **compile_kwargs)
-        return model
     compiled = torch.compile(model.forward, backend="actprune", options=options, dynamic=dynamic, **compile_kwargs)
-    model.forward = inference_call(compiled, freeze)
+    model.forward = inference_call(compiled, freeze, specialize_floats=regional)
     return model
 
 
-def compile_dense(model: nn.Module, config: SparsityConfig | None = None, *, freeze: bool = False,
-                  regional: bool = False) -> nn.Module:
+def compile_dense(model: nn.Module, *, freeze: bool = False, regional: bool = False) -> nn.Module:
     """The baseline for compile_model: the dense model compiled the same way by Inductor as it comes
-    (regional: the units compile_model would compile for `config`, nothing pruned)."""
+    (regional: each kind of decoder layer once, as compile_model(regional=True) does)."""
     from actprune_compiler.backends.inductor import inference_call
+    from actprune_compiler.backends.regional_graph import regional_inductor
 
-    if regional:
-        from actprune_compiler.backends.regional_modules import compile_dense_units, refuse_per_layer_values
-
-        refuse_per_layer_values(SparsityConfig(), freeze)
-        compile_dense_units(model, config or SparsityConfig())
-    else:
-        model.forward = inference_call(torch.compile(model.forward, backend="inductor", dynamic=True), freeze)
+    if regional and freeze:
+        raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
+    backend = regional_inductor if regional else "inductor"
+    model.forward = inference_call(torch.compile(model.forward, backend=backend, dynamic=True), freeze,
+                                   specialize_floats=regional)
     return model
 
 
@@ -255,28 +256,17 @@ def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = Non
     the matching linears that never appeared in a rewritten graph: those ran dense, in eager mode."""
     from torch._dynamo.utils import counters
 
-    from actprune_compiler.backends.regional_modules import unit_of
-
-    seen = {path for g in LOG.graphs if not g.regional_unit for path in g.rewritten}
-    # Inside a regional unit, paths are relative to it ('' for a unit that is one linear); units compile
-    # with fullgraph=True, so a unit whose relative path was rewritten never runs eagerly.
-    seen_in_units = {path for g in LOG.graphs if g.regional_unit for path in g.rewritten}
-    units = getattr(model, "actprune_units", [])
-
-    def rewritten(path: str) -> bool:
-        inside = unit_of(path, units)
-        return inside[1] in seen_in_units if inside is not None else path in seen
-
+    seen = {path for g in LOG.graphs for path in g.rewritten}
     out = {"graphs_compiled": len(LOG.graphs),  # for one compiled forward: 1 + its recompilations
            "dynamo_frames_compiled": counters["frames"]["ok"],
            "graph_breaks": sum(counters["graph_break"].values()),
            "rewritten_per_graph": [len(g.rewritten) for g in LOG.graphs],
            "dense_linears_per_graph": [len(g.dense) for g in LOG.graphs],
            "configs": sorted({g.config for g in LOG.graphs}),
-           "regional_units": len(units)}
+           "regions": [g.regions for g in LOG.graphs if g.regions is not None]}
     if model is not None:
         wanted = modules or SparsityConfig().modules
         linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches(name, wanted)]
         out["matching_linears"] = len(linears)
-        out["ran_outside_rewritten_graphs"] = [name for name in linears if not rewritten(name)]
+        out["ran_outside_rewritten_graphs"] = [name for name in linears if name not in seen]
     return out

@@ -22,13 +22,16 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
         return compile_fx(gm, example_inputs)
 
 
-def inference_call(compiled: Callable, freeze: bool) -> Callable:
+def inference_call(compiled: Callable, freeze: bool, specialize_floats: bool = False) -> Callable:
     """Call without autograd, with Inductor's freezing on while Dynamo traces (when it decides
-    whether parameters are constants): frozen weights are folded and prepacked for the GEMMs."""
+    whether parameters are constants): frozen weights are folded and prepacked for the GEMMs.
+    specialize_floats: float attributes (a norm's eps) become constants of the graph rather than
+    tensors read with .item() (regional compilation cuts the graph, and a piece cannot read them)."""
 
     @functools.wraps(compiled)
     def call(*args, **kwargs):
-        with torch.no_grad(), torch._inductor.config.patch(freezing=freeze):
+        with (torch.no_grad(), torch._inductor.config.patch(freezing=freeze),
+              torch._dynamo.config.patch(specialize_float=specialize_floats or torch._dynamo.config.specialize_float)):
             return compiled(*args, **kwargs)
 
     return call

@@ -30,9 +30,11 @@ _REPEATED = re.compile(r"^(?:.*\.)?\d+$")
 
 def block_of(node: fx.Node) -> str | None:
     """The outermost repeated block (e.g. 'lm.model.layers.3') that `node` was traced in, if any."""
+    from actprune_compiler.passes.select_linears import named_modules_spelling
+
     stack = node.meta.get("nn_module_stack") or {}
     for entry in stack.values():
-        path = entry[0] if isinstance(entry, tuple) else str(entry)
+        path = named_modules_spelling(entry[0] if isinstance(entry, tuple) else str(entry))
         if _REPEATED.match(path):
             return path
     return None
@@ -84,7 +86,7 @@ class _Region:
     nodes: list[fx.Node]
 
 
-def _runs(graph: fx.Graph) -> list[_Region]:
+def runs(graph: fx.Graph) -> list[_Region]:
     """Runs of consecutive computing nodes with the same block; a call_module (export's input guards) or the
     output ends a run, so that every region is a contiguous stretch of the graph."""
     regions: list[_Region] = []
@@ -111,11 +113,12 @@ def _attr_key(value) -> tuple:
     return ("object", id(value))
 
 
-def _extract(gm: fx.GraphModule, region: _Region):
+def extract(gm: fx.GraphModule, region: _Region, extra_inputs: list[fx.Node] = ()):
     """The region as a graph of its own: (graph, inputs from the rest of the graph, outputs used after it,
-    the tensors its get_attr nodes read, a key equal for regions that compute the same thing)."""
+    the tensors its get_attr nodes read, a key equal for regions that compute the same thing).
+    extra_inputs come first among the inputs, whether the region reads them or not."""
     inside = set(region.nodes)
-    inputs: list[fx.Node] = []
+    inputs: list[fx.Node] = list(extra_inputs)
     attrs: list[fx.Node] = []
     for node in region.nodes:
         for used in node.all_input_nodes:
@@ -148,6 +151,25 @@ def _extract(gm: fx.GraphModule, region: _Region):
     return graph, inputs, outputs, tensors, key
 
 
+def replace(gm: fx.GraphModule, nodes: list[fx.Node], name: str, module: nn.Module, inputs: list[fx.Node],
+             outputs: list[fx.Node]) -> None:
+    """Put a call of `module` where the run of `nodes` was; the nodes after it read its outputs instead."""
+    graph, inside = gm.graph, set(nodes)
+    gm.add_submodule(name, module)
+    # The call goes after the run's last node: a run is contiguous, so everything it reads is defined
+    # before that, and everything reading its outputs comes after.
+    with graph.inserting_after(nodes[-1]):
+        last = call = graph.call_module(name, tuple(inputs))
+    for j, node in enumerate(outputs):
+        with graph.inserting_after(last):
+            last = graph.call_function(operator.getitem, (call, j))
+        last.meta.update(node.meta)
+        for user in [u for u in node.users if u not in inside]:
+            user.replace_input_with(node, last)
+    for node in reversed(nodes):
+        graph.erase_node(node)
+
+
 @dataclass
 class Regions:
     """The top-level module that calls the regions, and the region kinds it compiled."""
@@ -165,9 +187,8 @@ def compile_regions(gm: fx.GraphModule, compile_fn: Callable[[Callable], Callabl
     call of its kind's code, compiled by compile_fn once per kind (lazily: at the first call)."""
     kinds: dict[str, RegionKind] = {}
     graph = gm.graph
-    for i, region in enumerate(_runs(graph)):
-        sub, inputs, outputs, tensors, key = _extract(gm, region)
-        inside = set(region.nodes)
+    for i, region in enumerate(runs(graph)):
+        sub, inputs, outputs, tensors, key = extract(gm, region)
         kind = kinds.get(key)
         if kind is None:
             kind = kinds[key] = RegionKind(key, sub)
@@ -176,20 +197,7 @@ def compile_regions(gm: fx.GraphModule, compile_fn: Callable[[Callable], Callabl
             kind.code = type(template).forward  # reads the tensors from its first argument
             kind.compiled = compile_fn(kind.code)
         kind.blocks.append(region.block or "")
-        name = f"region_{i}"
-        gm.add_submodule(name, RegionCall(kind, RegionTensors(tensors)))
-        # The call goes after the region's last node: a run is contiguous, so everything it reads is
-        # defined before that and everything reading its outputs comes after.
-        with graph.inserting_after(region.nodes[-1]):
-            last = call = graph.call_module(name, tuple(inputs))
-        for j, node in enumerate(outputs):
-            with graph.inserting_after(last):
-                last = graph.call_function(operator.getitem, (call, j))
-            last.meta.update(node.meta)
-            for user in [u for u in node.users if u not in inside]:
-                user.replace_input_with(node, last)
-        for node in reversed(region.nodes):
-            graph.erase_node(node)
+        replace(gm, region.nodes, f"region_{i}", RegionCall(kind, RegionTensors(tensors)), inputs, outputs)
     for node in list(graph.nodes):
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)

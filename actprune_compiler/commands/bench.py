@@ -41,6 +41,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--startup", action="store_true",
                    help="also time cold and warm starts (fresh processes: load, compile, first token) of the "
                         "dense and the sparse model, without freezing (Inductor caches no frozen graph)")
+    p.add_argument("--startup-only", action="store_true",
+                   help="time only the cold and warm starts (--startup without the in-process timings)")
     p.add_argument("--out", default=None, help="folder for bench.json, bench.md, bench.png")
     return p
 
@@ -71,6 +73,8 @@ def startup_rows(startup: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
     def dense_of(variant: str) -> dict:  # the dense start compiled the same way (whole or regional)
         return startup["dense " + variant.rsplit(" ", 1)[-1]]
 
+    # decode speed against the dense model compiled as one graph, in the same kind of start
+    whole_dense = {kind: run["decode_tokens_per_s"] for kind, run in startup["dense whole"].items()}
     rows = []
     for variant, starts in startup.items():
         for kind, run in starts.items():
@@ -80,7 +84,9 @@ def startup_rows(startup: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
                          "load (s)": f"{t['load_s']:.1f}", "compile + generate (s)": f"{compile_s(run):.1f}",
                          "vs dense": f"{compile_s(run) / compile_s(dense_of(variant)[kind]):.2f}x",
                          "first token (s)": f"{run['first_token_s']:.1f}", "process (s)": f"{run['process_s']:.1f}",
-                         "cache hits/misses": f"{hits}/{misses}"})
+                         "cache hits/misses": f"{hits}/{misses}",
+                         "decode tokens/s": f"{run['decode_tokens_per_s']:.1f}",
+                         "decode vs dense whole": f"{run['decode_tokens_per_s'] / whole_dense[kind]:.2f}x"})
     return rows
 
 
@@ -141,11 +147,12 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"model": args.model, "config": config.to_dict(), "repeats": args.repeats,
                               "threads": torch.get_num_threads(), "versions": versions(), "machine": machine,
                               "date": time.strftime("%Y-%m-%d"), "command": "actprune " + shlex.join(sys.argv[1:])}
-    result["layers"] = bench.bench_layers(model, config, args.layer_tokens, args.repeats)
-    result["prefill"] = bench.bench_prefill(model, config, args.prefill, args.repeats)
-    if args.decode_tokens:
+    if not args.startup_only:
+        result["layers"] = bench.bench_layers(model, config, args.layer_tokens, args.repeats)
+        result["prefill"] = bench.bench_prefill(model, config, args.prefill, args.repeats)
+    if args.decode_tokens and not args.startup_only:
         result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
-    if args.startup:
+    if args.startup or args.startup_only:
         from actprune_compiler.startup import cold_and_warm
 
         with tempfile.TemporaryDirectory(prefix="actprune-startup-") as folder:
@@ -156,11 +163,12 @@ def run(args: argparse.Namespace) -> int:
                 for mode in ("whole", "regional") for name, pattern in variants}
     text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
             f"`{result['command']}`. Medians of {args.repeats} interleaved repeats; ratios are time / baseline "
-            "(below 1 is faster).", "",
-            "## prefill (whole model) and per-layer GEMMs", "",
-            format_table(timing_rows(result["prefill"], "prefill") + timing_rows(result["layers"], "layer"),
-                         ["measure", "shape", "variant", "median ms", "vs dense compiled", "vs seed eager mask"],
-                         markdown=True)]
+            "(below 1 is faster)."]
+    if "prefill" in result:
+        text += ["", "## prefill (whole model) and per-layer GEMMs", "",
+                 format_table(timing_rows(result["prefill"], "prefill") + timing_rows(result["layers"], "layer"),
+                              ["measure", "shape", "variant", "median ms", "vs dense compiled", "vs seed eager mask"],
+                              markdown=True)]
     if "decode" in result:
         text += ["", f"## greedy decode, batch 1, prompt {args.prompt_len}, {args.decode_tokens} new tokens", "",
                  format_table(decode_rows(result["decode"]), ["variant", "tokens/s", "vs dense compiled",
@@ -170,14 +178,15 @@ def run(args: argparse.Namespace) -> int:
                  "Cold: an empty Inductor cache; warm: a second process with the cache the cold one filled. Both "
                  "load the model from actprune's dequantised copy. first token: from the start of the Python "
                  "process's imports to the first generated token. whole: model.forward compiled as one graph; "
-                 "regional: the modules inside the decoder layers compiled once per kind "
-                 "(backends/regional_modules.py), the rest eager; vs dense: against the dense start compiled "
-                 "the same way.", "",
+                 "regional: model.forward traced as one graph, each kind of decoder layer compiled once "
+                 "(backends/regional_graph.py); vs dense: against the dense start compiled the same way. decode: "
+                 "tokens/s of a second generation (32 tokens) in the same process.", "",
                  format_table(startup_rows(result["startup"]), list(startup_rows(result["startup"])[0]),
                               markdown=True)]
     print("\n".join(text))
     write_json(out / "bench.json", result)
     atomic_write(out / "bench.md", lambda tmp: Path(tmp).write_text("\n".join(text) + "\n"))
-    plot(result, out / "bench.png")
-    print(f"\nwrote {out}/bench.json, bench.md, bench.png")
+    if "prefill" in result:
+        plot(result, out / "bench.png")
+    print(f"\nwrote {out}/bench.json, bench.md" + (", bench.png" if "prefill" in result else ""))
     return 0

@@ -32,8 +32,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--compare-dense", action="store_true", help="also run the dense model, compiled the same way")
     p.add_argument("--inner-backend", default="inductor", choices=["inductor", "eager"])
     p.add_argument("--regional", action="store_true",
-                   help="compile the modules inside the decoder layers (one compiled MLP and one per projection "
-                        "shape for every layer) instead of the whole model: compiles in a fraction of the time")
+                   help="trace the model whole but compile each kind of decoder layer once (one compiled layer "
+                        "for every layer): compiles in a fraction of the time")
     return p
 
 
@@ -51,7 +51,7 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
     timer = Timer()
     with timer("setup_s"):
         if options is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
-            dynamo.compile_dense(model, config, regional=regional)
+            dynamo.compile_dense(model, regional=regional)
         else:
             dynamo.compile_model(model, options, tokenizer=tokenizer, calib_text=calib_text, regional=regional)
     with timer("compile_s"):
@@ -70,10 +70,6 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config is None:
         raise ValueError("actprune generate needs a pattern such as 8:16")
-    if args.regional:  # refused in the user's words before anything loads or calibrates
-        from actprune_compiler.backends.regional_modules import refuse_per_layer_values
-
-        refuse_per_layer_values(config, False, how="drop --regional")
     calib_text, _ = calibration_input(args, config)  # missing calibration data fails before the model loads
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, args.dtype, args.device)

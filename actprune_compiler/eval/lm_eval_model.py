@@ -69,7 +69,7 @@ class ActPruneLM(HFLM):
         freeze = ours.pop("freeze", False)
         if not isinstance(freeze, bool):
             raise ValueError(f"freeze must be true or false, not {freeze!r}")
-        # regional=true compiles the modules inside the layers once per kind (backends/regional_modules.py)
+        # regional=true compiles each kind of decoder layer once (backends/regional_graph.py)
         regional = ours.pop("regional", False)
         for name, value in (("compile", compiled), ("regional", regional)):
             if not isinstance(value, bool):
@@ -77,10 +77,10 @@ class ActPruneLM(HFLM):
         calib_data, data_dir = ours.pop("calib_data", None), ours.pop("data_dir", None)
         # Checked before the model loads, so that a bad argument fails at once.
         self.sparsity = SparsityConfig(**ours)
-        if regional:
-            from actprune_compiler.backends.regional_modules import refuse_per_layer_values
+        if regional and freeze:
+            from actprune_compiler.backends.dynamo import REGIONAL_FREEZE
 
-            refuse_per_layer_values(self.sparsity, freeze, how="drop regional=true")
+            raise ValueError(REGIONAL_FREEZE.format(how="regional=true or freeze=true, not both"))
         needs_text = self.sparsity.needs_calibration() or self.sparsity.skip_sensitive
         text = calibration_text(calib_data, data_dir) if needs_text else None
 

@@ -60,12 +60,15 @@ def module_path(node: fx.Node, prefix: str = "") -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
-    path = list(stack.values())[-1][0]
-    # Dynamo spells paths as L['self'].model.layers[0].mlp or L['args'][0].model.layers.0.mlp
+    return named_modules_spelling(list(stack.values())[-1][0]).removeprefix(prefix)
+
+
+def named_modules_spelling(path: str) -> str:
+    """A module path as named_modules() spells it; Dynamo spells L['self'].model.layers[0].mlp or
+    L['args'][0].model.layers.0.mlp, export model.layers.0.mlp."""
     path = re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", path)
     path = re.sub(r"\[(\d+)\]", r".\1", path)
-    path = re.sub(r"\['([^']+)'\]", r".\1", path)
-    return path.removeprefix(prefix)
+    return re.sub(r"\['([^']+)'\]", r".\1", path)
 
 
 def format_node(node: fx.Node) -> str:

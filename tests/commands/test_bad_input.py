@@ -143,8 +143,6 @@ def test_allow_hub_lifts_the_missing_data_check(workdir, capfd, tasks):
     (["--pattern", "3:2"], "pattern '3:2' is invalid"),
     (["--inner-backend", "tvm"], "argument --inner-backend: invalid choice: 'tvm'"),
     (["--calib-samples", "-3"], "argument --calib-samples: -3 is too small"),
-    (["--criterion", "wina", "--regional"],
-     "criterion 'wina' scales scores by each layer's own weights; compile the whole model instead (drop --regional)"),
 ])
 def test_generate(workdir, capfd, args, fragment):
     fails_at_once(["generate", "--prompt", "Hello", *args], fragment, workdir, capfd)
