@@ -161,9 +161,10 @@ def run(args: argparse.Namespace) -> int:
             result["startup"] = {
                 f"{name} {mode}": cold_and_warm(args.model, pattern, folder, regional=mode == "regional", **place)
                 for mode in ("whole", "regional") for name, pattern in variants}
+    how = (f"Medians of {args.repeats} interleaved repeats" if "prefill" in result
+           else "Each start is one fresh process")
     text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
-            f"`{result['command']}`. Medians of {args.repeats} interleaved repeats; ratios are time / baseline "
-            "(below 1 is faster)."]
+            f"`{result['command']}`. {how}; ratios are time / baseline (below 1 is faster)."]
     if "prefill" in result:
         text += ["", "## prefill (whole model) and per-layer GEMMs", "",
                  format_table(timing_rows(result["prefill"], "prefill") + timing_rows(result["layers"], "layer"),

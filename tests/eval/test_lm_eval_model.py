@@ -93,6 +93,8 @@ def test_actprune_arguments_are_checked_before_the_model_loads(tiny_dir):
         ActPruneLM(pretrained=str(tiny_dir), compile="yes")
     with pytest.raises(ValueError, match="regional must be true or false"):
         ActPruneLM(pretrained=str(tiny_dir), regional="yes")
+    with pytest.raises(ValueError, match="cannot be frozen; use regional=true or freeze=true, not both"):
+        ActPruneLM(pretrained=str(tiny_dir), regional=True, freeze=True)
     with pytest.raises(TypeError, match="pretrained must be a string"):
         ActPruneLM(pretrained=tiny_model("llama"))
 
