@@ -12,18 +12,22 @@ from actprune_compiler.backends import dynamo
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
 @pytest.mark.parametrize("n,m", [(2, 4), (8, 16)])
-def test_generate_with_kv_cache_matches_hooked_eager_reference(family, n, m):
+def test_generate_with_kv_cache_matches_hooked_eager_reference(family, n, m, regional):
     model = copy.deepcopy(tiny_model(family))
     with hooked(model, n, m):
         expected = greedy(model, PROMPT)
     assert expected != greedy(model, PROMPT)  # pruning changes the continuation: the test can fail
-    compile_model(model, {"pattern": f"{n}:{m}"})
+    compile_model(model, {"pattern": f"{n}:{m}"}, regional=regional)
     assert greedy(model, PROMPT) == expected
     report = dynamo.report(model)
     assert report["ran_outside_rewritten_graphs"] == [] and report["matching_linears"] == 14
     assert all(count == 14 for count in report["rewritten_per_graph"])  # prefill and decode graphs
     assert report["graph_breaks"] == 0
+    # regional: each graph is cut into the part before the layers, the 2 layers and the part after them
+    assert [r["regions"] for r in report["regions"]] == ([4] * len(report["regions"]) if regional else [])
+    assert bool(report["regions"]) is regional
 
 
 def test_recompilation_is_bounded_across_lengths():
