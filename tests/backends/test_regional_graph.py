@@ -32,14 +32,13 @@ def test_compiled_kinds_do_not_grow_with_depth():
     assert kinds[2] == [(3, [1, 2, 1])] * len(kinds[2]) and kinds[6] == [(3, [1, 6, 1])] * len(kinds[6])
 
 
-@pytest.mark.parametrize("options", [
-    {"pattern": "8:16"},
+@pytest.mark.parametrize("options", [  # plain magnitude: test_backend.py, against the eager reference
     {"pattern": "8:16", "target": "weight"},  # the weights pruned in place: still graph inputs
     # per-layer constants added by the passes (score scales, corrected biases): each region passes its own
     {"pattern": "8:16", "criterion": "amber", "correction": "variance", "calib_samples": 2, "calib_seqlen": 32},
     {"pattern": "8:16", "skip_sensitive": 2, "calib_samples": 2, "calib_seqlen": 32},  # two layers of another kind
     {"pattern": "8:16", "rotation": "pca", "calib_samples": 2, "calib_seqlen": 32},  # x @ Q: a constant per layer
-], ids=["magnitude", "weight", "calibrated", "skip_sensitive", "rotation"])
+], ids=["weight", "calibrated", "skip_sensitive", "rotation"])
 def test_regional_and_whole_graph_compilation_give_the_same_logits_in_float64(options):
     logits = {}
     for regional in (False, True):
