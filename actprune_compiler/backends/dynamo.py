@@ -183,6 +183,9 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
         regions = compile_graph_regions(gm, inductor_with_nm_lowering)
         record.regions = regions.summary()
         return regions.module.forward
+    if parsed.regional:  # the regions are inference code; said, so a whole-graph compile is never a surprise
+        log.warning("actprune: regional compilation is for inference, and this graph was traced with autograd "
+                    "on, so it is compiled whole")
     if not parsed.freeze or torch.is_grad_enabled():  # freezing is for inference; a training call keeps inputs
         return inductor_with_nm_lowering(gm, example_inputs)
     from actprune_compiler.backends.freeze import call_with_frozen, freeze_parameters

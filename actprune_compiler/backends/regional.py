@@ -105,7 +105,7 @@ def runs(graph: fx.Graph) -> list[_Region]:
     return regions
 
 
-def _attr_key(value) -> tuple:
+def attr_key(value) -> tuple:
     """What the compiled code may depend on: a tensor's metadata; anything else (a submodule) by identity."""
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape), tuple(value.stride()), value.dtype, str(value.device),
@@ -147,7 +147,7 @@ def extract(gm: fx.GraphModule, region: _Region, extra_inputs: list[fx.Node] = (
     for node in graph.nodes:
         args = fx.map_arg((node.args, node.kwargs), lambda n: f"%{index[n]}")
         lines.append(f"{node.op} {node.target} {args!r}")
-    key = "\n".join(lines) + "\n" + repr([_attr_key(t) for t in tensors])
+    key = "\n".join(lines) + "\n" + repr([attr_key(t) for t in tensors])
     return graph, inputs, outputs, tensors, key
 
 
@@ -198,9 +198,14 @@ def compile_regions(gm: fx.GraphModule, compile_fn: Callable[[Callable], Callabl
             kind.compiled = compile_fn(kind.code)
         kind.blocks.append(region.block or "")
         replace(gm, region.nodes, f"region_{i}", RegionCall(kind, RegionTensors(tensors)), inputs, outputs)
-    for node in list(graph.nodes):
-        if node.op == "get_attr" and not node.users:
-            graph.erase_node(node)
-    graph.lint()
-    gm.recompile()
+    finish(gm)
     return Regions(gm, list(kinds.values()))
+
+
+def finish(gm: fx.GraphModule) -> None:
+    """Drop the get_attr nodes only the replaced regions read (the calls fetch nothing they do not pass), recompile."""
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()

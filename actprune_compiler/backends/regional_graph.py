@@ -30,21 +30,15 @@ import torch
 from torch import fx, nn
 from torch._guards import detect_fake_mode
 
-from actprune_compiler.backends.regional import RegionKind, Regions, RegionTensors, extract, replace, runs
+from actprune_compiler.backends.regional import RegionKind, Regions, attr_key, extract, finish, replace, runs
 
 _SYMBOL = re.compile(r"\b[su]\d+\b")  # a ShapeEnv symbol as printed: s0, s17, u3
 
 
 def _input_key(nodes: list[fx.Node]) -> str:
     """The region inputs' metadata (shapes, strides, dtypes, devices; symbols renumbered in order of appearance)."""
-    described = []
-    for node in nodes:
-        value = node.meta.get("example_value", node.meta.get("val"))
-        if isinstance(value, torch.Tensor):
-            described.append((tuple(map(str, value.shape)), tuple(map(str, value.stride())), value.dtype,
-                              str(value.device)))
-        else:
-            described.append((type(value).__name__,))
+    values = [node.meta.get("example_value", node.meta.get("val")) for node in nodes]
+    described = [attr_key(v) if isinstance(v, torch.Tensor) else (type(v).__name__,) for v in values]
     numbers: dict[str, str] = {}
     return _SYMBOL.sub(lambda m: numbers.setdefault(m.group(0), f"S{len(numbers)}"), repr(described))
 
@@ -92,16 +86,16 @@ def _computes_tensors(nodes: list[fx.Node]) -> bool:
 
 
 class KindCall(nn.Module):
-    """One region: its kind's compiled code, called with the region's constants and then its inputs."""
+    """One region: its kind's compiled code, called with the region's constants and then its inputs. The
+    constants stay buffers of the Dynamo graph module the passes added them to."""
 
-    def __init__(self, kind: RegionKind, tensors: list[torch.Tensor]) -> None:
+    def __init__(self, kind: RegionKind, constants: list[torch.Tensor]) -> None:
         super().__init__()
         self.kind = kind
-        self.tensors = RegionTensors(tensors)  # owned here, so they move with the module
-        self._constants = tensors
+        self.constants = constants
 
     def forward(self, *args):
-        return self.kind.compiled(*self._constants, *args)
+        return self.kind.compiled(*self.constants, *args)
 
 
 def _constants_as_inputs(graph: fx.Graph) -> None:
@@ -142,8 +136,7 @@ def compile_graph_regions(gm: fx.GraphModule, compile_fn: Callable[[fx.GraphModu
                                           example)
         kind.blocks.append(region.block or "")
         replace(gm, region.nodes, f"region_{i}", KindCall(kind, tensors), inputs, outputs)
-    graph.lint()
-    gm.recompile()
+    finish(gm)
     return Regions(gm, list(kinds.values()))
 
 

@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.startup_only:
         result["layers"] = bench.bench_layers(model, config, args.layer_tokens, args.repeats)
         result["prefill"] = bench.bench_prefill(model, config, args.prefill, args.repeats)
-    if args.decode_tokens and not args.startup_only:
-        result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
+        if args.decode_tokens:
+            result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
     if args.startup or args.startup_only:
         from actprune_compiler.startup import cold_and_warm
 
