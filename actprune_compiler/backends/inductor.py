@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -22,19 +23,36 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
         return compile_fx(gm, example_inputs)
 
 
-def inference_call(compiled: Callable, freeze: bool, specialize_floats: bool = False) -> Callable:
+def inference_call(compiled: Callable, freeze: bool) -> Callable:
     """Call without autograd, with Inductor's freezing on while Dynamo traces (when it decides
     whether parameters are constants): frozen weights are folded and prepacked for the GEMMs.
-    specialize_floats: float attributes (a norm's eps) become constants of the graph rather than
-    tensors read with .item() (regional compilation cuts the graph, and a piece cannot read them)."""
+    Float attributes (a norm's eps) become constants of the graph, not tensors read with .item():
+    a regional graph is cut into pieces, and a piece cannot read them; and left to itself Dynamo
+    finds out only after the passes ran, and traces the whole model a second time."""
 
     @functools.wraps(compiled)
     def call(*args, **kwargs):
         with (torch.no_grad(), torch._inductor.config.patch(freezing=freeze),
-              torch._dynamo.config.patch(specialize_float=specialize_floats or torch._dynamo.config.specialize_float)):
-            return compiled(*args, **kwargs)
+              torch._dynamo.config.patch(specialize_float=True)):
+            return contiguous_cache(compiled(*args, **kwargs))
 
     return call
+
+
+def contiguous_cache(outputs: Any) -> Any:
+    """Make a Hugging Face KV cache in `outputs` contiguous, in place; other outputs pass through.
+
+    The prefill leaves the keys and values in the layout attention made them (each head strided
+    inside the tokens); every decode step after it concatenates into a contiguous tensor. Dynamo
+    guards on strides, so the first decode step alone would trace and compile a graph of its own
+    (seconds per graph for a real model). One copy of the cache after the prefill lets every decode
+    step share one graph."""
+    for layer in getattr(getattr(outputs, "past_key_values", None), "layers", ()):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor) and not tensor.is_contiguous():
+                setattr(layer, name, tensor.contiguous())
+    return outputs
 
 
 class CompiledProgram(nn.Module):

@@ -227,8 +227,8 @@ BAD_SWEEPS = {
     "configs: [none]\n": "models and configs required",
     # values, not only types: each as the eval command's flag would check it
     GOOD + "options: {tasks: [wikitext2, arc_eesy]}\n":
-        "option tasks has unknown task 'arc_eesy'; allowed: wikitext2, arc_easy, arc_challenge",
-    GOOD + "options: {tasks: []}\n": "option tasks is empty; allowed: wikitext2, arc_easy",
+        "option tasks has unknown task 'arc_eesy'; give wikitext2 or any lm-eval task or group",
+    GOOD + "options: {tasks: []}\n": "option tasks is empty; give wikitext2 or any lm-eval task or group",
     GOOD + "options: {bos: sometimes}\n": "option bos 'sometimes' is unknown; allowed: auto, window, start, none",
     GOOD + "dtype: float8\n": "dtype 'float8' is unknown; allowed: float32, bfloat16, float16, float64",
     GOOD + "options: {calib_data: nowhere/calib.txt}\n":
