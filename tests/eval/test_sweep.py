@@ -127,6 +127,11 @@ def test_render_writes_the_seed_table_and_the_methods_table(sweep_file, fake_eva
     text = table.read_text()
     assert "| 2:4 | 30.000 |" in text and "| 2.00x | 14 |" in text  # runtime vs the dense run of the sweep
     assert "differences under about 0.040 are within noise" in text and image.stat().st_size > 0
+    sweep.options.max_windows = 4  # the sweep file changed: the runs at 2 windows are not this sweep's rows
+    run_sweep(sweep, progress=False, isolate=False)
+    text = render(sweep, "sweep.yaml")[0].read_text()
+    assert text.count("| 2:4 | 30.000 |") == 1 and "first 4 windows" in text
+    assert len(read_results(sweep.results)) == 6  # both versions' records are kept
     methods = load_sweep(sweep_file)
     methods.table = "methods"
     table, _ = render(methods, "sweep.yaml")
