@@ -236,7 +236,7 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     if unknown := sorted(parsed.keep_dense - linears):
         raise ValueError(f"keep_dense names {unknown}, which are not linear layers of this model")
     compiled = torch.compile(model.forward, backend="actprune", options=options, dynamic=dynamic, **compile_kwargs)
-    model.forward = inference_call(compiled, freeze, specialize_floats=regional)
+    model.forward = inference_call(compiled, freeze)
     return model
 
 
@@ -249,8 +249,7 @@ def compile_dense(model: nn.Module, *, freeze: bool = False, regional: bool = Fa
     if regional and freeze:
         raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
     backend = regional_inductor if regional else "inductor"
-    model.forward = inference_call(torch.compile(model.forward, backend=backend, dynamic=True), freeze,
-                                   specialize_floats=regional)
+    model.forward = inference_call(torch.compile(model.forward, backend=backend, dynamic=True), freeze)
     return model
 
 

@@ -114,7 +114,7 @@ def compile_graph_regions(gm: fx.GraphModule, compile_fn: Callable[[fx.GraphModu
     if bad := [n.name for n in gm.graph.nodes if n.op == "call_method" and n.target == "item"]:
         raise ValueError(f"regional compilation needs float attributes specialised, but the graph reads "
                          f"{len(bad)} of them at run time ({bad[0]}, ...); trace it with "
-                         "torch._dynamo.config.patch(specialize_float=True), as compile_model(regional=True) does")
+                         "torch._dynamo.config.patch(specialize_float=True), as compile_model does")
     fake_mode = detect_fake_mode([n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"])
     kinds: dict[str, RegionKind] = {}
     graph = gm.graph

@@ -82,16 +82,13 @@ def calib_source(text: str) -> str:
 
 def task_list(text: str) -> tuple[str, ...]:
     """Comma-separated tasks, checked now so that a typo does not surface after perplexity has run."""
-    from actprune_compiler.eval.harness import TASKS  # the tuple only: harness imports lm_eval lazily
+    from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
 
-    allowed = ("wikitext2", *TASKS)
     tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # ordered, de-duplicated
     if not tasks:
-        raise argparse.ArgumentTypeError(f"no task given; choose from {', '.join(allowed)}")
-    unknown = [t for t in tasks if t not in allowed]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown task {', '.join(map(repr, unknown))}; "
-                                         f"choose from {', '.join(allowed)}")
+        raise argparse.ArgumentTypeError("no task given; give wikitext2 or any lm-eval task or group")
+    if unknown := unknown_tasks(tasks):
+        raise argparse.ArgumentTypeError(unknown_tasks_message(unknown))
     return tasks
 
 

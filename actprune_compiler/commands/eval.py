@@ -22,6 +22,7 @@ from actprune_compiler.commands.common import (
     task_list,
 )
 from actprune_compiler.eval.perplexity import BOS_MODES
+from actprune_compiler.eval.render import headline_metric
 from actprune_compiler.runinfo import format_times
 from actprune_compiler.tables import format_table
 
@@ -198,8 +199,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         row["wikitext2 ppl"] = round(metrics["wikitext2"]["ppl"], 3)
     for task, value in metrics.items():
         if task != "wikitext2":
-            m = value["metrics"]
-            row[task] = f"{m['acc']:.3f} ± {m.get('acc_stderr', float('nan')):.3f}"
+            row[task] = headline_metric(value["metrics"])
     row["runtime (min)"] = round(result["runtime_s"] / 60, 2)
     row["compile (s)"] = round(result["stages_s"]["compile_s"], 1) if result["compiled"] else "not compiled"
     row["replaced linears"] = result["replaced_linears"]

@@ -79,10 +79,12 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
 
 
 def render(sweep, source: str) -> list[Path]:
-    from actprune_compiler.eval.sweep import is_failed, read_results
+    from actprune_compiler.eval.sweep import is_failed, plan_sweep, sweep_results
     from actprune_compiler.files import atomic_write
 
-    results = [r for r in read_results(sweep.results) if not is_failed(r)]  # a failed run has no metrics
+    # The sweep's own runs: its results file may also hold runs of an earlier version of it (other sizes,
+    # other configs), which must not appear as rows of this table. A failed run has no metrics.
+    results = [r for r in sweep_results(sweep, plan_sweep(sweep)) if not is_failed(r)]
     folder = sweep.results.parent
     parts = [f"# actprune results ({time.strftime('%Y-%m-%d')})\n", describe(sweep, results, source)]
     written = []

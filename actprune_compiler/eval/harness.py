@@ -1,14 +1,15 @@
 """Zero-shot tasks through lm-eval, scoring the compiled program.
 
-Offline, each task is lm-eval's own yaml (prompts, choices, targets, metrics) included as is,
-with only the dataset source replaced by a local JSONL in the hub's schema. With a network and
-no local files, lm-eval's built-in task runs unchanged.
+Any lm-eval task or group. The seed's tasks (and a few more) have local mirrors: offline, each is
+lm-eval's own yaml (prompts, choices, targets, metrics) included as is, with only the dataset source
+replaced by a local JSONL in the hub's schema. Every other task, and these without local files, is
+lm-eval's built-in task, unchanged (its data comes from the hub).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,12 @@ import yaml
 
 from actprune_compiler.eval.data import data_checksums, prepared_task_file, task_data
 
-TASKS = ("arc_easy", "arc_challenge", "boolq", "piqa", "winogrande", "hellaswag")
-# lm-eval's yaml for each task, and the split it scores.
+# lm-eval's yaml for each task with a local mirror, and the split it scores.
 LM_EVAL_YAML = {"arc_easy": ("arc/arc_easy.yaml", "test"), "arc_challenge": ("arc/arc_challenge.yaml", "test"),
                 "boolq": ("super_glue/boolq/default.yaml", "validation"), "piqa": ("piqa/piqa.yaml", "validation"),
                 "winogrande": ("winogrande/default.yaml", "validation"),
                 "hellaswag": ("hellaswag/hellaswag.yaml", "validation")}
+LOCAL_TASKS = tuple(LM_EVAL_YAML)
 LOCAL_PREFIX = "actprune_local_"
 LOCAL_TAG = "actprune_local"  # the tag every actprune_local_<task> yaml carries
 
@@ -60,11 +61,25 @@ def write_local_task(task: str, files: dict[str, Path], folder: Path, name: str 
     return config["task"]
 
 
+def unknown_tasks(tasks: Collection[str]) -> list[str]:
+    """The names in `tasks` that are neither wikitext2, a task with a local mirror, nor a task or group
+    lm-eval knows (asking lm-eval only when a name is not one of the first two: its index takes seconds)."""
+    others = [t for t in tasks if t != "wikitext2" and t not in LOCAL_TASKS]
+    if not others:
+        return []
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    return [t for t in others if t not in known]
+
+
+def unknown_tasks_message(unknown: list[str]) -> str:
+    return (f"unknown task {', '.join(map(repr, unknown))}; give wikitext2 or any lm-eval task or group "
+            f"(`lm_eval --tasks list` lists them; local copies: {', '.join(LOCAL_TASKS)})")
+
+
 def resolve_tasks(tasks: list[str], data_dir: str | Path | None, folder: Path) -> tuple[dict[str, str], dict]:
     """lm-eval task name per requested task (local copy when the files exist), and data provenance."""
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; allowed: wikitext2, {', '.join(TASKS)}")
     names, provenance = {}, {}
     for task in tasks:
         files = task_data(task, data_dir)
@@ -85,6 +100,12 @@ def make_lm(runner: Callable[[torch.Tensor], torch.Tensor], model, tokenizer, ba
             # Causal requests are right-padded, so the real tokens never see the padding.
             with torch.no_grad():
                 return runner(inps)
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            # HFLM would generate with the dense eager model: refuse rather than score the wrong model.
+            raise ValueError("this task generates text, which actprune eval cannot do (it scores a program "
+                             "without a KV cache); run it with actprune-lm-eval --model actprune, which "
+                             "generates through the sparse model")
 
     return CompiledLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 

@@ -43,6 +43,15 @@ def accuracy_cells(result: dict[str, Any]) -> dict[str, str]:
     return cells
 
 
+def headline_metric(metrics: dict[str, float]) -> str:
+    """'0.460 ± 0.032' for accuracy (the seed's metric); other tasks name theirs: 'exact_match 0.210 ± 0.018'."""
+    name = "acc" if "acc" in metrics else next((k for k in metrics if not k.endswith("_stderr")), None)
+    if name is None:
+        return ""
+    text = f"{metrics[name]:.3f} ± {metrics.get(name + '_stderr', float('nan')):.3f}"
+    return text if name == "acc" else f"{name} {text}"
+
+
 def _order(result: dict[str, Any]) -> tuple:
     config = result.get("config")
     if config is None:

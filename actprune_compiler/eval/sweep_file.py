@@ -10,7 +10,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from actprune_compiler.eval.data import CALIB_SOURCES
-from actprune_compiler.eval.harness import TASKS  # a plain tuple: harness imports lm_eval only to score
+from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
 from actprune_compiler.eval.perplexity import BOS_MODES
 from actprune_compiler.eval.runner import EvalOptions
 from actprune_compiler.models import DTYPES
@@ -125,7 +125,6 @@ def _options(value: Any) -> EvalOptions:
     return EvalOptions(**{**value, "tasks": tuple(value.get("tasks", ("wikitext2",)))})
 
 
-ALL_TASKS = ("wikitext2", *TASKS)
 AT_LEAST = {"seqlen": 2, "batch_size": 1, "max_windows": 1, "num_fewshot": 0}  # None, where allowed, is unset
 
 
@@ -133,10 +132,9 @@ def _check_values(options: dict[str, Any]) -> None:
     """The values of well-typed options, as the eval command's flags check them."""
     if "tasks" in options:
         if not options["tasks"]:
-            raise ValueError(f"option tasks is empty; allowed: {', '.join(ALL_TASKS)}")
-        if unknown := [t for t in options["tasks"] if t not in ALL_TASKS]:
-            raise ValueError(f"option tasks has unknown task {', '.join(map(repr, unknown))}; "
-                             f"allowed: {', '.join(ALL_TASKS)}")
+            raise ValueError("option tasks is empty; give wikitext2 or any lm-eval task or group")
+        if unknown := unknown_tasks(options["tasks"]):
+            raise ValueError(f"option tasks has {unknown_tasks_message(unknown)}")
     if "bos" in options and options["bos"] not in BOS_MODES:
         raise ValueError(f"option bos {options['bos']!r} is unknown; allowed: {', '.join(BOS_MODES)}")
     calib = options.get("calib_data")

@@ -3,14 +3,19 @@ the inputs a token kept. CPU: built from sparse_rows.cpp on first use, with its 
 registered with the dispatcher from C++ (a Python kernel would cost a quarter of the GEMV's time);
 CUDA: the Triton GEMV in triton_nm.py, fed from the same W^T cache.
 
+actprune::packed_linear, the prefill GEMM on CPU in float32: oneDNN's GEMM with the weight packed
+once, from the same cache. Inductor packs weights only when it freezes them; a graph whose weights
+are inputs (regional compilation, warm starts from the FX graph cache) gets the same GEMM this way.
+
 The build (a torch C++ extension, about a minute) is cached under ~/.cache/torch_extensions.
 If it cannot be built, nothing falls back silently: the lowering says so once on stderr, with the
-build error, and decodes with the dense GEMM on the masked input (same results, dense speed).
+build error, and multiplies the masked input with the dense, unpacked GEMM (same results, dense speed).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 
 import torch
@@ -19,14 +24,18 @@ from torch import Tensor
 SOURCE = Path(__file__).with_name("sparse_rows.cpp")
 
 torch.library.define("actprune::sparse_rows_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+torch.library.define("actprune::packed_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 
 
 @functools.cache
 def _extension():
     from torch.utils.cpp_extension import load
 
-    return load(name="actprune_sparse_rows", sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                extra_ldflags=["-fopenmp"], verbose=False)
+    # The source's hash in the name: two checkouts (or versions) of actprune share the build folder,
+    # and under one name each would rebuild it with its own source, under the other's feet.
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    return load(name=f"actprune_sparse_rows_{digest}", sources=[str(SOURCE)],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
 
 
 @functools.cache
@@ -53,6 +62,12 @@ def sparse_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     return torch.ops.actprune.sparse_rows_linear(x, weight, bias)
 
 
+def packs_weights(x: Tensor) -> bool:
+    """Whether actprune::packed_linear serves this GEMM input: float32 on a CPU with oneDNN (others
+    take F.linear; the caller checks that the kernel was built)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
 def transposed(weight: Tensor) -> Tensor:
     """weight [N, K] -> a row-major [K, N] copy, cached for as long as the weight lives unchanged."""
     return _extension().transposed(weight)
@@ -64,7 +79,7 @@ def cache_stats() -> dict[str, int]:
 
 
 def clear_cache() -> None:
-    """Forget every cached W^T (needed after a weight changed through `.data`); no build if none ran."""
+    """Forget every cached W^T and packed W (needed after a weight changed through `.data`); no build if none ran."""
     if _extension.cache_info().currsize:
         _extension().clear_cache()
 
@@ -77,5 +92,6 @@ def _sparse_rows_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
 
 
 @torch.library.register_fake("actprune::sparse_rows_linear")
-def _sparse_rows_linear_shape(x, weight, bias):
+@torch.library.register_fake("actprune::packed_linear")
+def _linear_shape(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-import actprune_compiler.kernels.cpu  # noqa: F401  (registers actprune::sparse_rows_linear)
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
+from actprune_compiler.kernels import cpu  # registers actprune::sparse_rows_linear and packed_linear
 from actprune_compiler.kernels.gpu import gpu_path_supports, record_lowering
 from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
@@ -39,26 +39,30 @@ DECODE_MAX_TOKENS = 4
 
 @functools.cache
 def _say_native_kernel_missing(error: str | None) -> None:
-    print(f"actprune: the native decode kernel and its W^T cache could not be built ({error}); decode steps "
-          "multiply the masked input with the dense GEMM instead: same results, dense speed", file=sys.stderr)
+    print(f"actprune: the native kernels and their weight cache could not be built ({error}); decode steps and "
+          "the prefill multiply the masked input with the dense, unpacked GEMM instead: same results, dense speed",
+          file=sys.stderr)
+
+
+def native_kernels() -> bool:
+    """Whether the native kernels (decode kernel, packed prefill GEMM) are built; says so once if not."""
+    if not cpu.available():
+        _say_native_kernel_missing(cpu.build_error())
+        return False
+    return True
 
 
 def use_decode_kernel(x: Tensor, correction: str) -> bool:
     """Decode-sized static shapes, a sparse GEMM input, and a kernel for the device: the native one
     on CPU, the Triton GEMV on CUDA. Both take W^T from the native cache keyed by the weight
     (kernels/sparse_rows.cpp), so this holds with and without Inductor's freezing."""
-    from actprune_compiler.kernels import cpu
-
     # Look at each dimension: Size.numel() would turn symbolic sizes into a guard on their value
     # and recompile the graph for every new prompt length.
     dims = x.shape[:-1]
     decode = all(isinstance(d, int) for d in dims) and math.prod(dims) <= DECODE_MAX_TOKENS
     if not decode or CORRECTIONS[correction].token_shift is not None or x.device.type not in ("cpu", "cuda"):
         return False
-    if not cpu.available():
-        _say_native_kernel_missing(cpu.build_error())
-        return False
-    return True
+    return native_kernels()
 
 
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
@@ -66,10 +70,11 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
     decode = use_decode_kernel(x, correction)
     fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
+    packed = not decode and cpu.packs_weights(x) and native_kernels()
     prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
+    gemm = "decode kernel over kept rows" if decode else "packed GEMM" if packed else "dense GEMM"
     kernel = ("triton masked GEMM (or cuSPARSELt)" if fused_gpu else
-              f"{'rank loop' if prune is prune_by_rank else 'sort'} mask + "
-              f"{'decode kernel over kept rows' if decode else 'dense GEMM'}")
+              f"{'rank loop' if prune is prune_by_rank else 'sort'} mask + {gemm}")
     record_lowering(x, n, m, criterion, correction, kernel)
     if fused_gpu:
         # Triton GEMM with the mask in its prologue (or cuSPARSELt for 2:4): no pass over memory.
@@ -78,6 +83,9 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
     if decode:
         # The kernel reads only the rows of W^T under kept inputs.
         return torch.ops.actprune.sparse_rows_linear(x_sparse, weight, bias)
+    if packed:
+        # Inductor packs only frozen weights; this packs each weight once, whether it is frozen or an input.
+        return torch.ops.actprune.packed_linear(x_sparse, weight, bias)
     return F.linear(x_sparse, weight, bias)
 
 
@@ -110,8 +118,6 @@ class CacheSalt(CustomGraphPass):
         pass
 
     def uuid(self) -> bytes:
-        from actprune_compiler.kernels import cpu
-
         return _lowering_hash(cpu.available())
 
 

@@ -97,7 +97,7 @@ def test_compile(workdir, capfd, args, fragment):
     (["--limit", "2.5"], "argument --limit: 2.5 is not a whole count"),
     (["--limit", "all"], "argument --limit: 'all' is not a number"),
     (["--num-fewshot", "-2"], "argument --num-fewshot: -2 is too small; it must be an integer >= 0"),
-    (["--tasks", "arc_eesy"], "argument --tasks: unknown task 'arc_eesy'; choose from wikitext2, arc_easy"),
+    (["--tasks", "arc_eesy"], "argument --tasks: unknown task 'arc_eesy'; give wikitext2 or any lm-eval task"),
     (["--tasks", "wikitext2,arc_eesy"], "unknown task 'arc_eesy'"),
     (["--tasks", ""], "argument --tasks: no task given"),
     (["--tasks", " , "], "argument --tasks: no task given"),

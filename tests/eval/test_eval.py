@@ -153,3 +153,28 @@ def test_regional_eval_scores_what_the_whole_graph_scores():
     assert regional["windows"] == whole["windows"] == 2
     assert math.isclose(regional["mean_nll"], whole["mean_nll"], rel_tol=1e-9)
     assert results[True]["options"]["regional"] is True and "regional" not in results[False]["options"]
+
+
+def test_any_lm_eval_task_resolves_local_mirrors_first_and_names_the_unknown(tmp_path):
+    from actprune_compiler.eval.harness import resolve_tasks, unknown_tasks
+
+    assert unknown_tasks(["wikitext2", "arc_easy"]) == []  # no lm-eval index needed for these
+    assert unknown_tasks(["lambada_openai", "gsm8k", "arc_eesy"]) == ["arc_eesy"]
+    (tmp_path / "data").mkdir()
+    names, provenance = resolve_tasks(["lambada_openai", "arc_easy"], tmp_path / "data", tmp_path)
+    # lm-eval's own tasks, unchanged: lambada has no local mirror, arc_easy's files are not in this folder
+    assert names == {"lambada_openai": "lambada_openai", "arc_easy": "arc_easy"}
+    assert {p["source"] for p in provenance.values()} == {"lm-eval built-in task (hub dataset)"}
+    assert list(tmp_path.glob("*.yaml")) == []
+
+
+def test_generation_tasks_are_refused_not_run_on_the_dense_model():
+    from lm_eval.api.instance import Instance
+
+    from actprune_compiler.eval.harness import make_lm
+
+    runner = compile_program(sparsify(tiny_program("llama"), SparsityConfig("2:4")).program)
+    lm = make_lm(runner, tiny_model("llama"), char_tokenizer(), batch_size=1)
+    request = Instance("generate_until", {}, ("Once upon", {"until": ["."], "max_gen_toks": 4}), 0)
+    with pytest.raises(ValueError, match="run it with actprune-lm-eval --model actprune"):
+        lm.generate_until([request])

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_program, token_ids
 from torch._inductor.utils import run_and_get_code
 
@@ -59,4 +60,42 @@ def test_decode_shapes_lower_to_the_kernel_and_match_the_reference():
                                    rtol=1e-4, atol=1e-4)
         _, sources = run_and_get_code(compile_program(result.program), prefill)
         assert "sparse_rows_linear" not in "\n".join(sources)  # many tokens: the GEMM path
+        assert "packed_linear" in "\n".join(sources)  # with the weight packed, frozen or not
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_equals_f_linear_and_packs_each_weight_once(bias):
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(2, 37, 576, generator=g), torch.randn(1536, 576, generator=g)
+    b = torch.randn(1536, generator=g) if bias else None
+    cpu.clear_cache()
+    for _ in range(3):
+        torch.testing.assert_close(torch.ops.actprune.packed_linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    assert cpu.cache_stats() == {"hits": 2, "misses": 1}
+    with torch.no_grad():
+        w.mul_(-1)  # an in-place update moves the version counter: packed again, not stale
+    torch.testing.assert_close(torch.ops.actprune.packed_linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    assert cpu.cache_stats()["misses"] == 2
+
+
+def test_packed_linear_refuses_other_dtypes():
+    with pytest.raises(RuntimeError, match="packed_linear: float32 only"):
+        torch.ops.actprune.packed_linear(torch.zeros(2, 8, dtype=torch.float64), torch.zeros(3, 8, dtype=torch.float64),
+                                         None)
+
+
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
+def test_prefill_takes_the_packed_gemm_with_weights_as_inputs(regional):
+    """Neither regional compilation nor an unfrozen whole graph lets Inductor pack weights: the packed
+    GEMM comes from actprune's weight cache, and equals the uncompiled program's GEMM."""
+    result = sparsify(tiny_program("llama"), SparsityConfig("8:16"))
+    compiled = compile_program(result.program, freeze=False, regional=regional)
+    prefill = token_ids(2, 16)
+    with torch.no_grad():
+        got, sources = run_and_get_code(compiled, prefill)
+        torch.testing.assert_close(got, result.module()(prefill), rtol=1e-4, atol=1e-4)
+    code = "\n".join(sources)
+    # 7 rewritten linears a layer, 2 layers (regional: one kind's code), and the dense lm_head: all packed
+    assert code.count("actprune.packed_linear.default(") == (7 if regional else 14) + 1
+    assert "extern_kernels.mm(" not in code and "addmm" not in code
 
