@@ -70,7 +70,8 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
     decode = use_decode_kernel(x, correction)
     fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
-    packed = not decode and cpu.packs_weights(x) and native_kernels()
+    # Inductor packs frozen weights itself; weights that stay inputs get theirs from the native cache.
+    packed = not decode and not torch._inductor.config.freezing and cpu.packs_weights(x) and native_kernels()
     prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
     gemm = "decode kernel over kept rows" if decode else "packed GEMM" if packed else "dense GEMM"
     kernel = ("triton masked GEMM (or cuSPARSELt)" if fused_gpu else
@@ -84,7 +85,6 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
         # The kernel reads only the rows of W^T under kept inputs.
         return torch.ops.actprune.sparse_rows_linear(x_sparse, weight, bias)
     if packed:
-        # Inductor packs only frozen weights; this packs each weight once, whether it is frozen or an input.
         return torch.ops.actprune.packed_linear(x_sparse, weight, bias)
     return F.linear(x_sparse, weight, bias)
 
