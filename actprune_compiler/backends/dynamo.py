@@ -210,8 +210,9 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     Inference only. Calibrated criteria/corrections and skip_sensitive run the eager model over
     `calib_text` once, here, and hand the statistics to the backend. freeze=False (the default)
     keeps the weights as graph inputs, so Inductor's FX graph cache holds the compiled graphs and a
-    second process with the same model and config starts warm; freeze=True folds them as constants
-    (about 7% faster prefill on CPU, the decode kernel does not need it) and Inductor caches nothing.
+    second process with the same model and config starts warm (its CPU GEMMs take weights packed once
+    in actprune's weight cache, as fast as frozen ones); freeze=True folds them as constants and
+    Inductor caches nothing.
     dynamic=True: prompt and cache lengths are symbolic from the first compile; left to Dynamo's
     automatic detection they are not (a prompt length is followed by decode's length 1, which is
     always specialised), and every new prompt length recompiles.
