@@ -30,7 +30,8 @@ from actprune_compiler.tables import format_table
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     # A string default goes through type= too, so args.tasks is always a tuple of known tasks.
     p.add_argument("--tasks", type=task_list, default="wikitext2",
-                   help="comma-separated: wikitext2, arc_easy, arc_challenge, boolq, piqa, winogrande, hellaswag")
+                   help="comma-separated: wikitext2 and any lm-eval task or group (local copies: arc_easy, "
+                        "arc_challenge, boolq, piqa, winogrande, hellaswag; others read the hub, see --allow-hub)")
     p.add_argument("--seqlen", type=int_at_least(2), default=2048,  # one token predicts nothing
                    help="perplexity window length (tokens)")
     p.add_argument("--max-windows", type=positive_int, default=None, help="score only the first N windows")
