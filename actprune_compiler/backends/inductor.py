@@ -19,8 +19,7 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
     Without freezing, the dense linears take the packed GEMM too (pack_dense_linears)."""
     from torch._inductor.compile_fx import compile_fx
 
-    if not torch._inductor.config.freezing:
-        pack_dense_linears(gm)
+    pack_dense_linears(gm)
     salt = {} if torch._inductor.config.post_grad_custom_post_pass else {"post_grad_custom_post_pass": CACHE_SALT}
     with torch._inductor.config.patch(salt):
         return compile_fx(gm, example_inputs)
@@ -34,18 +33,17 @@ def pack_dense_linears(gm: fx.GraphModule) -> int:
     (regional compilation, warm starts from the FX graph cache) would take the unpacked GEMM, about a
     quarter slower at prefill sizes; the rewritten linears pack theirs in nm_linear's lowering, and
     this gives the dense ones the same GEMM from the same weight cache."""
-    from actprune_compiler.kernels import cpu
-    from actprune_compiler.lowering.inductor import native_kernels
+    from actprune_compiler.lowering.inductor import uses_packed_gemm
     from actprune_compiler.passes.select_linears import LINEAR_TARGETS
 
     def packs(node: fx.Node) -> bool:
         if node.op != "call_function" or node.target not in LINEAR_TARGETS:
             return False
         x = node.args[0].meta.get("val", node.args[0].meta.get("example_value"))
-        return isinstance(x, torch.Tensor) and cpu.packs_weights(x)
+        return isinstance(x, torch.Tensor) and uses_packed_gemm(x)
 
     nodes = [node for node in gm.graph.nodes if packs(node)]
-    if not nodes or not native_kernels():
+    if not nodes:
         return 0
     for node in nodes:
         x, weight, *rest = node.args

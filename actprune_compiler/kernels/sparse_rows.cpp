@@ -68,7 +68,8 @@ void token_rows(const scalar_t* x, const scalar_t* wt, const scalar_t* bias, sca
 
 // W^T (and the packed W), made once per weight and reused while the weight is unchanged: the
 // decode kernel reads rows of W^T, and transposing on every call would copy the whole weight,
-// costing more than the GEMV saves; packing costs more than a prefill GEMM. An entry holds its weight weakly (it dies with the weight, and the weak reference keeps
+// costing more than the GEMV saves; packing costs more than a prefill GEMM. An entry holds its
+// weight weakly (it dies with the weight, and the weak reference keeps
 // the address from being reused meanwhile) and is checked against the weight's data pointer,
 // layout and version counter, so an in-place update (load_state_dict, copy_ under no_grad) is
 // seen. An update through `.data` bypasses the version counter: clear the cache after one.

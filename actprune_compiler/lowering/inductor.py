@@ -52,6 +52,12 @@ def native_kernels() -> bool:
     return True
 
 
+def uses_packed_gemm(x: Tensor) -> bool:
+    """Whether a GEMM on input x calls actprune::packed_linear: float32 on a CPU with oneDNN, weights
+    that stay graph inputs (Inductor packs frozen ones itself), and the native kernels built."""
+    return not torch._inductor.config.freezing and cpu.packs_weights(x) and native_kernels()
+
+
 def use_decode_kernel(x: Tensor, correction: str) -> bool:
     """Decode-sized static shapes, a sparse GEMM input, and a kernel for the device: the native one
     on CPU, the Triton GEMV on CUDA. Both take W^T from the native cache keyed by the weight
@@ -70,8 +76,7 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
                          score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
     decode = use_decode_kernel(x, correction)
     fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
-    # Inductor packs frozen weights itself; weights that stay inputs get theirs from the native cache.
-    packed = not decode and not torch._inductor.config.freezing and cpu.packs_weights(x) and native_kernels()
+    packed = not decode and uses_packed_gemm(x)
     prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
     gemm = "decode kernel over kept rows" if decode else "packed GEMM" if packed else "dense GEMM"
     kernel = ("triton masked GEMM (or cuSPARSELt)" if fused_gpu else
