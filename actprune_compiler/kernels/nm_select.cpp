@@ -4,7 +4,7 @@
 //
 // Inductor can generate this loop itself (lowering/inductor.py), but it unrolls the M comparisons
 // into the C++ of every graph that masks, both vectorised and scalar, which made a sparse model's
-// generated code nearly three times the dense model's and its cold compile about a fifth longer.
+// generated code nearly three times the dense model's, all of it compiled at every cold start.
 // Compiled here once per machine instead, the graphs call it like a GEMM.
 //
 // Vectorised across the group as Inductor's loop is, and a little faster than it (0.9 ms against
