@@ -10,7 +10,7 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 
-from actprune_compiler.lowering.inductor import CACHE_SALT
+from actprune_compiler.lowering.inductor import POST_GRAD_PASS
 
 
 def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Callable:
@@ -20,8 +20,8 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
     from torch._inductor.compile_fx import compile_fx
 
     pack_dense_linears(gm)
-    salt = {} if torch._inductor.config.post_grad_custom_post_pass else {"post_grad_custom_post_pass": CACHE_SALT}
-    with torch._inductor.config.patch(salt):
+    ours = {} if torch._inductor.config.post_grad_custom_post_pass else {"post_grad_custom_post_pass": POST_GRAD_PASS}
+    with torch._inductor.config.patch(ours):
         return compile_fx(gm, example_inputs)
 
 

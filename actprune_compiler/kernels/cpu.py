@@ -7,6 +7,9 @@ actprune::packed_linear, the prefill GEMM on CPU in float32: oneDNN's GEMM with 
 once, from the same cache. Inductor packs weights only when it freezes them; a graph whose weights
 are inputs (regional compilation, warm starts from the FX graph cache) gets the same GEMM this way.
 
+actprune::nm_select_cpu, the N:M mask on CPU (nm_select.cpp): actprune::nm_select's rule, compiled once
+here rather than generated into every graph by Inductor.
+
 The build (a torch C++ extension, about a minute) is cached under ~/.cache/torch_extensions.
 If it cannot be built, nothing falls back silently: the lowering says so once on stderr, with the
 build error, and multiplies the masked input with the dense, unpacked GEMM (same results, dense speed).
@@ -21,10 +24,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("sparse_rows.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("sparse_rows.cpp", "nm_select.cpp")]
 
 torch.library.define("actprune::sparse_rows_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::packed_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+torch.library.define("actprune::nm_select_cpu", "(Tensor groups, Tensor values, int n) -> Tensor")
 
 
 @functools.cache
@@ -33,8 +37,8 @@ def _extension():
 
     # The source's hash in the name: two checkouts (or versions) of actprune share the build folder,
     # and under one name each would rebuild it with its own source, under the other's feet.
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    return load(name=f"actprune_sparse_rows_{digest}", sources=[str(SOURCE)],
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
+    return load(name=f"actprune_sparse_rows_{digest}", sources=[str(source) for source in SOURCES],
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
 
 
@@ -60,6 +64,12 @@ def sparse_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     """x [..., K] @ weight [N, K]^T + bias, reading only the rows of W^T where x is nonzero."""
     _extension()  # registers the CPU kernel
     return torch.ops.actprune.sparse_rows_linear(x, weight, bias)
+
+
+def nm_select(groups: Tensor, values: Tensor, n: int) -> Tensor:
+    """actprune::nm_select's result from the native kernel: groups [..., m] of scores, values alike."""
+    _extension()  # registers the CPU kernel
+    return torch.ops.actprune.nm_select_cpu(groups, values, n)
 
 
 def packs_weights(x: Tensor) -> bool:
@@ -95,3 +105,8 @@ def _sparse_rows_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
 @torch.library.register_fake("actprune::packed_linear")
 def _linear_shape(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("actprune::nm_select_cpu")
+def _select_shape(groups, values, n):
+    return torch.empty_like(values)

@@ -6,6 +6,10 @@ own: one Pointwise IR node whose body compares each element with the m members o
 (broadcast loads, vectorised along the group) and selects the value or 0 in the same loop.
 Expanding the comparisons as m separate ATen ops computes the same thing but multiplies
 Inductor's IR, and its compile time, several-fold.
+
+On CPU the mask is a call of actprune's native kernel (kernels/nm_select.cpp, the same rule, compiled
+once per machine) instead of that loop: Inductor's C++ for the loop, in every masking kernel of every
+graph, was most of what a sparse model's cold compile added to the dense model's.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from actprune_compiler.kernels import cpu  # registers actprune::sparse_rows_lin
 from actprune_compiler.kernels.gpu import gpu_path_supports, record_lowering
 from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
-from actprune_compiler.sparsity.masks import prune_by_rank, prune_sorted
+from actprune_compiler.sparsity.masks import prune_by_rank, prune_native, prune_sorted
 
 # Pairwise ranking costs m comparisons per element: right for N:M groups, wrong for unstructured
 # top-k over a whole row (m = in_features), where a sort is cheaper.
@@ -58,6 +62,14 @@ def uses_packed_gemm(x: Tensor) -> bool:
     return not torch._inductor.config.freezing and cpu.packs_weights(x) and native_kernels()
 
 
+def native_mask(x: Tensor) -> bool:
+    """Whether the mask is the native CPU kernel's (kernels/nm_select.cpp) rather than a loop Inductor
+    generates: on CPU, whenever the native kernels are built. Same rule, same results; Inductor's
+    generated loop unrolls the m comparisons into every masking kernel of every graph, all of it
+    compiled at every cold start."""
+    return x.device.type == "cpu" and native_kernels()
+
+
 def use_decode_kernel(x: Tensor, correction: str) -> bool:
     """Decode-sized static shapes, a sparse GEMM input, and a kernel for the device: the native one
     on CPU, the Triton GEMV on CUDA. Both take W^T from the native cache keyed by the weight
@@ -77,10 +89,10 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
     decode = use_decode_kernel(x, correction)
     fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
     packed = not decode and uses_packed_gemm(x)
-    prune = prune_by_rank if m <= MAX_PAIRWISE_GROUP else prune_sorted
+    prune = prune_sorted if m > MAX_PAIRWISE_GROUP else prune_native if native_mask(x) else prune_by_rank
     gemm = "decode kernel over kept rows" if decode else "packed GEMM" if packed else "dense GEMM"
-    kernel = ("triton masked GEMM (or cuSPARSELt)" if fused_gpu else
-              f"{'rank loop' if prune is prune_by_rank else 'sort'} mask + {gemm}")
+    mask = {prune_sorted: "sort", prune_native: "native rank", prune_by_rank: "rank loop"}[prune]
+    kernel = "triton masked GEMM (or cuSPARSELt)" if fused_gpu else f"{mask} mask + {gemm}"
     record_lowering(x, n, m, criterion, correction, kernel)
     if fused_gpu:
         # Triton GEMM with the mask in its prologue (or cuSPARSELt for 2:4): no pass over memory.
@@ -114,16 +126,45 @@ def _register_nm_linear_decomposition() -> None:
         decomposition.fast_random_decomps.cache_clear()  # a cached copy of the table
 
 
-class CacheSalt(CustomGraphPass):
-    """A post-grad pass that changes nothing; its uuid puts actprune's lowering code (and whether the
-    native decode kernel is there) into Inductor's cache key, so that a cached graph is never reused
-    after that code changed. Inductor hashes its own code, not the decompositions registered here."""
+class PostGradPass(CustomGraphPass):
+    """actprune's post-grad pass: computations repeated on the same inputs are done once, and its uuid
+    puts actprune's lowering code (and whether the native kernels are there) into Inductor's cache key,
+    so that a cached graph is never reused after that code changed (Inductor hashes its own code, not
+    the decompositions registered here).
+
+    nm_linear expands once per linear, so q, k and v (and gate and up), which read one input, each
+    compute the same mask. Inductor's generated loops merged the copies; calls of the native mask are
+    opaque to it, and without this pass each would run."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        pass
+        merge_repeated_work(graph)
 
     def uuid(self) -> bytes:
         return _lowering_hash(cpu.available())
+
+
+def merge_repeated_work(graph: torch.fx.Graph) -> int:
+    """Common subexpressions of a functional (post-grad, not yet re-inplaced) graph: a call of an op with the
+    same arguments as an earlier one is replaced by it, as AOTAutograd's own CSE does for training graphs.
+    Ops that mutate or draw random numbers are left alone, and so are new buffers other than scalar
+    constants (a later pass may fill a buffer in place). Returns how many were merged."""
+    first: dict[str, torch.fx.Node] = {}
+    merged = 0
+    for node in list(graph.nodes):
+        target = node.target
+        if (node.op != "call_function" or not isinstance(target, torch._ops.OpOverload) or target._schema.is_mutable
+                or torch.Tag.nondeterministic_seeded in target.tags):
+            continue
+        if not node.all_input_nodes and not (target is torch.ops.aten.full.default and node.args[0] == []):
+            continue
+        key = f"{target} {node.args!r} {node.kwargs!r}"  # an argument node prints as its unique name
+        if key in first:
+            node.replace_all_uses_with(first[key])
+            graph.erase_node(node)
+            merged += 1
+        else:
+            first[key] = node
+    return merged
 
 
 @functools.cache
@@ -134,7 +175,7 @@ def _lowering_hash(native_kernel: bool) -> bytes:
     return get_hash_for_files(tuple(files), extra=f"native decode kernel: {native_kernel}")
 
 
-CACHE_SALT = CacheSalt()
+POST_GRAD_PASS = PostGradPass()
 
 
 def _register_select_lowering() -> None:

@@ -1,7 +1,8 @@
 """actprune::nm_select: values with all but the top-n-scored of each group set to 0.
 
 nm_linear's Inductor lowering expands into ATen ops around this one op, which Inductor turns
-into a single Pointwise loop (lowering/inductor.py). It returns the pruned values rather than a
+into a single Pointwise loop (lowering/inductor.py; on CPU the lowering calls the same rule's native
+kernel, actprune::nm_select_cpu, instead). It returns the pruned values rather than a
 mask: a separate bool mask would not fuse with its consumer and would be stored to memory.
 """
 

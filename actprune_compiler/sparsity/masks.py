@@ -59,8 +59,20 @@ def prune_by_rank(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
     comparisons per element, the select in the same loop) instead of the seed's topk + scatter."""
     import actprune_compiler.ops.select  # noqa: F401  (registers the op)
 
+    return _select_groups(torch.ops.actprune.nm_select, values, scores, n, m)
+
+
+def prune_native(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
+    """The same rank rule in actprune's native CPU kernel (kernels/nm_select.cpp), which a compiled
+    graph calls instead of carrying the m comparisons' generated code."""
+    from actprune_compiler.kernels import cpu
+
+    return _select_groups(cpu.nm_select, values, scores, n, m)
+
+
+def _select_groups(select: Callable, values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
     groups = grouped(scores, m)
-    return torch.ops.actprune.nm_select(groups, values.unflatten(-1, groups.shape[-2:]), n).flatten(-2)
+    return select(groups, values.unflatten(-1, groups.shape[-2:]), n).flatten(-2)
 
 
 def prune_topk(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:

@@ -8,7 +8,9 @@ from torch._inductor.utils import run_and_get_code
 
 from actprune_compiler import SparsityConfig, compile_program, sparsify
 from actprune_compiler.kernels import cpu
-from actprune_compiler.sparsity.masks import prune_sorted
+from actprune_compiler.lowering import inductor as lowering
+from actprune_compiler.ops.select import nm_select
+from actprune_compiler.sparsity.masks import grouped, prune_sorted
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,3 +100,58 @@ def test_prefill_takes_the_packed_gemm_with_weights_as_inputs(regional):
     assert code.count("actprune.packed_linear.default(") == (7 if regional else 14) + 1
     assert "extern_kernels.mm(" not in code and "addmm" not in code
 
+
+
+@pytest.mark.parametrize("m", [4, 8, 16, 32, 64, 6])
+@pytest.mark.parametrize("values_dtype,scores_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                                       (torch.float64, torch.float64)], ids=["fp32", "bf16", "fp64"])
+def test_native_mask_keeps_what_nm_select_keeps(m, values_dtype, scores_dtype):
+    """Exactly N kept per group, and the same N as actprune::nm_select: ties to the lower index, NaN kept."""
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(3, 5, 4 * m, generator=g).to(values_dtype)
+    x[0, 0, :m] = 1.0  # a group of ties
+    x[0, 1, : m // 2] = -2.0  # ties across signs
+    x[1, 1, 2] = math.nan  # its score is +inf
+    groups = grouped(x.abs().to(scores_dtype), m)
+    values = x.unflatten(-1, groups.shape[-2:])
+    for n in sorted({1, m // 2, m - 1}):
+        got = cpu.nm_select(groups, values, n)
+        torch.testing.assert_close(got, nm_select(groups, values, n), rtol=0, atol=0, equal_nan=True)
+        assert ((got != 0).sum(-1) == n).all()
+
+
+def test_native_mask_refuses_integer_scores():
+    with pytest.raises(RuntimeError, match="nm_select_cpu: float32 or float64 scores expected"):
+        cpu.nm_select(torch.zeros(2, 4, dtype=torch.int32), torch.zeros(2, 4), 2)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "inductor-loop"])
+def test_compiled_mask_is_the_native_kernel_on_cpu_and_both_masks_match_the_reference(native, monkeypatch):
+    """On CPU the graphs call the native mask; Inductor's own loop (the GPU path's lowering, and the CPU's
+    when the native kernels cannot be built) stays correct."""
+    if not native:
+        monkeypatch.setattr(lowering, "native_mask", lambda x: False)
+    result = sparsify(tiny_program("llama"), SparsityConfig("8:16"))
+    prefill = token_ids(2, 16)
+    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):  # the patch is not in the cache key
+        got, sources = run_and_get_code(compile_program(result.program, freeze=False), prefill)
+        torch.testing.assert_close(got, result.module()(prefill), rtol=1e-4, atol=1e-4)
+    code = "\n".join(sources)
+    # 7 rewritten linears a layer read 4 inputs (q/k/v one, gate/up one): 4 masks a layer, 2 layers
+    assert code.count("actprune.nm_select_cpu.default(") == (8 if native else 0)
+
+
+def test_repeated_work_is_merged_but_random_and_mutating_ops_are_not():
+    def f(x):
+        noise_a, noise_b = torch.rand_like(x), torch.rand_like(x)
+        y = x.clone()
+        return x.abs() + x.abs() + noise_a + noise_b, y.add_(1), y.add_(1)
+
+    graph = torch.fx.experimental.proxy_tensor.make_fx(f)(torch.zeros(3)).graph
+    count = lambda op: sum(n.target is op for n in graph.nodes)  # noqa: E731
+    before = {op: count(op) for op in (torch.ops.aten.abs.default, torch.ops.aten.rand_like.default,
+                                       torch.ops.aten.add_.Tensor)}
+    assert lowering.merge_repeated_work(graph) == 1
+    assert count(torch.ops.aten.abs.default) == before[torch.ops.aten.abs.default] - 1 == 1
+    assert count(torch.ops.aten.rand_like.default) == before[torch.ops.aten.rand_like.default] == 2
+    assert count(torch.ops.aten.add_.Tensor) == before[torch.ops.aten.add_.Tensor] == 2
