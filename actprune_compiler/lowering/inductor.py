@@ -133,7 +133,7 @@ class PostGradPass(CustomGraphPass):
     the decompositions registered here).
 
     nm_linear expands once per linear, so q, k and v (and gate and up), which read one input, each
-    compute the same mask. Inductor's generated loops merged the copies; calls of the native mask are
+    compute the same mask. Inductor can merge such copies inside its generated loops; calls of the native mask are
     opaque to it, and without this pass each would run."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
