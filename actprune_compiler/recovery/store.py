@@ -8,6 +8,7 @@ $ACTPRUNE_CACHE/recovery.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -33,10 +34,21 @@ def _update(digest, tensor: Tensor) -> None:
     digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+def config_text(config: Any) -> str:
+    """The model config as the key reads it. A GGUF file read directly carries a quantization_config that its
+    dequantised copy (dequantized.py) does not: it says how the weights were read, not what they are, and
+    left in it gave a model's first load and every later one different keys (and a second training)."""
+    if not hasattr(config, "to_json_string"):
+        return repr(config)
+    if getattr(config, "quantization_config", None) is not None:
+        config = copy.deepcopy(config)
+        del config.quantization_config
+    return config.to_json_string()
+
+
 def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    digest.update((config.to_json_string() if hasattr(config, "to_json_string") else repr(config)).encode())
+    digest.update(config_text(getattr(model, "config", None)).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         _update(digest, tensor)

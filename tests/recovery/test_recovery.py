@@ -236,3 +236,18 @@ def test_a_config_field_added_later_keeps_earlier_store_keys_at_its_default():
     rotated = SparsityConfig("2:4", rotation="pca")
     assert '"rotation": "pca"' in config_key(rotated)
     assert '"rotation"' not in config_key(rotated.replace(rotation="none"))
+
+
+def test_a_gguf_load_and_its_dequantised_copy_share_store_keys():
+    """A GGUF file read directly has a quantization_config its dequantised copy lacks; same weights, same key."""
+    from actprune_compiler.recovery.store import model_fingerprint
+
+    model = tiny_model("llama")
+    copied = model_fingerprint(model)
+    read_from_gguf = copy.deepcopy(model)
+    read_from_gguf.config.quantization_config = {"quant_method": "gguf", "gguf_file": "model.gguf", "dequantize": False}
+    assert model_fingerprint(read_from_gguf) == copied
+    assert read_from_gguf.config.quantization_config["quant_method"] == "gguf"  # the model's own config untouched
+    with torch.no_grad():
+        read_from_gguf.lm_head.weight[0, 0] += 1
+    assert model_fingerprint(read_from_gguf) != copied
