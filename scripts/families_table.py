@@ -6,6 +6,7 @@ Each table holds the runs of the sweep file as it is now (its sizes, its configs
 sweep's own run keys, so records of earlier sizes kept in the same results file never mix in.
 """
 
+import re
 from pathlib import Path
 
 from actprune_compiler.eval.sweep import is_failed, plan_sweep, sweep_results
@@ -31,23 +32,35 @@ def minutes(result: dict, dense: dict | None) -> str:
     return f"{result['runtime_s'] / 60:.1f}{ratio}"
 
 
+def row_label(pruning: str) -> str:
+    """The method without its step count, so each family's fine-tuning (its own steps) shares one row."""
+    return re.sub(r"\((\d+)\)", "", pruning)
+
+
+def steps(pruning: str) -> str:
+    found = re.search(r"\((\d+)\)", pruning)
+    return f"; {found.group(1)} steps" if found else ""
+
+
 def perplexity_block() -> list[str]:
     per_model, sizes, order = {}, [], []
     for model in MODELS:
         sweep, results = runs(f"families-{model}.yaml")
-        per_model[model] = {r["pruning"]: r for r in results}
-        order += [r["pruning"] for r in results if r["pruning"] not in order]
+        per_model[model] = {row_label(r["pruning"]): r for r in results}
+        order += [row_label(r["pruning"]) for r in results if row_label(r["pruning"]) not in order]
         tokens = results[0]["metrics"]["wikitext2"]["predicted_tokens"] if results else 0
         sizes.append(f"{model}: {sweep.options.max_windows} windows ({tokens:,} predicted tokens)" if results
                      else f"{model}: not run")
     lines = ["**WikiText-2 perplexity**, test split, the first windows of 2048 tokens (" + "; ".join(sizes) + "), "
-             "through the Inductor-compiled program, float32, CPU. In brackets: replaced linear layers.", "",
+             "through the Inductor-compiled program, float32, CPU. In brackets: replaced linear layers (and the "
+             "fine-tuning's steps).", "",
              "| pruning | " + " | ".join(MODELS) + " |", "|---|" + "---|" * len(MODELS)]
     for label in order:
         cells = []
         for model in MODELS:
             r = per_model[model].get(label)
-            cells.append("n/a" if r is None else f"{r['metrics']['wikitext2']['ppl']:,.2f} ({r['replaced_linears']})")
+            cells.append("n/a" if r is None else
+                         f"{r['metrics']['wikitext2']['ppl']:,.2f} ({r['replaced_linears']}{steps(r['pruning'])})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
