@@ -32,13 +32,16 @@ def minutes(result: dict, dense: dict | None) -> str:
     return f"{result['runtime_s'] / 60:.1f}{ratio}"
 
 
+STEPS = re.compile(r"\((\d+)\)")  # "8:16 finetune(40)": a recovery method's training steps
+
+
 def row_label(pruning: str) -> str:
     """The method without its step count, so each family's fine-tuning (its own steps) shares one row."""
-    return re.sub(r"\((\d+)\)", "", pruning)
+    return STEPS.sub("", pruning)
 
 
 def steps(pruning: str) -> str:
-    found = re.search(r"\((\d+)\)", pruning)
+    found = STEPS.search(pruning)
     return f"; {found.group(1)} steps" if found else ""
 
 
