@@ -62,16 +62,22 @@ def load_gguf(gguf: Path, dtype: torch.dtype | str, load: Loader) -> tuple[Any, 
     return model, tokenizer
 
 
+def unmarked_config(config: Any) -> Any:
+    """A copy of a model config without its quantization_config: a GGUF file read directly marks the config
+    as quantised although its tensors are plain floats by now, and the dequantised copy drops the mark."""
+    config = copy.deepcopy(config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
 def save_dequantized(model, tokenizer, folder: Path) -> None:
     """save_pretrained refuses a model loaded from GGUF (it counts as quantised), though its tensors
     are plain floats by now: write them with safetensors, and a config without the GGUF marker."""
     from safetensors.torch import save_model
 
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # drops tied duplicates
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.save_pretrained(folder)
+    unmarked_config(model.config).save_pretrained(folder)
     model.generation_config.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

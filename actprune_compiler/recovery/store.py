@@ -8,7 +8,6 @@ $ACTPRUNE_CACHE/recovery.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from actprune_compiler.calibration.hooks import token_windows
+from actprune_compiler.dequantized import unmarked_config
 from actprune_compiler.files import atomic_write
 from actprune_compiler.models import CACHE_DIR
 from actprune_compiler.recovery import distill as training
@@ -35,15 +35,9 @@ def _update(digest, tensor: Tensor) -> None:
 
 
 def config_text(config: Any) -> str:
-    """The model config as the key reads it. A GGUF file read directly carries a quantization_config that its
-    dequantised copy (dequantized.py) does not: it says how the weights were read, not what they are, and
-    left in it gave a model's first load and every later one different keys (and a second training)."""
-    if not hasattr(config, "to_json_string"):
-        return repr(config)
-    if getattr(config, "quantization_config", None) is not None:
-        config = copy.deepcopy(config)
-        del config.quantization_config
-    return config.to_json_string()
+    """The model config as the key reads it: without the quantization_config that a GGUF file read directly
+    carries and its dequantised copy does not, else a model's first load and every later one key apart."""
+    return unmarked_config(config).to_json_string() if hasattr(config, "to_json_string") else repr(config)
 
 
 def model_fingerprint(model: nn.Module) -> str:
