@@ -169,11 +169,11 @@ def merge_repeated_work(graph: torch.fx.Graph) -> int:
 
 
 @functools.cache
-def _lowering_hash(native_kernel: bool) -> bytes:
+def _lowering_hash(native_kernels: bool) -> bytes:
     package = Path(__file__).resolve().parents[1]
     files = sorted(str(p) for folder in ("lowering", "sparsity", "kernels", "ops") for p in (package / folder).glob("*")
                    if p.suffix in (".py", ".cpp"))
-    return get_hash_for_files(tuple(files), extra=f"native decode kernel: {native_kernel}")
+    return get_hash_for_files(tuple(files), extra=f"native kernels (mask, GEMMs, decode): {native_kernels}")
 
 
 POST_GRAD_PASS = PostGradPass()

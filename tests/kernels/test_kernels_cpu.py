@@ -101,7 +101,6 @@ def test_prefill_takes_the_packed_gemm_with_weights_as_inputs(regional):
     assert "extern_kernels.mm(" not in code and "addmm" not in code
 
 
-
 @pytest.mark.parametrize("m", [4, 8, 16, 32, 64, 6])
 @pytest.mark.parametrize("values_dtype,scores_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
                                                        (torch.float64, torch.float64)], ids=["fp32", "bf16", "fp64"])
