@@ -8,6 +8,7 @@ get_attr nodes). The passes only need to read a weight, swap in a pruned one, an
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Sequence
 
@@ -16,6 +17,26 @@ from torch import fx
 from torch._guards import detect_fake_mode
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
+
+
+def mutates(node: fx.Node) -> bool:
+    """Whether a node changes a tensor in place. FX counts only some call_functions as impure, so its dead-code
+    elimination would drop a Dynamo graph's `cache.index_copy_(...)` whose result nobody reads: a static KV
+    cache would then never be written."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        if node.target is operator.setitem:
+            return True
+        schema = getattr(node.target, "_schema", None)
+        name = getattr(node.target, "__name__", "")
+        return bool(schema is not None and schema.is_mutable) or (name.endswith("_") and not name.endswith("__"))
+    return False
+
+
+def eliminate_dead_code(graph: fx.Graph) -> None:
+    """Remove what the passes left unused, keeping every in-place update."""
+    graph.eliminate_dead_code(is_impure_node=lambda node: node.is_impure() or mutates(node))
 
 
 def _safe_name(text: str) -> str:
@@ -100,7 +121,7 @@ class ExportedProgramHost(GraphHost):
         return node
 
     def finish(self) -> None:
-        self.graph.eliminate_dead_code()
+        eliminate_dead_code(self.graph)
         self.graph.lint()
         self.program.graph_module.recompile()
 
@@ -153,6 +174,6 @@ class GraphModuleHost(GraphHost):
         return node
 
     def finish(self) -> None:
-        self.graph.eliminate_dead_code()
+        eliminate_dead_code(self.graph)
         self.graph.lint()
         self.gm.recompile()

@@ -140,3 +140,18 @@ def test_skip_sensitive_through_compile_model_keeps_those_layers_dense():
 def test_bad_keep_dense_is_refused(keep_dense, match):
     with pytest.raises(ValueError, match=match):
         compile_model(copy.deepcopy(tiny_model("llama")), {"pattern": "8:16", "keep_dense": keep_dense})
+
+
+def test_a_static_kv_cache_is_written_through_the_backend(family):
+    """HF's StaticCache writes keys and values with index_copy_, whose result nobody reads: the passes'
+    dead-code elimination must keep it, or every later token attends to an empty cache."""
+    model = copy.deepcopy(tiny_model(family))
+    with hooked(model, 8, 16), torch.no_grad():
+        expected = model.generate(PROMPT, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0,
+                                  cache_implementation="static")[0, PROMPT.shape[1]:].tolist()
+    model.forward = torch.compile(model.forward, backend="actprune",
+                                  options={"pattern": "8:16", "freeze": False, "inner_backend": "eager"})
+    with torch.no_grad():
+        got = model.generate(PROMPT, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0,
+                             cache_implementation="static")[0, PROMPT.shape[1]:].tolist()
+    assert got == expected
