@@ -21,11 +21,11 @@ from actprune_compiler.backends.dynamo import compile_model
 from actprune_compiler.backends.inductor import compile_program
 from actprune_compiler.calibration.prepare import prepare
 from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
-from actprune_compiler.graph_host import ExportedProgramHost
-from actprune_compiler.models import load_model
+from actprune_compiler.models.load import load_model
 from actprune_compiler.passes import run_passes
+from actprune_compiler.passes.graph_host import ExportedProgramHost
 from actprune_compiler.passes.select_linears import LINEAR_TARGETS
-from actprune_compiler.runinfo import Timer
+from actprune_compiler.reporting.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.decision import LayerDecision
 from actprune_compiler.sparsity.rotation import rotation_cost

@@ -19,9 +19,9 @@ import torch
 from torch import fx, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from actprune_compiler.devices import resolve_device
-from actprune_compiler.graph_host import GraphModuleHost
+from actprune_compiler.models.devices import resolve_device
 from actprune_compiler.passes import run_passes
+from actprune_compiler.passes.graph_host import GraphModuleHost
 from actprune_compiler.sparsity.config import SparsityConfig, matches
 from actprune_compiler.sparsity.stats import LayerStats
 

@@ -140,7 +140,7 @@ def extract(gm: fx.GraphModule, region: _Region, extra_inputs: list[fx.Node] = (
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.output(tuple(env[n] for n in outputs))
 
-    tensors = [functools.reduce(getattr, n.target.split("."), gm) for n in attrs]  # as graph_host reads get_attr
+    tensors = [functools.reduce(getattr, n.target.split("."), gm) for n in attrs]  # as GraphModuleHost reads get_attr
     # Node names differ from layer to layer (add_6, add_12, ...): the key numbers nodes by position.
     index = {node: i for i, node in enumerate(graph.nodes)}
     lines = []

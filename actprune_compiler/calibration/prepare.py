@@ -13,7 +13,7 @@ from torch import nn
 
 from actprune_compiler.calibration.sensitivity import most_sensitive
 from actprune_compiler.calibration.statistics import calibrate
-from actprune_compiler.runinfo import Timer
+from actprune_compiler.reporting.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.stats import LayerStats
 

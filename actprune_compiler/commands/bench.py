@@ -22,7 +22,7 @@ from actprune_compiler.commands.common import (
     positive_int_list,
     shape_list,
 )
-from actprune_compiler.tables import format_table
+from actprune_compiler.reporting.tables import format_table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -102,7 +102,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from actprune_compiler.files import atomic_write
+    from actprune_compiler.reporting.files import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels, ratios = [], []
@@ -126,10 +126,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler import bench
-    from actprune_compiler.files import atomic_write, check_output_folder, write_json
-    from actprune_compiler.models import load_model
-    from actprune_compiler.runinfo import versions
+    from actprune_compiler.benchmark import bench
+    from actprune_compiler.models.load import load_model
+    from actprune_compiler.reporting.files import atomic_write, check_output_folder, write_json
+    from actprune_compiler.reporting.runinfo import versions
 
     config = config_from_args(args)
     if config is None or config.target != "activation":
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         if args.decode_tokens:
             result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
     if args.startup or args.startup_only:
-        from actprune_compiler.startup import cold_and_warm
+        from actprune_compiler.benchmark.startup import cold_and_warm
 
         with tempfile.TemporaryDirectory(prefix="actprune-startup-") as folder:
             place = {"dtype": args.dtype, "device": args.device}

@@ -10,8 +10,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from actprune_compiler.devices import DEVICE_CHOICES, resolve_device
-from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
+from actprune_compiler.models.devices import DEVICE_CHOICES, resolve_device
+from actprune_compiler.models.load import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
 from actprune_compiler.recovery.methods import BATCH, DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, RECOVERY_STEPS, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS

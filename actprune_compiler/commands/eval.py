@@ -23,8 +23,8 @@ from actprune_compiler.commands.common import (
 )
 from actprune_compiler.eval.perplexity import BOS_MODES
 from actprune_compiler.eval.render import headline_metric
-from actprune_compiler.runinfo import format_times
-from actprune_compiler.tables import format_table
+from actprune_compiler.reporting.runinfo import format_times
+from actprune_compiler.reporting.tables import format_table
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -135,8 +135,8 @@ def artifact_device(args: argparse.Namespace, report: dict[str, Any]) -> str:
 
     torch.export.passes.move_to_device_pass could move it, but a program compiled on the CPU in float32
     would then not be what a fresh run on the GPU scores (bfloat16), so another device is refused."""
-    from actprune_compiler.devices import resolve_device
     from actprune_compiler.eval import distributed
+    from actprune_compiler.models.devices import resolve_device
 
     recorded = report["device"]
     try:
@@ -168,7 +168,7 @@ ARTIFACT_KEYS = ("model", "model_class", "device", "dtype", "config", "label", "
 
 
 def artifact_report(spec: str) -> dict[str, Any]:
-    from actprune_compiler.artifact import REPORT, load_report
+    from actprune_compiler.artifact.folder import REPORT, load_report
 
     report = load_report(spec)
     missing = [key for key in ARTIFACT_KEYS if key not in report]
@@ -180,7 +180,7 @@ def artifact_report(spec: str) -> dict[str, Any]:
 
 def model_kind(spec: str) -> str:
     """'artifact' for an actprune compile folder, 'model' otherwise; a folder that is neither is refused."""
-    from actprune_compiler.artifact import PROGRAM, REPORT, is_artifact, load_report
+    from actprune_compiler.artifact.folder import PROGRAM, REPORT, is_artifact, load_report
 
     folder = Path(spec).expanduser()
     if is_artifact(folder):
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     from actprune_compiler.eval import distributed
     from actprune_compiler.eval.artifact_eval import evaluate_artifact
     from actprune_compiler.eval.runner import evaluate, write_result
-    from actprune_compiler.files import check_output_file
+    from actprune_compiler.reporting.files import check_output_file
 
     check_torchrun_tasks(args.tasks, distributed.world())
     given = program_flags(args)

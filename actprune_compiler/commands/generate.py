@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from actprune_compiler.benchmark.generation import several_compiled_models, timed_generate
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
@@ -16,10 +17,9 @@ from actprune_compiler.commands.common import (
     config_from_args,
     positive_int,
 )
-from actprune_compiler.generation import several_compiled_models, timed_generate
-from actprune_compiler.runinfo import Timer, format_times
+from actprune_compiler.reporting.runinfo import Timer, format_times
+from actprune_compiler.reporting.tables import format_table
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.tables import format_table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.models import load_model
+    from actprune_compiler.models.load import load_model
 
     config = config_from_args(args)
     if config is None:

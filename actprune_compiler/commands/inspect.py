@@ -8,10 +8,10 @@ from pathlib import Path
 from torch import fx
 
 from actprune_compiler.commands.common import add_config_args, add_placement_args, config_from_args
-from actprune_compiler.devices import placement
 from actprune_compiler.export import WRAPPER_PREFIX
+from actprune_compiler.models.devices import placement
 from actprune_compiler.passes.select_linears import format_node, matches, module_path
-from actprune_compiler.tables import format_table
+from actprune_compiler.reporting.tables import format_table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def layer_graph_lines(graph: fx.Graph, path: str) -> list[str]:
 
 def load_source(args: argparse.Namespace):
     """(report, graph or None) from an artifact folder, or built in memory from a model spec."""
-    from actprune_compiler.artifact import is_artifact, load_program, load_report
+    from actprune_compiler.artifact.folder import is_artifact, load_program, load_report
 
     if is_artifact(args.source):
         report = load_report(args.source)
@@ -45,7 +45,7 @@ def load_source(args: argparse.Namespace):
         raise ValueError(f"{args.source} is neither an actprune artifact (no report.json) nor a model folder")
     from actprune_compiler.api import sparsify
     from actprune_compiler.commands.common import calibration_input
-    from actprune_compiler.models import load_model
+    from actprune_compiler.models.load import load_model
 
     config = config_from_args(args)
     if config is None:

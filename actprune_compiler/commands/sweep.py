@@ -80,7 +80,7 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
 
 def render(sweep, source: str) -> list[Path]:
     from actprune_compiler.eval.sweep import is_failed, plan_sweep, sweep_results
-    from actprune_compiler.files import atomic_write
+    from actprune_compiler.reporting.files import atomic_write
 
     # The sweep's own runs: its results file may also hold runs of an earlier version of it (other sizes,
     # other configs), which must not appear as rows of this table. A failed run has no metrics.

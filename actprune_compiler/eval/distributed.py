@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from actprune_compiler.devices import resolve_device
+from actprune_compiler.models.devices import resolve_device
 
 
 def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:

@@ -22,11 +22,11 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from actprune_compiler.backends.dynamo import compile_model
-from actprune_compiler.dequantized import pretrained_source
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.eval.distributed import prepare_rank
-from actprune_compiler.models import ALIASES, gguf_file, resolve_dtype
-from actprune_compiler.runinfo import versions
+from actprune_compiler.models.gguf import pretrained_source
+from actprune_compiler.models.load import ALIASES, gguf_file, resolve_dtype
+from actprune_compiler.reporting.runinfo import versions
 from actprune_compiler.sparsity.config import SparsityConfig
 
 log = logging.getLogger("actprune")
@@ -38,7 +38,7 @@ EXTRA_ARGS = ("calib_data", "data_dir", "compile", "freeze", "regional")
 
 def resolve_pretrained(spec: str, dtype: str | torch.dtype) -> tuple[str, str | None]:
     """(what from_pretrained loads, gguf_file) for an actprune alias or a .gguf file path: the
-    dequantised copy that actprune's own loads leave behind (dequantized.py) when there is one, else
+    dequantised copy that actprune's own loads leave behind (models/gguf.py) when there is one, else
     the GGUF file. Any other spec (a folder, a hub id) is HFLM's to load as given."""
     gguf = gguf_file(spec)
     return (spec, None) if gguf is None else pretrained_source(gguf, resolve_dtype(dtype))
@@ -114,5 +114,5 @@ class ActPruneLM(HFLM):
 
     def get_model_info(self) -> dict[str, Any]:
         """HFLM's model info (in the results file's config), plus what actprune did to the model and the
-        versions it ran with (actprune, torch, transformers, lm_eval, datasets: runinfo.versions)."""
+        versions it ran with (actprune, torch, transformers, lm_eval, datasets: reporting/runinfo.versions)."""
         return {**super().get_model_info(), "actprune": {**self.actprune_info, "versions": versions()}}

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from actprune_compiler.files import atomic_write
-from actprune_compiler.tables import format_table
+from actprune_compiler.reporting.files import atomic_write
+from actprune_compiler.reporting.tables import format_table
 
 ZERO_SHOT = ("arc_easy", "boolq", "piqa", "winogrande")
 SEED_COLUMNS = ("pruning", "wikitext2 ppl", "arc easy", "boolq", "piqa", "winogrande", "runtime (min)",

@@ -12,12 +12,12 @@ import torch
 
 from actprune_compiler.api import sparsify
 from actprune_compiler.backends import compile_program
-from actprune_compiler.devices import model_device, placement
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.export import export_causal_lm
 from actprune_compiler.kernels.gpu import kernel_choices
-from actprune_compiler.models import load_model
-from actprune_compiler.runinfo import Timer, versions
+from actprune_compiler.models.devices import model_device, placement
+from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.runinfo import Timer, versions
 from actprune_compiler.sparsity.config import SparsityConfig
 
 
@@ -169,6 +169,6 @@ def score(runner, model, tokenizer, options: EvalOptions, wall: float, stage_s: 
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
-    from actprune_compiler.files import write_json
+    from actprune_compiler.reporting.files import write_json
 
     write_json(path, result)

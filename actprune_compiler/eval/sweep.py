@@ -212,7 +212,7 @@ def run_runs(sweep: Sweep, plan: SweepPlan, keys: list[str], *, progress: bool =
     """Run the plan's runs `keys` in order, appending one record each. isolate=True evaluates each run in
     its own process (see _evaluate_in_child). worker: the rank of a worker sharing the sweep, which labels
     its progress bar and messages and gives the bar its own line."""
-    from actprune_compiler.models import load_model
+    from actprune_compiler.models.load import load_model
 
     name = "sweep" if worker is None else f"worker {worker}"
     loaded: dict[str, Any] = {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from actprune_compiler.graph_host import GraphHost
 from actprune_compiler.passes.fold_weight_masks import fold_weight_masks
+from actprune_compiler.passes.graph_host import GraphHost
 from actprune_compiler.passes.insert_nm_linear import insert_nm_linear
 from actprune_compiler.passes.select_linears import LinearSite, select_linears
 from actprune_compiler.sparsity.config import SparsityConfig

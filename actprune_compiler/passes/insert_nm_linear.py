@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import fx
 
-from actprune_compiler.graph_host import GraphHost
+from actprune_compiler.passes.graph_host import GraphHost
 from actprune_compiler.passes.select_linears import LinearSite, format_node
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.constants import LayerConstants, layer_constants

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from actprune_compiler.graph_host import GraphHost
+from actprune_compiler.passes.graph_host import GraphHost
 from actprune_compiler.sparsity.config import SparsityConfig, matches
 from actprune_compiler.sparsity.decision import LayerDecision
 

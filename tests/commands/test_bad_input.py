@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import actprune_compiler.eval.runner
-import actprune_compiler.models
+import actprune_compiler.models.load
 from actprune_compiler.cli import INTERRUPTED, build_parser, main
 
 
@@ -21,7 +21,7 @@ def _refuse_to_load(*args, **kwargs):
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A cwd holding the things bad inputs point at; load_model fails the test if anything reaches it."""
-    monkeypatch.setattr(actprune_compiler.models, "load_model", _refuse_to_load)
+    monkeypatch.setattr(actprune_compiler.models.load, "load_model", _refuse_to_load)
     monkeypatch.setattr(actprune_compiler.eval.runner, "load_model", _refuse_to_load)  # imported by name there
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file.txt").write_text("not a folder\n")
@@ -205,7 +205,7 @@ def test_ctrl_c_returns_130_with_one_line_and_writes_nothing(workdir, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(actprune_compiler.models, "load_model", interrupted)
+    monkeypatch.setattr(actprune_compiler.models.load, "load_model", interrupted)
     assert main(["compile", "--pattern", "2:4", "--out", "art"]) == INTERRUPTED
     lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("actprune: interrupted"), lines

@@ -9,7 +9,7 @@ from reference import masked_input
 
 import actprune_compiler
 from actprune_compiler import SparsityConfig
-from actprune_compiler.artifact import load_program, save_artifact
+from actprune_compiler.artifact.folder import load_program, save_artifact
 from actprune_compiler.calibration.prepare import prepare
 from actprune_compiler.recovery.sparse_linear import LearnedLayer
 

@@ -25,7 +25,7 @@ def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool
     from torch._dynamo.utils import counters
     from torch.compiler._cache import CacheArtifactManager
 
-    from actprune_compiler.artifact import input_ranges
+    from actprune_compiler.artifact.folder import input_ranges
     from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
 
     (_, batch_max), (_, seq_max) = input_ranges(program)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from actprune_compiler.devices import default_dtype, resolve_device
+from actprune_compiler.models.devices import default_dtype, resolve_device
 
 # float64 is for verification: N:M masks are discontinuous, so float32 rounding flips near-tied
 # choices and only a float64 run can show compiled == reference to many digits.
@@ -134,7 +134,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
     place = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, place)
     if (gguf := gguf_file(spec)) is not None:
-        from actprune_compiler.dequantized import load_gguf
+        from actprune_compiler.models.gguf import load_gguf
 
         return load_gguf(gguf, torch_dtype, lambda folder, name: _load_pretrained(folder, name, torch_dtype, place))
     local = Path(spec).expanduser()

@@ -9,10 +9,10 @@ from conftest import char_tokenizer, tiny_model, token_ids
 from reference import reference_logits
 
 from actprune_compiler import SparsityConfig, compile_program, export_causal_lm, sparsify
+from actprune_compiler.artifact.check import check_program
 from actprune_compiler.backends.dynamo import _require_device, compile_model, parse_options
-from actprune_compiler.check import check_program
-from actprune_compiler.devices import default_dtype, placement, resolve_device
-from actprune_compiler.models import load_model
+from actprune_compiler.models.devices import default_dtype, placement, resolve_device
+from actprune_compiler.models.load import load_model
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40

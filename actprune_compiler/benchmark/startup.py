@@ -1,6 +1,6 @@
 """Cold and warm starts: how long a new process takes from nothing to its first generated token.
 
-Each measurement is a fresh Python process (`python -m actprune_compiler.startup ...`), so nothing
+Each measurement is a fresh Python process (`python -m actprune_compiler.benchmark.startup ...`), so nothing
 compiled in this one can help it; what carries over between two of them is only what is on disk:
 Inductor's FX graph and AOT autograd caches (TORCHINDUCTOR_CACHE_DIR) and actprune's dequantised
 model copy. A cold start gets an empty cache folder, a warm start the folder the cold one filled.
@@ -24,7 +24,7 @@ def measure(model_spec: str, pattern: str | None, cache_dir: str | Path, *, dtyp
             device: str | None = None, new_tokens: int = 8, freeze: bool = False,
             regional: bool = False) -> dict[str, Any]:
     """One start in a fresh process with the given Inductor cache folder: its stage times, seconds."""
-    command = [sys.executable, "-m", "actprune_compiler.startup", "--model", model_spec, "--dtype", dtype,
+    command = [sys.executable, "-m", "actprune_compiler.benchmark.startup", "--model", model_spec, "--dtype", dtype,
                "--new-tokens", str(new_tokens)]
     command += ["--pattern", pattern] if pattern else []
     command += ["--device", device] if device else []
@@ -52,9 +52,9 @@ def cold_and_warm(model_spec: str, pattern: str | None, folder: str | Path, **kw
 
 def _start(args: argparse.Namespace) -> dict[str, Any]:
     from actprune_compiler.backends.dynamo import compile_dense, compile_model
-    from actprune_compiler.generation import timed_generate
-    from actprune_compiler.models import load_model
-    from actprune_compiler.runinfo import Timer
+    from actprune_compiler.benchmark.generation import timed_generate
+    from actprune_compiler.models.load import load_model
+    from actprune_compiler.reporting.runinfo import Timer
 
     timer = Timer()
     timer.seconds["imports_s"] = round(time.perf_counter() - PROCESS_START, 3)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from actprune_compiler.devices import model_device, synchronize
+from actprune_compiler.models.devices import model_device, synchronize
 from actprune_compiler.sparsity.config import SparsityConfig
 
 
@@ -158,7 +158,7 @@ def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_
     actprune is timed through both documented calls: compile_model (dynamic shapes, freezing; and
     regional) and the plain model.forward = torch.compile(model.forward, backend="actprune", options=...).
     """
-    from actprune_compiler.generation import several_compiled_models
+    from actprune_compiler.benchmark.generation import several_compiled_models
 
     with several_compiled_models():
         return _decode_timings(model, config, prompt_len, new_tokens, repeats)
@@ -167,7 +167,7 @@ def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_
 def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int,
                     repeats: int) -> dict[str, dict]:
     from actprune_compiler.backends.dynamo import compile_dense, compile_model
-    from actprune_compiler.generation import timed_generate
+    from actprune_compiler.benchmark.generation import timed_generate
 
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=model_device(model))
     dense_c, pruned_c, plain_c, regional_c = (copy.deepcopy(model) for _ in range(4))

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.devices import synchronize
+from actprune_compiler.models.devices import synchronize
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from actprune_compiler.export import WRAPPER_PREFIX
-from actprune_compiler.graph_host import ExportedProgramHost
+from actprune_compiler.passes.graph_host import ExportedProgramHost
 from actprune_compiler.passes.select_linears import LINEAR_TARGETS, module_path
 
 # float64 GEMMs by two libraries agree to ~1e-15 relative; a wrong mask moves the output by ~1e-1.

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from actprune_compiler.files import atomic_folder
+from actprune_compiler.reporting.files import atomic_folder
 
 PROGRAM, REPORT, GRAPH = "program.pt2", "report.json", "graph.txt"
 
