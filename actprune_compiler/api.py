@@ -19,12 +19,12 @@ from torch.export import ExportedProgram
 
 from actprune_compiler.backends.dynamo import compile_model
 from actprune_compiler.backends.inductor import compile_program
-from actprune_compiler.calibration.prepare import prepare
 from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
 from actprune_compiler.models.load import load_model
 from actprune_compiler.passes import run_passes
 from actprune_compiler.passes.graph_host import ExportedProgramHost
 from actprune_compiler.passes.select_linears import LINEAR_TARGETS
+from actprune_compiler.recovery.prepare import prepare
 from actprune_compiler.reporting.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.decision import LayerDecision

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actprune_compiler.backends.inductor import compile_program
 from actprune_compiler.export import WRAPPER_PREFIX
 from actprune_compiler.passes.graph_host import ExportedProgramHost
 from actprune_compiler.passes.select_linears import LINEAR_TARGETS, module_path
@@ -75,8 +76,6 @@ def _check_weight_masks(host: ExportedProgramHost, sparsified) -> dict[str, Any]
 
 def check_program(sparsified, *, layers: int = 3, seed: int = 0) -> dict[str, Any]:
     """Compile `layers` of the program's nm_linear nodes in float64 and compare with the reference."""
-    from actprune_compiler.backends.inductor import compile_program
-
     start = time.perf_counter()
     host = ExportedProgramHost(sparsified.program, WRAPPER_PREFIX)
     if sparsified.config.target == "weight":

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
+import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear before deserialising)
 from actprune_compiler.reporting.files import atomic_folder
 
 PROGRAM, REPORT, GRAPH = "program.pt2", "report.json", "graph.txt"
@@ -56,8 +57,6 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
 
 def load_program(out_dir: str | Path) -> ExportedProgram:
     """Deserialise program.pt2 (this unpickles: trusted artifacts only)."""
-    import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear before deserialising)
-
     path = Path(out_dir) / PROGRAM
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {PROGRAM}; recompile it with actprune compile")

@@ -13,20 +13,22 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from actprune_compiler.backends.freeze import call_with_frozen, freeze_parameters
+from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
+from actprune_compiler.backends.regional_graph import compile_graph_regions, regional_inductor
 from actprune_compiler.models.devices import resolve_device
 from actprune_compiler.passes import run_passes
 from actprune_compiler.passes.graph_host import GraphModuleHost
+from actprune_compiler.recovery.prepare import prepare
 from actprune_compiler.sparsity.config import SparsityConfig, matches
+from actprune_compiler.sparsity.constants import LearnedLayer
 from actprune_compiler.sparsity.stats import LayerStats
-
-if TYPE_CHECKING:
-    from actprune_compiler.recovery.sparse_linear import LearnedLayer
 
 log = logging.getLogger("actprune")
 INNER_BACKENDS = ("inductor", "eager")
@@ -175,11 +177,7 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
                     "are now sparse", len(newly), config.label)
     if parsed.inner == "eager":
         return gm.forward
-    from actprune_compiler.backends.inductor import inductor_with_nm_lowering
-
     if parsed.regional and not torch.is_grad_enabled():
-        from actprune_compiler.backends.regional_graph import compile_graph_regions
-
         regions = compile_graph_regions(gm, inductor_with_nm_lowering)
         record.regions = regions.summary()
         return regions.module.forward
@@ -188,8 +186,6 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
                     "on, so it is compiled whole")
     if not parsed.freeze or torch.is_grad_enabled():  # freezing is for inference; a training call keeps inputs
         return inductor_with_nm_lowering(gm, example_inputs)
-    from actprune_compiler.backends.freeze import call_with_frozen, freeze_parameters
-
     frozen = freeze_parameters(gm, example_inputs)
     with torch._inductor.config.patch(freezing=True):
         return call_with_frozen(inductor_with_nm_lowering(gm, example_inputs), frozen)
@@ -219,9 +215,6 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     regional=True traces the model whole but compiles each kind of decoder layer once (regional_graph.py):
     compile time no longer grows with depth, and every per-layer value is kept. It cannot freeze.
     """
-    from actprune_compiler.backends.inductor import inference_call
-    from actprune_compiler.calibration.prepare import prepare
-
     options = dict(options or {})
     if options.get("device") is not None:
         model.to(resolve_device(options["device"]))
@@ -244,9 +237,6 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
 def compile_dense(model: nn.Module, *, freeze: bool = False, regional: bool = False) -> nn.Module:
     """The baseline for compile_model: the dense model compiled the same way by Inductor as it comes
     (regional: each kind of decoder layer once, as compile_model(regional=True) does)."""
-    from actprune_compiler.backends.inductor import inference_call
-    from actprune_compiler.backends.regional_graph import regional_inductor
-
     if regional and freeze:
         raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
     backend = regional_inductor if regional else "inductor"

@@ -10,7 +10,9 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 
-from actprune_compiler.lowering.inductor import POST_GRAD_PASS
+from actprune_compiler.backends.regional import compile_regions
+from actprune_compiler.lowering.inductor import POST_GRAD_PASS, uses_packed_gemm
+from actprune_compiler.passes.select_linears import LINEAR_TARGETS
 
 
 def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Callable:
@@ -33,9 +35,6 @@ def pack_dense_linears(gm: fx.GraphModule) -> int:
     (regional compilation, warm starts from the FX graph cache) would take the unpacked GEMM, about a
     quarter slower at prefill sizes; the rewritten linears pack theirs in nm_linear's lowering, and
     this gives the dense ones the same GEMM from the same weight cache."""
-    from actprune_compiler.lowering.inductor import uses_packed_gemm
-    from actprune_compiler.passes.select_linears import LINEAR_TARGETS
-
     def packs(node: fx.Node) -> bool:
         if node.op != "call_function" or node.target not in LINEAR_TARGETS:
             return False
@@ -114,8 +113,6 @@ def compile_program(program: ExportedProgram | nn.Module, *, dynamic: bool = Tru
         if freeze:
             raise ValueError("regional compilation shares one compiled layer among the layers, so the weights "
                              "stay graph inputs: it cannot freeze them (leave freeze unset or False)")
-        from actprune_compiler.backends.regional import compile_regions
-
         if not isinstance(program, ExportedProgram):
             raise TypeError(f"regional compilation takes an ExportedProgram (it cuts the graph where the nodes' "
                             f"module paths change), not {type(program).__name__}")

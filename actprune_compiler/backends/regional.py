@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from actprune_compiler.passes.select_linears import named_modules_spelling
+
 # A module path whose last component is an index: a child of a ModuleList/Sequential (a repeated block).
 _REPEATED = re.compile(r"^(?:.*\.)?\d+$")
 
 
 def block_of(node: fx.Node) -> str | None:
     """The outermost repeated block (e.g. 'lm.model.layers.3') that `node` was traced in, if any."""
-    from actprune_compiler.passes.select_linears import named_modules_spelling
-
     stack = node.meta.get("nn_module_stack") or {}
     for entry in stack.values():
         path = named_modules_spelling(entry[0] if isinstance(entry, tuple) else str(entry))

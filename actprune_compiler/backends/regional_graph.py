@@ -30,6 +30,7 @@ import torch
 from torch import fx, nn
 from torch._guards import detect_fake_mode
 
+from actprune_compiler.backends.inductor import inductor_with_nm_lowering
 from actprune_compiler.backends.regional import RegionKind, Regions, attr_key, extract, finish, replace, runs
 
 _SYMBOL = re.compile(r"\b[su]\d+\b")  # a ShapeEnv symbol as printed: s0, s17, u3
@@ -142,6 +143,4 @@ def compile_graph_regions(gm: fx.GraphModule, compile_fn: Callable[[fx.GraphModu
 
 def regional_inductor(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable:
     """A torch.compile backend: Inductor (with actprune's lowering), one compile per kind of region."""
-    from actprune_compiler.backends.inductor import inductor_with_nm_lowering
-
     return compile_graph_regions(gm, inductor_with_nm_lowering).module.forward

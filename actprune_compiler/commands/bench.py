@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from actprune_compiler.benchmark import bench
+from actprune_compiler.benchmark.startup import cold_and_warm
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
@@ -22,6 +24,9 @@ from actprune_compiler.commands.common import (
     positive_int_list,
     shape_list,
 )
+from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.files import atomic_write, check_output_folder, write_json
+from actprune_compiler.reporting.runinfo import versions
 from actprune_compiler.reporting.tables import format_table
 
 
@@ -102,7 +107,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from actprune_compiler.reporting.files import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels, ratios = [], []
@@ -126,11 +130,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.benchmark import bench
-    from actprune_compiler.models.load import load_model
-    from actprune_compiler.reporting.files import atomic_write, check_output_folder, write_json
-    from actprune_compiler.reporting.runinfo import versions
-
     config = config_from_args(args)
     if config is None or config.target != "activation":
         raise ValueError("bench times activation pruning: give --pattern N:M")
@@ -153,8 +152,6 @@ def run(args: argparse.Namespace) -> int:
         if args.decode_tokens:
             result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
     if args.startup or args.startup_only:
-        from actprune_compiler.benchmark.startup import cold_and_warm
-
         with tempfile.TemporaryDirectory(prefix="actprune-startup-") as folder:
             place = {"dtype": args.dtype, "device": args.device}
             variants = (("dense", None), (config.label, config.pattern))

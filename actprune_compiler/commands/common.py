@@ -10,12 +10,14 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from actprune_compiler.eval.data import CALIB_SOURCES, calibration_text
+from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
 from actprune_compiler.models.devices import DEVICE_CHOICES, resolve_device
 from actprune_compiler.models.load import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
-from actprune_compiler.recovery.methods import BATCH, DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, RECOVERY_STEPS, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
+from actprune_compiler.sparsity.recovery_methods import BATCH, DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
 from actprune_compiler.sparsity.rotation import ROTATIONS
 
 
@@ -73,8 +75,6 @@ def existing_folder(text: str) -> str:
 
 def calib_source(text: str) -> str:
     """A named calibration split or an existing text file (eval.data.calibration_text reads it later)."""
-    from actprune_compiler.eval.data import CALIB_SOURCES
-
     if text not in CALIB_SOURCES and not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is neither {', '.join(CALIB_SOURCES)} nor an existing text file")
     return text
@@ -82,8 +82,6 @@ def calib_source(text: str) -> str:
 
 def task_list(text: str) -> tuple[str, ...]:
     """Comma-separated tasks, checked now so that a typo does not surface after perplexity has run."""
-    from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
-
     tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # ordered, de-duplicated
     if not tasks:
         raise argparse.ArgumentTypeError("no task given; give wikitext2 or any lm-eval task or group")
@@ -210,6 +208,4 @@ def calibration_input(args: argparse.Namespace, config: SparsityConfig | None) -
     """(text, description) when the config needs calibration text (statistics or sensitivity), else (None, '')."""
     if config is None or not (config.needs_calibration() or config.skip_sensitive):
         return None, ""
-    from actprune_compiler.eval.data import calibration_text
-
     return calibration_text(args.calib_data, getattr(args, "data_dir", None))

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from actprune_compiler.backends import dynamo
 from actprune_compiler.benchmark.generation import several_compiled_models, timed_generate
 from actprune_compiler.commands.common import (
     add_config_args,
@@ -17,6 +18,7 @@ from actprune_compiler.commands.common import (
     config_from_args,
     positive_int,
 )
+from actprune_compiler.models.load import load_model
 from actprune_compiler.reporting.runinfo import Timer, format_times
 from actprune_compiler.reporting.tables import format_table
 from actprune_compiler.sparsity.config import SparsityConfig
@@ -45,8 +47,6 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
     times: setup_s (calibration, when the method needs it), compile_s (the warm-up generate: Dynamo,
     actprune's passes and Inductor, or Inductor's cache on a warm start, plus one run), run_s (the timed
     generate); first_token_s: from the start of setup to the warm-up's first token."""
-    from actprune_compiler.backends import dynamo
-
     dynamo.LOG.reset()
     timer = Timer()
     with timer("setup_s"):
@@ -65,8 +65,6 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.models.load import load_model
-
     config = config_from_args(args)
     if config is None:
         raise ValueError("actprune generate needs a pattern such as 8:16")

@@ -8,7 +8,11 @@ from typing import Any
 
 import torch
 
+from actprune_compiler.artifact.folder import input_ranges, load_program, load_report
+from actprune_compiler.eval.compiled_code import fxgraph_cache_since, load_compiled_code
 from actprune_compiler.eval.runner import EvalOptions, calibration_record, program_runner, score, warm_up_shapes
+from actprune_compiler.models.gguf import pretrained_source
+from actprune_compiler.models.load import gguf_file
 from actprune_compiler.reporting.runinfo import Timer
 
 
@@ -20,8 +24,6 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
     The result is the one a fresh `evaluate(model, config, ...)` gives, plus "artifact": the folder."""
     from torch._dynamo.utils import counters
 
-    from actprune_compiler.artifact.folder import load_program, load_report
-    from actprune_compiler.eval.compiled_code import fxgraph_cache_since
 
     wall = time.perf_counter()
     report = report if report is not None else load_report(folder)
@@ -48,8 +50,6 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
 def _compiled_code(folder: str | Path, report: dict[str, Any], options: EvalOptions) -> dict[str, Any] | None:
     """Load the artifact's compiled code into Inductor's caches when this evaluation compiles regionally, as
     it was made; say so when it is there but unused."""
-    from actprune_compiler.eval.compiled_code import load_compiled_code
-
     if "compiled_code" not in report:
         return None
     if not (options.compile and options.regional):
@@ -62,8 +62,6 @@ def _compiled_code(folder: str | Path, report: dict[str, Any], options: EvalOpti
 
 def check_window_shapes(program, options: EvalOptions, folder: str | Path) -> None:
     """Refuse, before anything compiles, window shapes the program's dynamic shapes do not allow."""
-    from actprune_compiler.artifact.folder import input_ranges
-
     (batch_min, batch_max), (seq_min, seq_max) = input_ranges(program)
     if "wikitext2" in options.tasks and options.seqlen > seq_max:
         raise ValueError(f"--seqlen {options.seqlen} is longer than the artifact {folder} takes: its program was "
@@ -102,8 +100,6 @@ def _tokenizer_and_config(spec: str, dtype: str, folder: str | Path):
     them (an alias's dequantised copy when there is one, else the GGUF file), without loading weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from actprune_compiler.models.gguf import pretrained_source
-    from actprune_compiler.models.load import gguf_file
 
     source, extra = spec, {}
     local = Path(spec).expanduser()

@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from actprune_compiler.artifact.folder import input_ranges
+from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
+
 COMPILED_CODE = "compiled-code.bin"
 
 
@@ -25,8 +28,6 @@ def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool
     from torch._dynamo.utils import counters
     from torch.compiler._cache import CacheArtifactManager
 
-    from actprune_compiler.artifact.folder import input_ranges
-    from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
 
     (_, batch_max), (_, seq_max) = input_ranges(program)
     options = EvalOptions(tasks=("wikitext2", "arc_easy"), seqlen=min(EvalOptions.seqlen, seq_max),

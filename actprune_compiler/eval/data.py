@@ -9,8 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from actprune_compiler.models.load import CACHE_DIR
-from actprune_compiler.reporting.files import atomic_write, sha256_file
+from actprune_compiler.reporting.files import CACHE_DIR, atomic_write, sha256_file
 
 DATA_ENV = "ACTPRUNE_DATA_DIR"
 WIKITEXT_DIR = "wikitext2/wikitext_document_level/wikitext-2-raw-v1"

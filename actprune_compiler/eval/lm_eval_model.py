@@ -21,7 +21,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from actprune_compiler.backends.dynamo import compile_model
+from actprune_compiler.backends.dynamo import REGIONAL_FREEZE, compile_model
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.eval.distributed import prepare_rank
 from actprune_compiler.models.gguf import pretrained_source
@@ -78,8 +78,6 @@ class ActPruneLM(HFLM):
         # Checked before the model loads, so that a bad argument fails at once.
         self.sparsity = SparsityConfig(**ours)
         if regional and freeze:
-            from actprune_compiler.backends.dynamo import REGIONAL_FREEZE
-
             raise ValueError(REGIONAL_FREEZE.format(how="regional=true or freeze=true, not both"))
         needs_text = self.sparsity.needs_calibration() or self.sparsity.skip_sensitive
         text = calibration_text(calib_data, data_dir) if needs_text else None

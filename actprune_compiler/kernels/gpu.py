@@ -14,7 +14,9 @@ import functools
 import torch
 from torch import Tensor
 
-from actprune_compiler.sparsity.masks import prune_by_rank
+from actprune_compiler.ops.select import prune_by_rank
+from actprune_compiler.sparsity.corrections import CORRECTIONS
+from actprune_compiler.sparsity.criteria import CRITERIA
 
 _CHOICE: dict[tuple, str] = {}
 
@@ -45,6 +47,7 @@ def _time(fn, repeats: int = 10) -> float:
 
 @functools.cache
 def _triton():
+    # imports triton, an optional dependency (Linux only in pyproject.toml): only CUDA calls need it
     from actprune_compiler.kernels.triton_nm import nm_matmul
 
     return nm_matmul
@@ -90,9 +93,6 @@ def _nm_matmul_shape(x, weight, bias, n, m, score_scale=None):
 def gpu_path_supports(m: int, criterion: str, correction: str, dtype: torch.dtype) -> bool:
     """The fused GPU GEMM handles |x| times a static per-feature scale, no run-time correction, and
     the dtypes tl.dot takes (float64 goes through the decomposed ops)."""
-    from actprune_compiler.sparsity.corrections import CORRECTIONS
-    from actprune_compiler.sparsity.criteria import CRITERIA
-
     fix = CORRECTIONS[correction]
     return (m <= 64 and m & (m - 1) == 0 and not CRITERIA[criterion].batch_dependent
             and dtype in (torch.float16, torch.bfloat16, torch.float32)

@@ -27,9 +27,10 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
 from actprune_compiler.kernels import cpu  # registers actprune::sparse_rows_linear and packed_linear
 from actprune_compiler.kernels.gpu import gpu_path_supports, record_lowering
+from actprune_compiler.ops.select import prune_by_rank
 from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
-from actprune_compiler.sparsity.masks import prune_by_rank, prune_native, prune_sorted
+from actprune_compiler.sparsity.masks import prune_sorted
 
 # Pairwise ranking costs m comparisons per element: right for N:M groups, wrong for unstructured
 # top-k over a whole row (m = in_features), where a sort is cheaper.
@@ -90,9 +91,9 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
     decode = use_decode_kernel(x, correction)
     fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
     packed = not decode and uses_packed_gemm(x)
-    prune = prune_sorted if m > MAX_PAIRWISE_GROUP else prune_native if native_mask(x) else prune_by_rank
+    prune = prune_sorted if m > MAX_PAIRWISE_GROUP else cpu.prune_native if native_mask(x) else prune_by_rank
     gemm = "decode kernel over kept rows" if decode else "packed GEMM" if packed else "dense GEMM"
-    mask = {prune_sorted: "sort", prune_native: "native rank", prune_by_rank: "rank loop"}[prune]
+    mask = {prune_sorted: "sort", cpu.prune_native: "native rank", prune_by_rank: "rank loop"}[prune]
     kernel = "triton masked GEMM (or cuSPARSELt)" if fused_gpu else f"{mask} mask + {gemm}"
     record_lowering(x, n, m, criterion, correction, kernel)
     if fused_gpu:

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.models.load import CACHE_DIR
-from actprune_compiler.reporting.files import atomic_folder, sha256_file
+from actprune_compiler.reporting.files import CACHE_DIR, atomic_folder, sha256_file
 
 Loader = Callable[[str, "str | None"], tuple[Any, Any]]  # (folder, gguf file name or None) -> (model, tokenizer)
 

@@ -11,6 +11,9 @@ from importlib import metadata
 
 import torch
 
+# actprune's own version (pyproject.toml's); the package exports it as actprune_compiler.__version__.
+VERSION = "0.1.0"
+
 
 @dataclass
 class Timer:
@@ -48,11 +51,9 @@ def format_times(seconds: dict[str, float]) -> str:
 
 def versions() -> dict[str, str]:
     """actprune, torch, transformers, lm_eval and datasets versions, python, and the machine."""
-    import transformers
+    import transformers  # here, not at the top: 0.4 s of import that only a result being written needs
 
-    from actprune_compiler import __version__
-
-    return {"actprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"actprune": VERSION, "torch": torch.__version__, "transformers": transformers.__version__,
             **{key: installed_version(dist) for key, dist in RECORDED_DISTRIBUTIONS.items()},
             "python": platform.python_version(), "machine": f"{platform.machine()} {platform.system()}, "
             f"{torch.get_num_threads()} threads"}

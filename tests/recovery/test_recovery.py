@@ -10,8 +10,8 @@ from reference import masked_input
 import actprune_compiler
 from actprune_compiler import SparsityConfig
 from actprune_compiler.artifact.folder import load_program, save_artifact
-from actprune_compiler.calibration.prepare import prepare
-from actprune_compiler.recovery.sparse_linear import LearnedLayer
+from actprune_compiler.recovery.prepare import prepare
+from actprune_compiler.sparsity.constants import LearnedLayer
 
 CALIB_TEXT = "Calibration text for a tiny model, with some variety: 0123456789 the quick brown fox. " * 60
 METHODS = ("offset", "affine", "finetune")
@@ -163,9 +163,9 @@ def test_backend_refuses_learned_values_that_do_not_fit(fresh_dynamo):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_the_trained_function_is_the_folded_one(dtype):
     """SparseLinear with nonzero a, s, t computes exactly the folded layer the graph receives."""
-    from actprune_compiler.recovery.methods import RECOVERY
     from actprune_compiler.recovery.sparse_linear import SparseLinear
     from actprune_compiler.sparsity.constants import LayerConstants
+    from actprune_compiler.sparsity.recovery_methods import RECOVERY
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32).to(dtype)
