@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -42,6 +44,18 @@ def installed_version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return NOT_INSTALLED
+
+
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process started, the interpreter's start and every import included: the start
+    time Linux records in /proc/self/stat (clock ticks since boot), against the clock it counts from."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+    except OSError:
+        raise RuntimeError("this system does not say when a process started (no /proc/self/stat, which Linux "
+                           "has), so the time from the process start cannot be measured here") from None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; the fields after the name start at 3
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
 def format_times(seconds: dict[str, float]) -> str:

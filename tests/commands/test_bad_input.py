@@ -147,7 +147,9 @@ def test_allow_hub_lifts_the_missing_data_check(workdir, capfd, tasks):
 
 @pytest.mark.parametrize("args,fragment", [
     (["--max-new-tokens", "0"], "argument --max-new-tokens: 0 is too small; it must be a positive integer"),
-    (["--pattern", "none"], "actprune generate needs a pattern such as 8:16"),
+    (["--pattern", "none", "--compare-dense"], "--compare-dense runs the dense model beside a pattern; give "),
+    (["--json-out", "out.json", "--compare-dense"], "--json-out records the start of one model; drop --compare-dense"),
+    (["--json-out", "full"], "--json-out full is a folder; give a file path"),
     (["--pattern", "3:2"], "pattern '3:2' is invalid"),
     (["--inner-backend", "tvm"], "argument --inner-backend: invalid choice: 'tvm'"),
     (["--calib-samples", "-3"], "argument --calib-samples: -3 is too small"),
