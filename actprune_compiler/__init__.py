@@ -6,7 +6,7 @@
 
 or, in ordinary PyTorch code (KV-cache generation included):
 
-    model = compile_model(model, {"pattern": "8:16"})   # torch.compile backend "actprune"
+    model = compile_model(model, SparsityConfig(pattern="8:16"))   # torch.compile backend "actprune"
 """
 
 from actprune_compiler import ops  # noqa: F401  (registers actprune::nm_linear)

@@ -138,7 +138,7 @@ def bench_prefill(model: nn.Module, config: SparsityConfig, shapes: list[tuple[i
     also one decoder layer at a time, backends/regional.py)."""
     program = export_causal_lm(model)
     sparse = sparsify(program, config).program
-    dense, pruned = compile_program(program), compile_program(sparse)
+    dense, pruned = compile_program(program, freeze=True), compile_program(sparse, freeze=True)
     regional = compile_program(sparse, regional=True)
     rows = []
     for batch, seqlen in tqdm(shapes, desc="prefill"):
@@ -164,9 +164,9 @@ def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, n
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=model_device(model))
     dense_c, pruned_c, plain_c, regional_c = (copy.deepcopy(model) for _ in range(4))
     compile_dense(dense_c, freeze=True)
-    compile_model(pruned_c, config.to_dict(), freeze=True)  # as the dense baseline: peak speed
-    plain_c.forward = torch.compile(plain_c.forward, backend="actprune", options=config.to_dict())
-    compile_model(regional_c, config.to_dict(), regional=True)
+    compile_model(pruned_c, config, freeze=True)  # as the dense baseline: peak speed
+    plain_c.forward = torch.compile(plain_c.forward, backend="actprune", options={**config.to_dict(), "freeze": True})
+    compile_model(regional_c, config, regional=True)
 
     def seed():
         with seed_hooks(model, config):

@@ -35,7 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--compare-dense", action="store_true", help="also run the dense model, compiled the same way")
-    p.add_argument("--inner-backend", default="inductor", choices=["inductor", "eager"])
+    p.add_argument("--inner-backend", default="inductor", choices=list(dynamo.INNER_BACKENDS))
     p.add_argument("--regional", action="store_true",
                    help="trace the model whole but compile each kind of decoder layer once (one compiled layer "
                         "for every layer): compiles in a fraction of the time")
@@ -46,9 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, Any] | None, *, tokenizer=None,
+def run_variant(model, ids: torch.Tensor, new_tokens: int, config: SparsityConfig | None, *, tokenizer=None,
                 calib_text: str | None = None, regional: bool = False,
-                config: SparsityConfig | None = None) -> dict[str, Any]:
+                inner_backend: str = "inductor") -> dict[str, Any]:
     """Compile (a warm-up generate builds the prefill and decode graphs), then time a second run.
 
     times: setup_s (calibration, when the method needs it), compile_s (the warm-up generate: Dynamo,
@@ -58,10 +58,11 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
     dynamo.LOG.reset()
     timer = Timer()
     with timer("setup_s"):
-        if options is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
+        if config is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
             dynamo.compile_dense(model, regional=regional)
         else:
-            dynamo.compile_model(model, options, tokenizer=tokenizer, calib_text=calib_text, regional=regional)
+            dynamo.compile_model(model, config, tokenizer=tokenizer, calib_text=calib_text, regional=regional,
+                                 inner_backend=inner_backend)
     ready_at = time.perf_counter()
     with timer("compile_s"):
         first = timed_generate(model, ids, new_tokens)
@@ -70,7 +71,7 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
     result["times"] = timer.seconds
     result["first_token_s"] = timer.seconds["setup_s"] + first["prefill_ms"] / 1e3
     result["first_prefill_ms"], result["ready_at"] = first["prefill_ms"], ready_at
-    result["graphs"] = len(dynamo.LOG.graphs) if options is not None else None
+    result["graphs"] = len(dynamo.LOG.graphs) if config is not None else None
     result["rewritten_per_graph"] = dynamo.report()["rewritten_per_graph"]
     return result
 
@@ -109,14 +110,14 @@ def run(args: argparse.Namespace) -> int:
     text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
                                           add_generation_prompt=True) if args.chat else args.prompt)
     ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
-    variants = {config.label: {**config.to_dict(), "inner_backend": args.inner_backend}} if config else {}
+    variants = {config.label: config} if config else {}
     if config is None or args.compare_dense:  # --pattern none: the dense model, compiled the same way
         variants["dense"] = None
     rows = []
-    for name, options in variants.items():
+    for name, variant in variants.items():
         with several_compiled_models():
-            result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options, tokenizer=tokenizer,
-                                 calib_text=calib_text, regional=args.regional, config=config)
+            result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, variant, tokenizer=tokenizer,
+                                 calib_text=calib_text, regional=args.regional, inner_backend=args.inner_backend)
         print(f"\n[{name}] {args.prompt}{tokenizer.decode(result['tokens'], skip_special_tokens=True)}")
         print(f"{format_times({'load_s': load_s, **result['times']})}; first token {result['first_token_s']:.1f} s "
               "after the load")

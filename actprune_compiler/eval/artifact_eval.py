@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from actprune_compiler.eval.runner import EvalOptions, calibration_record, progr
 from actprune_compiler.models.gguf import pretrained_source
 from actprune_compiler.models.load import gguf_file
 from actprune_compiler.reporting.runinfo import Timer
+
+log = logging.getLogger("actprune")
 
 
 def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[str, Any] | None = None
@@ -53,9 +56,9 @@ def _compiled_code(folder: str | Path, report: dict[str, Any], options: EvalOpti
     if "compiled_code" not in report:
         return None
     if not (options.compile and options.regional):
-        print(f"note: {folder} carries compiled code for regional compilation; this evaluation compiles "
-              f"{'nothing (--no-compile)' if not options.compile else 'the whole graph (add --regional to use it)'}"
-              " and does not use it")
+        log.info("%s carries compiled code for regional compilation; this evaluation compiles %s and does not use "
+                 "it", folder, "nothing (--no-compile)" if not options.compile else
+                 "the whole graph (add --regional to use it)")
         return None
     return load_compiled_code(folder)
 

@@ -11,6 +11,7 @@ simply misses and compiles).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from actprune_compiler.artifact.folder import input_ranges
 from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
 
+log = logging.getLogger("actprune")
 COMPILED_CODE = "compiled-code.bin"
 
 
@@ -63,7 +65,7 @@ def load_compiled_code(folder: str | Path) -> dict[str, Any] | None:
     """Put an artifact's compiled code into the local Inductor caches; None when it carries none."""
     path = Path(folder) / COMPILED_CODE
     if not path.is_file():
-        print(f"warning: {folder}'s report.json lists compiled code, but {COMPILED_CODE} is missing: compiling")
+        log.warning("%s's report.json lists compiled code, but %s is missing: compiling", folder, COMPILED_CODE)
         return None
     info = torch.compiler.load_cache_artifacts(path.read_bytes())
     return {"file": str(path), "entries": {k: len(v) for k, v in vars(info).items()} if info else {}}

@@ -100,7 +100,10 @@ def calibration_record(report: dict[str, Any]) -> dict[str, Any] | None:
 def program_runner(program, device: torch.device | str, options: EvalOptions, *, with_mask: bool = False):
     """ids -> logits through the program, compiled unless options say not (an attention_mask input, when the
     program has one, is all ones: perplexity windows and right-padded lm-eval requests need no mask)."""
-    module = compile_program(program, regional=options.regional) if options.compile else program.module()
+    # The whole graph with its weights frozen as constants, as actprune eval has always scored it (regional
+    # compilation cannot freeze)
+    module = (compile_program(program, freeze=not options.regional, regional=options.regional) if options.compile
+              else program.module())
 
     def run(ids):  # token ids come from the tokenizer on the CPU; the program runs where its weights are
         with torch.no_grad():

@@ -10,12 +10,19 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import fx
 from torch._guards import detect_fake_mode
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
+
+
+def fake_value(node: fx.Node) -> Any:
+    """What a node computes, as tracing recorded it (a fake tensor, a SymInt, ...): torch.export writes it to
+    meta["val"], Dynamo to meta["example_value"]. None when neither was recorded."""
+    return node.meta["val"] if "val" in node.meta else node.meta.get("example_value")
 
 
 def _safe_name(text: str) -> str:
@@ -62,7 +69,7 @@ class ExportedProgramHost(GraphHost):
         self.graph = program.graph
         self.module_prefix = module_prefix
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
-        self._fake_mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
+        self._fake_mode = detect_fake_mode([fake_value(n) for n in placeholders])
 
     def _spec(self, node: fx.Node) -> InputSpec:
         for spec in self.program.graph_signature.input_specs:

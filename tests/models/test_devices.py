@@ -81,7 +81,7 @@ def test_half_precision_end_to_end_against_the_eager_reference(dtype):
 
 def test_backend_device_option_moves_the_model_and_refuses_inputs_elsewhere():
     model = copy.deepcopy(tiny_model("llama"))
-    compile_model(model, {"pattern": "8:16", "device": "cpu"})
+    compile_model(model, {"pattern": "8:16"}, device="cpu")
     assert placement(model)["device"] == "cpu"
     assert parse_options({"pattern": "8:16", "device": "cpu"}).device == torch.device("cpu")
     with pytest.raises(ValueError, match="asked for device cpu, but graph inputs are on meta"):
