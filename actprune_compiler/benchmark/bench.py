@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from actprune_compiler import compile_program, export_causal_lm, sparsify
+from actprune_compiler.api import compile_program, sparsify
 from actprune_compiler.backends.dynamo import compile_dense, compile_model
 from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
 from actprune_compiler.benchmark.generation import several_compiled_models, timed_generate
 from actprune_compiler.calibration import selected_linears
+from actprune_compiler.export import export_causal_lm
 from actprune_compiler.models.devices import model_device, synchronize
 from actprune_compiler.sparsity.config import SparsityConfig
 
