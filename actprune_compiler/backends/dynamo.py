@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch._dynamo.backends.registry import _BACKENDS, register_backend
+from torch._dynamo.utils import counters
 from torch.utils.weak import WeakIdKeyDictionary
 
 from actprune_compiler.backends.freeze import (
@@ -197,8 +199,6 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
 
 
 def register() -> None:
-    from torch._dynamo.backends.registry import _BACKENDS, register_backend
-
     if "actprune" not in _BACKENDS:
         register_backend(name="actprune")(actprune_backend)
 
@@ -268,8 +268,6 @@ def compile_dense(model: nn.Module, *, freeze: bool = DEFAULT_FREEZE, regional: 
 def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Graphs compiled, recompilations, graph breaks, linears rewritten per graph, and (given the model)
     the matching linears that never appeared in a rewritten graph: those ran dense, in eager mode."""
-    from torch._dynamo.utils import counters
-
     seen = {path for g in LOG.graphs for path in g.rewritten}
     out = {"graphs_compiled": len(LOG.graphs),  # for one compiled forward: 1 + its recompilations
            "dynamo_frames_compiled": counters["frames"]["ok"],

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import fx, nn
+from torch._dynamo.source import ConstantSource
 
 # Every front door (compile_model, compile_program, the plain torch.compile call) keeps the weights as graph
 # inputs unless asked to freeze: then Inductor's FX graph cache can hold the compiled graphs (warm starts),
@@ -47,8 +48,6 @@ def freeze_parameters(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if sources is None or len(placeholders) != len(example_inputs):
         return {}
-    from torch._dynamo.source import ConstantSource
-
     frozen = {i: value for i, value in enumerate(example_inputs) if isinstance(value, nn.Parameter)}
     with gm.graph.inserting_after(placeholders[-1]):
         for i, param in frozen.items():

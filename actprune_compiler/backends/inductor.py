@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch._inductor.compile_fx import compile_fx
 from torch.export import ExportedProgram
 
 from actprune_compiler.backends.freeze import DEFAULT_FREEZE, refuse_regional_freeze
@@ -21,8 +22,6 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
     """A torch.compile backend: Inductor, with nm_linear expanded before its lowering (the expansion is
     in Inductor's own decomposition table), and actprune's lowering code in the FX graph cache's key.
     Without freezing, the dense linears take the packed GEMM too (pack_dense_linears)."""
-    from torch._inductor.compile_fx import compile_fx
-
     pack_dense_linears(gm)
     ours = {} if torch._inductor.config.post_grad_custom_post_pass else {"post_grad_custom_post_pass": POST_GRAD_PASS}
     with torch._inductor.config.patch(ours):

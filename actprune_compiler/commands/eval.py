@@ -7,6 +7,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from actprune_compiler.artifact.folder import PROGRAM, REPORT, is_artifact, load_report
 from actprune_compiler.commands.common import (
     add_config_args,
@@ -157,8 +159,6 @@ def artifact_device(args: argparse.Namespace, report: dict[str, Any]) -> str:
 
 
 def _canonical(device) -> str:
-    import torch
-
     if device.type == "cuda" and device.index is None:
         return f"cuda:{torch.cuda.current_device()}"
     return str(device)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
+from torch.compiler._cache import CacheArtifactManager
 
 from actprune_compiler.artifact.folder import input_ranges
 from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
@@ -27,10 +29,6 @@ COMPILED_CODE = "compiled-code.bin"
 def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool = False) -> tuple[bytes, dict]:
     """Compile `program` as a regional evaluation does and run it at the shapes scoring uses (perplexity
     windows and lm-eval batches); (the cache artifacts, a summary for report.json)."""
-    from torch._dynamo.utils import counters
-    from torch.compiler._cache import CacheArtifactManager
-
-
     (_, batch_max), (_, seq_max) = input_ranges(program)
     options = EvalOptions(tasks=("wikitext2", "arc_easy"), seqlen=min(EvalOptions.seqlen, seq_max),
                           batch_size=min(EvalOptions.batch_size, batch_max), regional=True)
@@ -54,8 +52,6 @@ def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool
 
 def fxgraph_cache_since(before: dict[str, int]) -> dict[str, int]:
     """Inductor's FX graph cache hits and misses counted since `before` (a copy of counters["inductor"])."""
-    from torch._dynamo.utils import counters
-
     now = counters["inductor"]
     return {key.removeprefix("fxgraph_cache_"): now[key] - before.get(key, 0) for key in ("fxgraph_cache_hit",
             "fxgraph_cache_miss") if now[key] - before.get(key, 0)}

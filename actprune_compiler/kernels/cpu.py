@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.cpp_extension import load
 
 from actprune_compiler.ops.select import select_groups
 
@@ -35,8 +36,6 @@ torch.library.define("actprune::nm_select_cpu", "(Tensor groups, Tensor values, 
 
 @functools.cache
 def _extension():
-    from torch.utils.cpp_extension import load
-
     # The source's hash in the name: two checkouts (or versions) of actprune share the build folder,
     # and under one name each would rebuild it with its own source, under the other's feet.
     digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]

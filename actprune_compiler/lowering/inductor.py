@@ -22,7 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._inductor import decomposition, ir
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.lowering import lowerings, register_lowering
+from torch._inductor.virtualized import ops
 
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
 from actprune_compiler.kernels import cpu  # registers actprune::sparse_rows_linear and packed_linear
@@ -117,8 +120,6 @@ def _register_nm_linear_decomposition() -> None:
     """nm_linear's expansion goes into Inductor's own table rather than a `decompositions=` argument:
     Inductor cannot hash a custom table (it holds pybind functions), so it would bypass its FX graph
     cache for every graph and each process would compile from scratch."""
-    from torch._inductor import decomposition
-
     target = torch.ops.actprune.nm_linear.default
     if target not in decomposition.decompositions:
         # looked up at each expansion, so that a replaced nm_linear_decomposed (a test's fault injection) is used
@@ -179,10 +180,6 @@ POST_GRAD_PASS = PostGradPass()
 
 
 def _register_select_lowering() -> None:
-    from torch._inductor import ir
-    from torch._inductor.lowering import lowerings, register_lowering
-    from torch._inductor.virtualized import ops
-
     target = torch.ops.actprune.nm_select.default
     if target in lowerings:
         return

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_model
 
 from actprune_compiler.reporting.files import CACHE_DIR, atomic_folder, sha256_file
 
@@ -74,8 +75,6 @@ def unmarked_config(config: Any) -> Any:
 def save_dequantized(model, tokenizer, folder: Path) -> None:
     """save_pretrained refuses a model loaded from GGUF (it counts as quantised), though its tensors
     are plain floats by now: write them with safetensors, and a config without the GGUF marker."""
-    from safetensors.torch import save_model
-
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # drops tied duplicates
     unmarked_config(model.config).save_pretrained(folder)
     model.generation_config.save_pretrained(folder)

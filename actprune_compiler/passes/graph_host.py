@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import fx
+from torch._dynamo.source import ConstantSource
 from torch._guards import detect_fake_mode
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
@@ -150,8 +151,6 @@ class GraphModuleHost(GraphHost):
         # each; a constant the pass made has none in user code, so it gets a name-only source.
         sources = getattr(self.gm, "_param_name_to_source", None)
         if sources is not None:
-            from torch._dynamo.source import ConstantSource
-
             sources[attr] = ConstantSource(f"actprune constant {attr}")
         anchor = next(n for n in self.graph.nodes if n.op != "placeholder")
         with self.graph.inserting_before(anchor):
