@@ -25,8 +25,10 @@ demo: setup
 	$(BIN)/actprune eval --model smollm2-135m --tasks wikitext2 --max-windows 4 --output out/dense.json
 	$(BIN)/actprune eval --model smollm2-135m --pattern 8:16 --tasks wikitext2 --max-windows 4 --output out/8-16.json
 
+# lint-imports: the layers contract in pyproject.toml ([tool.importlinter]); an upward import fails it.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test-fast: setup
 	$(PY) -m pytest -q

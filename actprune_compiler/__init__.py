@@ -6,13 +6,11 @@
 
 or, in ordinary PyTorch code (KV-cache generation included):
 
-    model = compile_model(model, {"pattern": "8:16"})   # torch.compile backend "actprune"
+    model = compile_model(model, SparsityConfig(pattern="8:16"))   # torch.compile backend "actprune"
 """
 
-__version__ = "0.1.0"
-
-from actprune_compiler import ops  # noqa: E402,F401  (registers actprune::nm_linear)
-from actprune_compiler.api import (  # noqa: E402
+from actprune_compiler import ops  # noqa: F401  (registers actprune::nm_linear)
+from actprune_compiler.api import (
     SparsifiedProgram,
     compile_model,
     compile_program,
@@ -20,9 +18,10 @@ from actprune_compiler.api import (  # noqa: E402
     load_model,
     sparsify,
 )
-from actprune_compiler.backends.dynamo import register  # noqa: E402
-from actprune_compiler.export import export_causal_lm  # noqa: E402
-from actprune_compiler.sparsity.config import SparsityConfig, parse_pattern  # noqa: E402
+from actprune_compiler.backends.dynamo import register
+from actprune_compiler.export import export_causal_lm
+from actprune_compiler.reporting.runinfo import VERSION as __version__
+from actprune_compiler.sparsity.config import SparsityConfig, parse_pattern
 
 register()  # torch.compile(..., backend="actprune")
 

@@ -3,7 +3,7 @@
     load_model(spec)                  -> (model, tokenizer)
     sparsify(model, config)           -> SparsifiedProgram: the exported program, rewritten
     compile_program(program)          -> the program compiled by Inductor with actprune's lowering
-    compile_model(model, options)     -> model.forward compiled by the torch.compile backend (KV cache)
+    compile_model(model, config)      -> model.forward compiled by the torch.compile backend (KV cache)
 """
 
 from __future__ import annotations
@@ -13,19 +13,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 
 from actprune_compiler.backends.dynamo import compile_model
 from actprune_compiler.backends.inductor import compile_program
-from actprune_compiler.calibration.prepare import prepare
 from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
-from actprune_compiler.graph_host import ExportedProgramHost
-from actprune_compiler.models import load_model
+from actprune_compiler.models.load import load_model
 from actprune_compiler.passes import run_passes
-from actprune_compiler.passes.select_linears import LINEAR_TARGETS
-from actprune_compiler.runinfo import Timer
+from actprune_compiler.passes.graph_host import ExportedProgramHost
+from actprune_compiler.passes.select_linears import is_linear, is_nm_linear
+from actprune_compiler.recovery.prepare import prepare
+from actprune_compiler.reporting.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.decision import LayerDecision
 from actprune_compiler.sparsity.rotation import rotation_cost
@@ -37,14 +36,8 @@ __all__ = ["SparsifiedProgram", "compile_model", "compile_program", "count_ops",
 
 def count_ops(graph: fx.Graph) -> dict[str, int]:
     """How many nm_linear and plain linear nodes a graph holds."""
-    counts = Counter()
-    for node in graph.nodes:
-        if node.op == "call_function":
-            if node.target is torch.ops.actprune.nm_linear.default:
-                counts["nm_linear"] += 1
-            elif node.target in LINEAR_TARGETS:
-                counts["linear"] += 1
-    return {"nm_linear": counts["nm_linear"], "linear": counts["linear"]}
+    nodes = list(graph.nodes)
+    return {"nm_linear": sum(map(is_nm_linear, nodes)), "linear": sum(map(is_linear, nodes))}
 
 
 def layer_totals(layers: list[dict[str, Any]]) -> dict[str, int]:

@@ -1,14 +1,20 @@
 """The `actprune` command. Each subcommand lives in commands/<name>.py with add_parser() and run().
 
 Every failure prints one line, `actprune: error: ...`, and exits non-zero (2 for bad input, 1 for a
-failure while working); --debug shows the traceback instead. Ctrl-C exits with 130.
+failure while working); --debug shows the traceback instead. Ctrl-C exits with 130. What the library logs
+(logger "actprune": warnings and notes) is printed on stderr as `actprune: ...` lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
+from collections.abc import Iterator
+
+from tqdm import tqdm
 
 SUBCOMMANDS = ("compile", "inspect", "eval", "sweep", "generate", "bench", "sensitivity")
 INTERRUPTED = 130
@@ -32,6 +38,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class LibraryLines(logging.Handler):
+    """A library message as an `actprune: <message>` line on stderr (the stream of the moment), written past
+    any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(f"actprune: {self.format(record)}", file=sys.stderr)
+        except Exception:  # noqa: BLE001  (logging's rule: a failing handler reports itself, it never raises)
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def library_messages() -> Iterator[None]:
+    """While a command runs, the library's info and warnings are printed; the logger is left as it was."""
+    logger = logging.getLogger("actprune")
+    handler, level, propagate = LibraryLines(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, here, even when something configured the root logger
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     if not isinstance(error, (ValueError, FileNotFoundError, FileExistsError)):  # not a user error: name it
@@ -42,7 +75,8 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with library_messages():
+            return args.run(args)
     except KeyboardInterrupt:
         print("\nactprune: interrupted; finished results are saved, nothing half-written was left", file=sys.stderr)
         return INTERRUPTED

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
-from actprune_compiler.devices import model_device
+from actprune_compiler.models.devices import model_device
 
 # The wrapper's attribute holding the model; passes strip it from module paths.
 WRAPPER_PREFIX = "lm."

@@ -13,26 +13,34 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx, nn
+from torch._dynamo.backends.registry import _BACKENDS, register_backend
+from torch._dynamo.utils import counters
 from torch.utils.weak import WeakIdKeyDictionary
 
-from actprune_compiler.devices import resolve_device
-from actprune_compiler.graph_host import GraphModuleHost
+from actprune_compiler.backends.freeze import (
+    DEFAULT_FREEZE,
+    call_with_frozen,
+    freeze_parameters,
+    refuse_regional_freeze,
+)
+from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
+from actprune_compiler.backends.regional_graph import compile_graph_regions, regional_inductor
+from actprune_compiler.models.devices import resolve_device
 from actprune_compiler.passes import run_passes
+from actprune_compiler.passes.graph_host import GraphModuleHost
+from actprune_compiler.recovery.prepare import prepare
 from actprune_compiler.sparsity.config import SparsityConfig, matches
+from actprune_compiler.sparsity.constants import LearnedLayer
+from actprune_compiler.sparsity.decision import LayerDecision
 from actprune_compiler.sparsity.stats import LayerStats
-
-if TYPE_CHECKING:
-    from actprune_compiler.recovery.sparse_linear import LearnedLayer
 
 log = logging.getLogger("actprune")
 INNER_BACKENDS = ("inductor", "eager")
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(SparsityConfig)}
-REGIONAL_FREEZE = ("regional compilation shares one compiled layer among the layers, so their weights stay graph "
-                   "inputs and cannot be frozen; use {how}")
 
 
 @dataclass
@@ -66,7 +74,7 @@ class BackendOptions:
     inner: str = "inductor"
     stats: dict[str, LayerStats] | None = None  # calibration statistics by module path
     keep_dense: frozenset[str] = frozenset()  # module paths chosen to stay dense (skip_sensitive)
-    freeze: bool = True  # fold the weights as constants (inference); see backends/freeze.py
+    freeze: bool = DEFAULT_FREEZE  # fold the weights as constants (inference); see backends/freeze.py
     device: torch.device | None = None  # where every graph input must be; None: wherever the model is
     learned: dict[str, LearnedLayer] | None = None  # a recovery method's weight and bias by module path
     regional: bool = False  # compile each kind of decoder layer once (regional_graph.py)
@@ -75,7 +83,8 @@ class BackendOptions:
 EXTRA_OPTIONS = {"inner_backend": "inductor | eager", "stats": "calibration statistics by module path",
                  "keep_dense": "module paths to leave dense (what skip_sensitive chose)",
                  "learned": "a recovery method's learned values by module path (what compile_model trains)",
-                 "freeze": "fold the weights as constants (default True; they must not change afterwards)",
+                 "freeze": f"fold the weights as constants (default {DEFAULT_FREEZE}; they must not change "
+                           "afterwards)",
                  "device": "cpu, cuda or cuda:N: compile_model moves the model there; the backend refuses inputs "
                            "elsewhere",
                  "regional": "compile each kind of decoder layer once (compile_model(regional=True) sets it, and "
@@ -87,7 +96,7 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     or refused here, before anything is traced."""
     options = dict(options or {})
     inner = options.pop("inner_backend", "inductor")
-    freeze = options.pop("freeze", True)
+    freeze = options.pop("freeze", DEFAULT_FREEZE)
     if not isinstance(freeze, bool):
         raise ValueError(f"freeze must be True or False, not {freeze!r}")
     if inner not in INNER_BACKENDS:
@@ -103,14 +112,13 @@ def parse_options(options: dict[str, Any] | None) -> BackendOptions:
     regional = options.pop("regional", False)
     if not isinstance(regional, bool):
         raise ValueError(f"regional must be True or False, not {regional!r}")
-    if regional and freeze:
-        raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
+    refuse_regional_freeze(regional, freeze)
     unknown = sorted(set(options) - _CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"unknown actprune backend options {unknown}; allowed: "
                          f"{sorted(_CONFIG_FIELDS | set(EXTRA_OPTIONS))}")
     config = SparsityConfig(**options)
-    hint = ("use compile_model(model, options, tokenizer=..., calib_text=...), which gathers it from the eager "
+    hint = ("use compile_model(model, config, tokenizer=..., calib_text=...), which gathers it from the eager "
             "model first")
     if config.needs_statistics() and stats is None:
         raise ValueError(f"config {config.label!r} needs calibration statistics, which the backend cannot gather "
@@ -163,52 +171,62 @@ def actprune_backend(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     if config.target == "weight":
         _refuse_repruning(host, config)
     rows = run_passes(host, config, parsed.stats, keep_dense=parsed.keep_dense, learned=parsed.learned)
-    rewritten = [r["module"] for r in rows if r["decided"]["action"] == "sparse"]
-    dense = [r["module"] for r in rows if r["decided"]["action"] == "dense"]
+    decided = [(r["module"], LayerDecision.from_dict(r["decided"])) for r in rows]
+    rewritten = [module for module, decision in decided if decision.is_sparse]
+    dense = [module for module, decision in decided if not decision.is_sparse]
     record = GraphRecord(config.label, rewritten, dense)
     LOG.graphs.append(record)
     newly = [t for t in host.overwritten if t not in LOG.pruned_weights]
     if newly:  # a recompile prunes the same weights again, to the same values: say it once
         for tensor in newly:
             LOG.pruned_weights[tensor] = config.label
-        log.warning("actprune: pruned the weights of %d linear layers in place (%s); the model's parameters "
+        log.warning("pruned the weights of %d linear layers in place (%s); the model's parameters "
                     "are now sparse", len(newly), config.label)
     if parsed.inner == "eager":
         return gm.forward
-    from actprune_compiler.backends.inductor import inductor_with_nm_lowering
-
     if parsed.regional and not torch.is_grad_enabled():
-        from actprune_compiler.backends.regional_graph import compile_graph_regions
-
         regions = compile_graph_regions(gm, inductor_with_nm_lowering)
         record.regions = regions.summary()
         return regions.module.forward
     if parsed.regional:  # the regions are inference code; said, so a whole-graph compile is never a surprise
-        log.warning("actprune: regional compilation is for inference, and this graph was traced with autograd "
+        log.warning("regional compilation is for inference, and this graph was traced with autograd "
                     "on, so it is compiled whole")
     if not parsed.freeze or torch.is_grad_enabled():  # freezing is for inference; a training call keeps inputs
         return inductor_with_nm_lowering(gm, example_inputs)
-    from actprune_compiler.backends.freeze import call_with_frozen, freeze_parameters
-
     frozen = freeze_parameters(gm, example_inputs)
     with torch._inductor.config.patch(freezing=True):
         return call_with_frozen(inductor_with_nm_lowering(gm, example_inputs), frozen)
 
 
 def register() -> None:
-    from torch._dynamo.backends.registry import _BACKENDS, register_backend
-
     if "actprune" not in _BACKENDS:
         register_backend(name="actprune")(actprune_backend)
 
 
-def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, tokenizer=None,
-                  calib_text: str | None = None, freeze: bool = False, dynamic: bool | None = True,
-                  regional: bool = False, **compile_kwargs) -> nn.Module:
+def config_of(config: SparsityConfig | dict[str, Any] | None) -> SparsityConfig:
+    """compile_model's config: a SparsityConfig, a dict of its fields (as before), or None for the default one.
+    The backend's own options are compile_model's keyword arguments, never silently taken from the dict."""
+    if config is None or isinstance(config, SparsityConfig):
+        return config or SparsityConfig()
+    if not isinstance(config, dict):
+        raise TypeError(f"compile_model takes a SparsityConfig (or a dict of its fields), not {type(config).__name__}")
+    if options := sorted(set(config) & set(EXTRA_OPTIONS)):
+        raise ValueError(f"{options[0]} is an option of compile_model, not a SparsityConfig field: pass it as "
+                         f"compile_model(model, config, {options[0]}=...)")
+    return SparsityConfig.from_dict(config)
+
+
+def compile_model(model: nn.Module, config: SparsityConfig | dict[str, Any] | None = None, *, tokenizer=None,
+                  calib_text: str | None = None, freeze: bool = DEFAULT_FREEZE, regional: bool = False,
+                  device: str | torch.device | None = None, inner_backend: str = "inductor",
+                  stats: dict[str, LayerStats] | None = None, keep_dense: list[str] | None = None,
+                  learned: dict[str, LearnedLayer] | None = None, dynamic: bool | None = True,
+                  **compile_kwargs) -> nn.Module:
     """Compile `model.forward` in place with the actprune backend, so `model.generate` uses it too.
 
     Inference only. Calibrated criteria/corrections and skip_sensitive run the eager model over
-    `calib_text` once, here, and hand the statistics to the backend. freeze=False (the default)
+    `calib_text` once, here, and hand the statistics to the backend (or give `stats`, `keep_dense` and a
+    recovery method's `learned` values gathered before). freeze=False (the default, backends/freeze.py)
     keeps the weights as graph inputs, so Inductor's FX graph cache holds the compiled graphs and a
     second process with the same model and config starts warm (its CPU GEMMs take weights packed once
     in actprune's weight cache, as fast as frozen ones); freeze=True folds them as constants and
@@ -218,20 +236,17 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     always specialised), and every new prompt length recompiles.
     regional=True traces the model whole but compiles each kind of decoder layer once (regional_graph.py):
     compile time no longer grows with depth, and every per-layer value is kept. It cannot freeze.
+    device: move the model there first; the backend then refuses inputs elsewhere. inner_backend: inductor,
+    or eager (the rewritten graph run as it is).
     """
-    from actprune_compiler.backends.inductor import inference_call
-    from actprune_compiler.calibration.prepare import prepare
-
-    options = dict(options or {})
-    if options.get("device") is not None:
-        model.to(resolve_device(options["device"]))
-    config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
-    if regional and freeze:  # before any calibration or training
-        raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
-    prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"),
-                       keep_dense=options.get("keep_dense"), learned=options.get("learned"))
-    options.update(stats=prepared.stats, keep_dense=prepared.keep_dense, learned=prepared.learned)
-    options.update(freeze=freeze, regional=regional)
+    config = config_of(config)
+    refuse_regional_freeze(regional, freeze)  # before any calibration or training
+    if device is not None:
+        model.to(resolve_device(device))
+    prepared = prepare(model, tokenizer, config, calib_text, stats=stats, keep_dense=keep_dense, learned=learned)
+    options = {**config.to_dict(), "inner_backend": inner_backend, "stats": prepared.stats,
+               "keep_dense": prepared.keep_dense, "learned": prepared.learned, "freeze": freeze,
+               "regional": regional, "device": device}
     parsed = parse_options(options)  # fail now, not at the first call
     linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     if unknown := sorted(parsed.keep_dense - linears):
@@ -241,14 +256,10 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     return model
 
 
-def compile_dense(model: nn.Module, *, freeze: bool = False, regional: bool = False) -> nn.Module:
+def compile_dense(model: nn.Module, *, freeze: bool = DEFAULT_FREEZE, regional: bool = False) -> nn.Module:
     """The baseline for compile_model: the dense model compiled the same way by Inductor as it comes
     (regional: each kind of decoder layer once, as compile_model(regional=True) does)."""
-    from actprune_compiler.backends.inductor import inference_call
-    from actprune_compiler.backends.regional_graph import regional_inductor
-
-    if regional and freeze:
-        raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
+    refuse_regional_freeze(regional, freeze)
     backend = regional_inductor if regional else "inductor"
     model.forward = inference_call(torch.compile(model.forward, backend=backend, dynamic=True), freeze)
     return model
@@ -257,8 +268,6 @@ def compile_dense(model: nn.Module, *, freeze: bool = False, regional: bool = Fa
 def report(model: nn.Module | None = None, modules: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Graphs compiled, recompilations, graph breaks, linears rewritten per graph, and (given the model)
     the matching linears that never appeared in a rewritten graph: those ran dense, in eager mode."""
-    from torch._dynamo.utils import counters
-
     seen = {path for g in LOG.graphs for path in g.rewritten}
     out = {"graphs_compiled": len(LOG.graphs),  # for one compiled forward: 1 + its recompilations
            "dynamo_frames_compiled": counters["frames"]["ok"],

@@ -1,5 +1,6 @@
-"""Freezing inside the torch.compile backend, so the plain `torch.compile(forward, backend="actprune")`
-call runs as fast as compile_model.
+"""Freezing: the one default (DEFAULT_FREEZE), the one refusal (regional compilation cannot freeze), and
+freezing inside the torch.compile backend, for the plain `torch.compile(forward, backend="actprune",
+options={"freeze": True})` call, as compile_model(..., freeze=True) freezes.
 
 Dynamo passes a model's parameters to the backend as graph inputs unless Inductor's freezing was
 already on while it traced (compile_model arranges that; a plain call does not). Here the backend
@@ -16,6 +17,21 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import fx, nn
+from torch._dynamo.source import ConstantSource
+
+# Every front door (compile_model, compile_program, the plain torch.compile call) keeps the weights as graph
+# inputs unless asked to freeze: then Inductor's FX graph cache can hold the compiled graphs (warm starts),
+# regional compilation works (it cannot freeze), and the CPU GEMMs take weights packed once in actprune's
+# weight cache, as fast as frozen ones. freeze=True folds them as constants; they must not change afterwards.
+DEFAULT_FREEZE = False
+
+
+def refuse_regional_freeze(regional: bool, freeze: bool, how: str = "freeze=False") -> None:
+    """Regional compilation runs every layer of a kind through one compiled code, with that layer's weights as
+    inputs: freezing them cannot go with it. `how` names the way out in the caller's words."""
+    if regional and freeze:
+        raise ValueError("regional compilation shares one compiled layer among the layers, so their weights stay "
+                         f"graph inputs and cannot be frozen; use {how}")
 
 
 def version_of(tensor: torch.Tensor) -> int:
@@ -32,8 +48,6 @@ def freeze_parameters(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if sources is None or len(placeholders) != len(example_inputs):
         return {}
-    from torch._dynamo.source import ConstantSource
-
     frozen = {i: value for i, value in enumerate(example_inputs) if isinstance(value, nn.Parameter)}
     with gm.graph.inserting_after(placeholders[-1]):
         for i, param in frozen.items():

@@ -8,17 +8,20 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch._inductor.compile_fx import compile_fx
 from torch.export import ExportedProgram
 
-from actprune_compiler.lowering.inductor import POST_GRAD_PASS
+from actprune_compiler.backends.freeze import DEFAULT_FREEZE, refuse_regional_freeze
+from actprune_compiler.backends.regional import compile_regions
+from actprune_compiler.lowering.inductor import POST_GRAD_PASS, uses_packed_gemm
+from actprune_compiler.passes.graph_host import fake_value
+from actprune_compiler.passes.select_linears import is_linear
 
 
 def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Callable:
     """A torch.compile backend: Inductor, with nm_linear expanded before its lowering (the expansion is
     in Inductor's own decomposition table), and actprune's lowering code in the FX graph cache's key.
     Without freezing, the dense linears take the packed GEMM too (pack_dense_linears)."""
-    from torch._inductor.compile_fx import compile_fx
-
     pack_dense_linears(gm)
     ours = {} if torch._inductor.config.post_grad_custom_post_pass else {"post_grad_custom_post_pass": POST_GRAD_PASS}
     with torch._inductor.config.patch(ours):
@@ -33,13 +36,10 @@ def pack_dense_linears(gm: fx.GraphModule) -> int:
     (regional compilation, warm starts from the FX graph cache) would take the unpacked GEMM, about a
     quarter slower at prefill sizes; the rewritten linears pack theirs in nm_linear's lowering, and
     this gives the dense ones the same GEMM from the same weight cache."""
-    from actprune_compiler.lowering.inductor import uses_packed_gemm
-    from actprune_compiler.passes.select_linears import LINEAR_TARGETS
-
     def packs(node: fx.Node) -> bool:
-        if node.op != "call_function" or node.target not in LINEAR_TARGETS:
+        if not is_linear(node):
             return False
-        x = node.args[0].meta.get("val", node.args[0].meta.get("example_value"))
+        x = fake_value(node.args[0])
         return isinstance(x, torch.Tensor) and uses_packed_gemm(x)
 
     nodes = [node for node in gm.graph.nodes if packs(node)]
@@ -99,23 +99,19 @@ class CompiledProgram(nn.Module):
 
 
 def compile_program(program: ExportedProgram | nn.Module, *, dynamic: bool = True,
-                    freeze: bool | None = None, regional: bool = False) -> CompiledProgram:
+                    freeze: bool = DEFAULT_FREEZE, regional: bool = False) -> CompiledProgram:
     """torch.compile(program.module()) with actprune's Inductor lowering.
 
     dynamic=True compiles once for symbolic batch and sequence sizes instead of once per shape.
-    freeze (default: on for the whole graph) lets Inductor treat the weights as constants (they must
-    not change afterwards).
+    freeze=True lets Inductor treat the weights as constants (they must not change afterwards); by default
+    they stay graph inputs (backends/freeze.py says why).
     regional=True compiles each kind of repeated block (decoder layer) once and runs every layer of the
     kind through that code, and the parts between them (embedding, final norm, lm_head) as regions of
     their own (backends/regional.py): compile time no longer grows with depth. Weights stay graph
     inputs (no freezing), which is what lets the layers share code. Needs an ExportedProgram.
     """
+    refuse_regional_freeze(regional, freeze)
     if regional:
-        if freeze:
-            raise ValueError("regional compilation shares one compiled layer among the layers, so the weights "
-                             "stay graph inputs: it cannot freeze them (leave freeze unset or False)")
-        from actprune_compiler.backends.regional import compile_regions
-
         if not isinstance(program, ExportedProgram):
             raise TypeError(f"regional compilation takes an ExportedProgram (it cuts the graph where the nodes' "
                             f"module paths change), not {type(program).__name__}")
@@ -123,7 +119,6 @@ def compile_program(program: ExportedProgram | nn.Module, *, dynamic: bool = Tru
         regions = compile_regions(module, functools.partial(torch.compile, backend=inductor_with_nm_lowering,
                                                             dynamic=dynamic))
         return CompiledProgram(regions.module, module, False, regions)
-    freeze = True if freeze is None else freeze
     module = program.module() if isinstance(program, ExportedProgram) else program
     compiled = torch.compile(module, backend=inductor_with_nm_lowering, dynamic=dynamic)
     return CompiledProgram(compiled, module, freeze)

@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from actprune_compiler.passes.select_linears import named_modules_spelling
+
 # A module path whose last component is an index: a child of a ModuleList/Sequential (a repeated block).
 _REPEATED = re.compile(r"^(?:.*\.)?\d+$")
 
 
 def block_of(node: fx.Node) -> str | None:
     """The outermost repeated block (e.g. 'lm.model.layers.3') that `node` was traced in, if any."""
-    from actprune_compiler.passes.select_linears import named_modules_spelling
-
     stack = node.meta.get("nn_module_stack") or {}
     for entry in stack.values():
         path = named_modules_spelling(entry[0] if isinstance(entry, tuple) else str(entry))
@@ -140,7 +140,7 @@ def extract(gm: fx.GraphModule, region: _Region, extra_inputs: list[fx.Node] = (
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.output(tuple(env[n] for n in outputs))
 
-    tensors = [functools.reduce(getattr, n.target.split("."), gm) for n in attrs]  # as graph_host reads get_attr
+    tensors = [functools.reduce(getattr, n.target.split("."), gm) for n in attrs]  # as GraphModuleHost reads get_attr
     # Node names differ from layer to layer (add_6, add_12, ...): the key numbers nodes by position.
     index = {node: i for i, node in enumerate(graph.nodes)}
     lines = []

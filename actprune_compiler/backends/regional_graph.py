@@ -30,14 +30,16 @@ import torch
 from torch import fx, nn
 from torch._guards import detect_fake_mode
 
+from actprune_compiler.backends.inductor import inductor_with_nm_lowering
 from actprune_compiler.backends.regional import RegionKind, Regions, attr_key, extract, finish, replace, runs
+from actprune_compiler.passes.graph_host import fake_value
 
 _SYMBOL = re.compile(r"\b[su]\d+\b")  # a ShapeEnv symbol as printed: s0, s17, u3
 
 
 def _input_key(nodes: list[fx.Node]) -> str:
     """The region inputs' metadata (shapes, strides, dtypes, devices; symbols renumbered in order of appearance)."""
-    values = [node.meta.get("example_value", node.meta.get("val")) for node in nodes]
+    values = [fake_value(node) for node in nodes]
     described = [attr_key(v) if isinstance(v, torch.Tensor) else (type(v).__name__,) for v in values]
     numbers: dict[str, str] = {}
     return _SYMBOL.sub(lambda m: numbers.setdefault(m.group(0), f"S{len(numbers)}"), repr(described))
@@ -60,9 +62,9 @@ def _size_inputs(nodes: list[fx.Node], sizes: dict) -> list[fx.Node]:
     """The graph's size inputs (SymInt placeholders) for the symbols the region's values have but its arguments
     do not give (Gemma's sliding window arrives as 1 - s48): Inductor's code reads sizes off its arguments."""
     inside = set(nodes)
-    given = set().union(*(_symbols(used.meta.get("example_value"), bound=True) for n in nodes
+    given = set().union(*(_symbols(fake_value(used), bound=True) for n in nodes
                           for used in n.all_input_nodes if used not in inside))
-    needed = set().union(*(_symbols(n.meta.get("example_value")) for n in nodes)) - given
+    needed = set().union(*(_symbols(fake_value(n)) for n in nodes)) - given
     if missing := sorted(str(s) for s in needed if s not in sizes):
         raise ValueError(f"regional compilation cannot give a region the sizes {missing}, which no graph input "
                          "holds; compile the whole model instead (regional=False)")
@@ -82,7 +84,7 @@ def _compile_kind(compile_fn: Callable, gm: fx.GraphModule, example: list) -> Ca
 
 
 def _computes_tensors(nodes: list[fx.Node]) -> bool:
-    return any(isinstance(n.meta.get("example_value"), torch.Tensor) for n in nodes)
+    return any(isinstance(fake_value(n), torch.Tensor) for n in nodes)
 
 
 class KindCall(nn.Module):
@@ -115,11 +117,11 @@ def compile_graph_regions(gm: fx.GraphModule, compile_fn: Callable[[fx.GraphModu
         raise ValueError(f"regional compilation needs float attributes specialised, but the graph reads "
                          f"{len(bad)} of them at run time ({bad[0]}, ...); trace it with "
                          "torch._dynamo.config.patch(specialize_float=True), as compile_model does")
-    fake_mode = detect_fake_mode([n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"])
+    fake_mode = detect_fake_mode([fake_value(n) for n in gm.graph.nodes if n.op == "placeholder"])
     kinds: dict[str, RegionKind] = {}
     graph = gm.graph
     sizes = {value.node.expr: n for n in graph.nodes if n.op == "placeholder"
-             and isinstance(value := n.meta.get("example_value"), torch.SymInt)}
+             and isinstance(value := fake_value(n), torch.SymInt)}
     for i, region in enumerate(runs(graph)):
         if not _computes_tensors(region.nodes):  # size arithmetic: stays in the top-level graph
             continue
@@ -131,7 +133,7 @@ def compile_graph_regions(gm: fx.GraphModule, compile_fn: Callable[[fx.GraphModu
             kind = kinds[key] = RegionKind(key, sub)
             _constants_as_inputs(sub)
             example = [fake_mode.from_tensor(t, static_shapes=True) for t in tensors]
-            example += [n.meta.get("example_value", n.meta.get("val")) for n in inputs]
+            example += [fake_value(n) for n in inputs]
             kind.compiled = _compile_kind(compile_fn, fx.GraphModule({}, sub, class_name=f"Kind{len(kinds) - 1}"),
                                           example)
         kind.blocks.append(region.block or "")
@@ -142,6 +144,4 @@ def compile_graph_regions(gm: fx.GraphModule, compile_fn: Callable[[fx.GraphModu
 
 def regional_inductor(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable:
     """A torch.compile backend: Inductor (with actprune's lowering), one compile per kind of region."""
-    from actprune_compiler.backends.inductor import inductor_with_nm_lowering
-
     return compile_graph_regions(gm, inductor_with_nm_lowering).module.forward

@@ -10,12 +10,14 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from actprune_compiler.devices import DEVICE_CHOICES, resolve_device
-from actprune_compiler.models import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
-from actprune_compiler.recovery.methods import BATCH, DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
-from actprune_compiler.sparsity.config import DEFAULT_MODULES, RECOVERY_STEPS, SparsityConfig
+from actprune_compiler.eval.data import CALIB_SOURCES, calibration_text
+from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
+from actprune_compiler.models.devices import DEVICE_CHOICES, resolve_device
+from actprune_compiler.models.load import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
+from actprune_compiler.sparsity.config import TARGETS, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
+from actprune_compiler.sparsity.recovery_methods import BATCH, DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
 from actprune_compiler.sparsity.rotation import ROTATIONS
 
 
@@ -73,8 +75,6 @@ def existing_folder(text: str) -> str:
 
 def calib_source(text: str) -> str:
     """A named calibration split or an existing text file (eval.data.calibration_text reads it later)."""
-    from actprune_compiler.eval.data import CALIB_SOURCES
-
     if text not in CALIB_SOURCES and not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is neither {', '.join(CALIB_SOURCES)} nor an existing text file")
     return text
@@ -82,8 +82,6 @@ def calib_source(text: str) -> str:
 
 def task_list(text: str) -> tuple[str, ...]:
     """Comma-separated tasks, checked now so that a typo does not surface after perplexity has run."""
-    from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
-
     tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # ordered, de-duplicated
     if not tasks:
         raise argparse.ArgumentTypeError("no task given; give wikitext2 or any lm-eval task or group")
@@ -143,40 +141,45 @@ def add_model_args(p: argparse.ArgumentParser, *, artifact: bool = False) -> Non
     add_placement_args(p)
 
 
-def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = "8:16") -> None:
+# The flags' defaults are SparsityConfig's, read from the class so that the two never disagree.
+CONFIG_DEFAULTS = SparsityConfig()
+
+
+def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = CONFIG_DEFAULTS.pattern) -> None:
     # --pattern, --criterion and --correction are checked together by SparsityConfig (the criteria
     # depend on --target); config_from_args builds it first thing in every run().
+    d = CONFIG_DEFAULTS
     p.add_argument("--pattern", default=pattern_default,
                    help="N:M (e.g. 8:16) or an unstructured ratio (50%%)" +
                    ("; 'none' for the dense model" if pattern_default is None else ""))
-    p.add_argument("--target", default="activation", choices=["activation", "weight"])
-    p.add_argument("--criterion", default="magnitude",
+    p.add_argument("--target", default=d.target, choices=list(TARGETS))
+    p.add_argument("--criterion", default=d.criterion,
                    help=f"activation: {', '.join(CRITERIA)}; weight: {', '.join(WEIGHT_CRITERIA)}")
-    p.add_argument("--correction", default="none", choices=list(CORRECTIONS))
-    p.add_argument("--modules", default=",".join(DEFAULT_MODULES),
+    p.add_argument("--correction", default=d.correction, choices=list(CORRECTIONS))
+    p.add_argument("--modules", default=",".join(d.modules),
                    help="comma-separated fnmatch patterns on module path or name (lm_head only if named)")
-    p.add_argument("--exclude", default="", help="comma-separated patterns of layers to keep dense")
-    p.add_argument("--skip-sensitive", type=non_negative_int, default=0, metavar="K",
+    p.add_argument("--exclude", default=",".join(d.exclude), help="comma-separated patterns of layers to keep dense")
+    p.add_argument("--skip-sensitive", type=non_negative_int, default=d.skip_sensitive, metavar="K",
                    help="keep the K layers with the largest output error (see actprune sensitivity) dense")
     p.add_argument("--calib-data", type=calib_source, default=None,
                    help="calibration text: wikitext2-validation (default), wikitext2-train, or a text file")
     p.add_argument("--seed-compat", action="store_true",
                    help="drop the bias of activation-pruned layers as the seed's module swap does (it is kept "
                         "by default; the seed's Qwen collapse comes from dropping it)")
-    p.add_argument("--recovery", default="none", choices=list(RECOVERY),
+    p.add_argument("--recovery", default=d.recovery, choices=list(RECOVERY),
                    help="learn values against the dense model on calibration text, folded into weight and bias: "
                         + "; ".join(f"{m.name}: {m.summary}" for m in RECOVERY.values() if m.trains))
-    p.add_argument("--recovery-steps", type=non_negative_int, default=RECOVERY_STEPS,
+    p.add_argument("--recovery-steps", type=non_negative_int, default=d.recovery_steps,
                    help=f"optimiser steps of {BATCH} calibration sequences each (--recovery)")
-    p.add_argument("--recovery-lr", type=positive_float, default=None,
+    p.add_argument("--recovery-lr", type=positive_float, default=d.recovery_lr,
                    help=f"Adam's learning rate for the learned vectors (weights: {WEIGHT_LR_RATIO} of it); "
                         f"default {DEFAULT_LR}")
-    p.add_argument("--rotation", default="none", choices=list(ROTATIONS),
+    p.add_argument("--rotation", default=d.rotation, choices=list(ROTATIONS),
                    help="pca: mask each input in the principal directions of its calibration inputs, interleaved "
                         "across groups (W Q folded; x @ Q, K*K multiply-adds per token, runs at run time and is "
                         "reported); pca_contiguous: the same in rank order (the ablation)")
-    p.add_argument("--calib-samples", type=positive_int, default=16, help="calibration sequences")
-    p.add_argument("--calib-seqlen", type=positive_int, default=512, help="tokens per calibration sequence")
+    p.add_argument("--calib-samples", type=positive_int, default=d.calib_samples, help="calibration sequences")
+    p.add_argument("--calib-seqlen", type=positive_int, default=d.calib_seqlen, help="tokens per calibration sequence")
 
 
 def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
@@ -210,6 +213,4 @@ def calibration_input(args: argparse.Namespace, config: SparsityConfig | None) -
     """(text, description) when the config needs calibration text (statistics or sensitivity), else (None, '')."""
     if config is None or not (config.needs_calibration() or config.skip_sensitive):
         return None, ""
-    from actprune_compiler.eval.data import calibration_text
-
     return calibration_text(args.calib_data, getattr(args, "data_dir", None))

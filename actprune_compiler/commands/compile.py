@@ -6,6 +6,9 @@ import argparse
 from collections import defaultdict
 from typing import Any
 
+from actprune_compiler.api import sparsify
+from actprune_compiler.artifact.check import check_program
+from actprune_compiler.artifact.folder import save_artifact
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
@@ -14,9 +17,12 @@ from actprune_compiler.commands.common import (
     recovery_line,
     rotation_line,
 )
-from actprune_compiler.devices import placement
-from actprune_compiler.runinfo import format_times
-from actprune_compiler.tables import format_table
+from actprune_compiler.eval.compiled_code import compile_for_artifact
+from actprune_compiler.models.devices import placement
+from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.files import check_output_folder
+from actprune_compiler.reporting.runinfo import Timer, format_times, versions
+from actprune_compiler.reporting.tables import format_table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -65,13 +71,6 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.api import sparsify
-    from actprune_compiler.artifact import save_artifact
-    from actprune_compiler.check import check_program
-    from actprune_compiler.files import check_output_folder
-    from actprune_compiler.models import load_model
-    from actprune_compiler.runinfo import Timer, versions
-
     config = config_from_args(args)
     if config is None:
         raise ValueError("actprune compile needs a pattern such as 8:16 (use 'actprune eval' for the dense model)")
@@ -92,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(report["check"]["line"] + "; nothing was written")
     extra = {}
     if args.compiled_code:
-        from actprune_compiler.compiled_code import compile_for_artifact
-
         with timer("compiled_code_s"):
             data, report["compiled_code"] = compile_for_artifact(sparsified.program, model.device,
                                                                  with_mask=args.attention_mask)

@@ -7,6 +7,9 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from actprune_compiler.artifact.folder import PROGRAM, REPORT, is_artifact, load_report
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
@@ -21,10 +24,17 @@ from actprune_compiler.commands.common import (
     rotation_line,
     task_list,
 )
+from actprune_compiler.eval import distributed
+from actprune_compiler.eval.artifact_eval import evaluate_artifact
+from actprune_compiler.eval.data import find_data_dir, missing_data, where_data_goes
 from actprune_compiler.eval.perplexity import BOS_MODES
 from actprune_compiler.eval.render import headline_metric
-from actprune_compiler.runinfo import format_times
-from actprune_compiler.tables import format_table
+from actprune_compiler.eval.runner import EvalOptions, evaluate, write_result
+from actprune_compiler.models.devices import resolve_device
+from actprune_compiler.reporting.files import check_output_file
+from actprune_compiler.reporting.runinfo import format_times
+from actprune_compiler.reporting.tables import format_table
+from actprune_compiler.sparsity.config import SparsityConfig
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -55,8 +65,6 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    from actprune_compiler.eval.runner import EvalOptions
-
     return EvalOptions(tasks=args.tasks, seqlen=args.seqlen, max_windows=args.max_windows,
                        batch_size=args.batch_size, bos=args.bos, limit=args.limit, num_fewshot=args.num_fewshot,
                        apply_chat_template=args.apply_chat_template, data_dir=args.data_dir,
@@ -105,8 +113,6 @@ FLAG_FIELDS = {"seed_compat": "drop_bias"}
 def check_artifact_flags(args: argparse.Namespace, given: dict[str, Any], report: dict[str, Any]) -> None:
     """An artifact's program is fixed: a flag that would make another one is refused, unless it says what the
     artifact already is (--pattern 8:16 for an 8:16 artifact)."""
-    from actprune_compiler.sparsity.config import SparsityConfig
-
     fixed = SparsityConfig.from_dict(report["config"])
     have = fixed.to_dict()
     for dest, value in given.items():
@@ -135,9 +141,6 @@ def artifact_device(args: argparse.Namespace, report: dict[str, Any]) -> str:
 
     torch.export.passes.move_to_device_pass could move it, but a program compiled on the CPU in float32
     would then not be what a fresh run on the GPU scores (bfloat16), so another device is refused."""
-    from actprune_compiler.devices import resolve_device
-    from actprune_compiler.eval import distributed
-
     recorded = report["device"]
     try:
         here = resolve_device(recorded)
@@ -156,8 +159,6 @@ def artifact_device(args: argparse.Namespace, report: dict[str, Any]) -> str:
 
 
 def _canonical(device) -> str:
-    import torch
-
     if device.type == "cuda" and device.index is None:
         return f"cuda:{torch.cuda.current_device()}"
     return str(device)
@@ -168,8 +169,6 @@ ARTIFACT_KEYS = ("model", "model_class", "device", "dtype", "config", "label", "
 
 
 def artifact_report(spec: str) -> dict[str, Any]:
-    from actprune_compiler.artifact import REPORT, load_report
-
     report = load_report(spec)
     missing = [key for key in ARTIFACT_KEYS if key not in report]
     if missing:
@@ -180,8 +179,6 @@ def artifact_report(spec: str) -> dict[str, Any]:
 
 def model_kind(spec: str) -> str:
     """'artifact' for an actprune compile folder, 'model' otherwise; a folder that is neither is refused."""
-    from actprune_compiler.artifact import PROGRAM, REPORT, is_artifact, load_report
-
     folder = Path(spec).expanduser()
     if is_artifact(folder):
         return "artifact"
@@ -209,8 +206,6 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
 
 def check_local_data(args: argparse.Namespace, config) -> None:
     """Refuse, before the model loads, a run whose data is not in the data folder (it would go to the hub)."""
-    from actprune_compiler.eval.data import find_data_dir, missing_data, where_data_goes
-
     calibrates = config is not None and (config.needs_calibration() or config.skip_sensitive)
     calibration = (args.calib_data or "wikitext2-validation") if calibrates else None
     missing = missing_data(args.tasks, args.data_dir, calibration)
@@ -232,11 +227,6 @@ def check_torchrun_tasks(tasks: tuple[str, ...], processes: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.eval import distributed
-    from actprune_compiler.eval.artifact_eval import evaluate_artifact
-    from actprune_compiler.eval.runner import evaluate, write_result
-    from actprune_compiler.files import check_output_file
-
     check_torchrun_tasks(args.tasks, distributed.world())
     given = program_flags(args)
     report = artifact_report(args.model) if model_kind(args.model) == "artifact" else None

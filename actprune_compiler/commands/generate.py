@@ -8,7 +8,10 @@ import time
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 
+from actprune_compiler.backends import dynamo
+from actprune_compiler.benchmark.generation import several_compiled_models, timed_generate
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
@@ -16,60 +19,88 @@ from actprune_compiler.commands.common import (
     config_from_args,
     positive_int,
 )
-from actprune_compiler.generation import several_compiled_models, timed_generate
-from actprune_compiler.runinfo import Timer, format_times
+from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.files import check_output_file, write_json
+from actprune_compiler.reporting.runinfo import Timer, format_times, seconds_since_process_start
+from actprune_compiler.reporting.tables import format_table
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.tables import format_table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("generate", help="generate text with the sparse model (KV cache), print tokens/s")
+    p = sub.add_parser("generate", help="generate text with the sparse model (KV cache), print tokens/s "
+                                        "(--pattern none: the dense model, compiled the same way)")
     add_model_args(p)
     add_config_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--compare-dense", action="store_true", help="also run the dense model, compiled the same way")
-    p.add_argument("--inner-backend", default="inductor", choices=["inductor", "eager"])
+    p.add_argument("--inner-backend", default="inductor", choices=list(dynamo.INNER_BACKENDS))
     p.add_argument("--regional", action="store_true",
                    help="trace the model whole but compile each kind of decoder layer once (one compiled layer "
                         "for every layer): compiles in a fraction of the time")
+    p.add_argument("--json-out", default=None, metavar="FILE",
+                   help="also write this start's timings as JSON: stage times, the first token counted from the "
+                        "process start, decode tokens/s, Inductor's FX graph cache hits and misses (actprune bench "
+                        "--startup runs this command and reads them)")
     return p
 
 
-def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, Any] | None, *, tokenizer=None,
+def run_variant(model, ids: torch.Tensor, new_tokens: int, config: SparsityConfig | None, *, tokenizer=None,
                 calib_text: str | None = None, regional: bool = False,
-                config: SparsityConfig | None = None) -> dict[str, Any]:
+                inner_backend: str = "inductor") -> dict[str, Any]:
     """Compile (a warm-up generate builds the prefill and decode graphs), then time a second run.
 
     times: setup_s (calibration, when the method needs it), compile_s (the warm-up generate: Dynamo,
     actprune's passes and Inductor, or Inductor's cache on a warm start, plus one run), run_s (the timed
-    generate); first_token_s: from the start of setup to the warm-up's first token."""
-    from actprune_compiler.backends import dynamo
-
+    generate); first_token_s: from the start of setup to the warm-up's first token; ready_at: perf_counter()
+    when setup ended."""
     dynamo.LOG.reset()
     timer = Timer()
     with timer("setup_s"):
-        if options is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
+        if config is None:  # the baseline: Inductor as it comes, weights as inputs like compile_model's
             dynamo.compile_dense(model, regional=regional)
         else:
-            dynamo.compile_model(model, options, tokenizer=tokenizer, calib_text=calib_text, regional=regional)
+            dynamo.compile_model(model, config, tokenizer=tokenizer, calib_text=calib_text, regional=regional,
+                                 inner_backend=inner_backend)
+    ready_at = time.perf_counter()
     with timer("compile_s"):
         first = timed_generate(model, ids, new_tokens)
     with timer("run_s"):
         result = timed_generate(model, ids, new_tokens)
     result["times"] = timer.seconds
     result["first_token_s"] = timer.seconds["setup_s"] + first["prefill_ms"] / 1e3
-    result["graphs"] = len(dynamo.LOG.graphs) if options is not None else None
+    result["first_prefill_ms"], result["ready_at"] = first["prefill_ms"], ready_at
+    result["graphs"] = len(dynamo.LOG.graphs) if config is not None else None
+    result["rewritten_per_graph"] = dynamo.report()["rewritten_per_graph"]
     return result
 
 
-def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.models import load_model
+def start_record(args: argparse.Namespace, config: SparsityConfig | None, started: tuple[float, float],
+                 load_s: float, result: dict[str, Any]) -> dict[str, Any]:
+    """What --json-out writes about this start. started: (seconds since the process start, perf_counter())
+    taken together when run() began, so first_token_s counts from the process start."""
+    since_start, at = started
+    first_token = since_start + result["ready_at"] - at + result["first_prefill_ms"] / 1e3
+    return {"model": args.model, "pattern": config.pattern if config else "none", "regional": args.regional,
+            "new_tokens": args.max_new_tokens,
+            "times": {"imports_s": round(since_start, 3), "load_s": round(load_s, 3), **result["times"]},
+            "first_token_s": round(first_token, 3), "tokens": result["tokens"],
+            "decode_tokens_per_s": round(result["decode_tokens_per_s"], 2),
+            "rewritten_per_graph": result["rewritten_per_graph"],
+            "inductor_cache": {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}}
 
+
+def run(args: argparse.Namespace) -> int:
+    # interpreter start, imports and argument parsing: the first stage of a start that --json-out records
+    started = (seconds_since_process_start(), time.perf_counter()) if args.json_out else None
     config = config_from_args(args)
-    if config is None:
-        raise ValueError("actprune generate needs a pattern such as 8:16")
+    if config is None and args.compare_dense:
+        raise ValueError("--compare-dense runs the dense model beside a pattern; give --pattern N:M, or drop "
+                         "--compare-dense")
+    if args.json_out and args.compare_dense:
+        raise ValueError("--json-out records the start of one model; drop --compare-dense")
+    check_output_file(args.json_out, "--json-out")
     calib_text, _ = calibration_input(args, config)  # missing calibration data fails before the model loads
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, args.dtype, args.device)
@@ -79,14 +110,14 @@ def run(args: argparse.Namespace) -> int:
     text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
                                           add_generation_prompt=True) if args.chat else args.prompt)
     ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
-    variants = {config.label: {**config.to_dict(), "inner_backend": args.inner_backend}}
-    if args.compare_dense:
+    variants = {config.label: config} if config else {}
+    if config is None or args.compare_dense:  # --pattern none: the dense model, compiled the same way
         variants["dense"] = None
     rows = []
-    for name, options in variants.items():
+    for name, variant in variants.items():
         with several_compiled_models():
-            result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, options, tokenizer=tokenizer,
-                                 calib_text=calib_text, regional=args.regional, config=config)
+            result = run_variant(copy.deepcopy(model), ids, args.max_new_tokens, variant, tokenizer=tokenizer,
+                                 calib_text=calib_text, regional=args.regional, inner_backend=args.inner_backend)
         print(f"\n[{name}] {args.prompt}{tokenizer.decode(result['tokens'], skip_special_tokens=True)}")
         print(f"{format_times({'load_s': load_s, **result['times']})}; first token {result['first_token_s']:.1f} s "
               "after the load")
@@ -98,4 +129,6 @@ def run(args: argparse.Namespace) -> int:
         rows[0]["vs dense"] = f"{rows[0]['decode tokens/s'] / rows[1]['decode tokens/s']:.2f}x"
     print()
     print(format_table(rows, list(rows[0])))
+    if args.json_out:
+        write_json(args.json_out, start_record(args, config, started, load_s, result))
     return 0

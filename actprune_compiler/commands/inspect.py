@@ -7,11 +7,15 @@ from pathlib import Path
 
 from torch import fx
 
-from actprune_compiler.commands.common import add_config_args, add_placement_args, config_from_args
-from actprune_compiler.devices import placement
+from actprune_compiler.api import sparsify
+from actprune_compiler.artifact.folder import is_artifact, load_program, load_report
+from actprune_compiler.commands.common import add_config_args, add_placement_args, calibration_input, config_from_args
+from actprune_compiler.commands.compile import print_summary
 from actprune_compiler.export import WRAPPER_PREFIX
+from actprune_compiler.models.devices import placement
+from actprune_compiler.models.load import load_model
 from actprune_compiler.passes.select_linears import format_node, matches, module_path
-from actprune_compiler.tables import format_table
+from actprune_compiler.reporting.tables import format_table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -35,18 +39,12 @@ def layer_graph_lines(graph: fx.Graph, path: str) -> list[str]:
 
 def load_source(args: argparse.Namespace):
     """(report, graph or None) from an artifact folder, or built in memory from a model spec."""
-    from actprune_compiler.artifact import is_artifact, load_program, load_report
-
     if is_artifact(args.source):
         report = load_report(args.source)
         graph = load_program(args.source).graph if args.program else None
         return report, graph
     if Path(args.source).is_dir() and not Path(args.source, "config.json").exists():
         raise ValueError(f"{args.source} is neither an actprune artifact (no report.json) nor a model folder")
-    from actprune_compiler.api import sparsify
-    from actprune_compiler.commands.common import calibration_input
-    from actprune_compiler.models import load_model
-
     config = config_from_args(args)
     if config is None:
         raise ValueError("inspecting a model needs a pattern such as 8:16")
@@ -58,8 +56,6 @@ def load_source(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.commands.compile import print_summary
-
     report, graph = load_source(args)
     print_summary(report)
     rows = [r for r in report["layers"] if matches(r["module"], (args.layer,))]

@@ -131,7 +131,8 @@ def main() -> None:
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
-    import actprune_compiler.eval.lm_eval_model  # noqa: F401  (registers --model actprune)
+    # registers --model actprune; imports lm-eval (the optional eval extra) at the top, as the two lines above do
+    import actprune_compiler.eval.lm_eval_model  # noqa: F401
 
     sys.argv, hub_tasks = take_hub_flag(sys.argv)
     setup_logging()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
+from actprune_compiler.calibration import calibrate, layer_sensitivity
 from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args, positive_int
-from actprune_compiler.tables import format_table
+from actprune_compiler.eval.data import calibration_text
+from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.files import check_output_file, write_json
+from actprune_compiler.reporting.tables import format_table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -19,11 +23,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actprune_compiler.calibration import calibrate, layer_sensitivity
-    from actprune_compiler.eval.data import calibration_text
-    from actprune_compiler.files import check_output_file, write_json
-    from actprune_compiler.models import load_model
-
     config = config_from_args(args)
     if config is None or config.target != "activation":
         raise ValueError("sensitivity ranks activation pruning: give --pattern N:M and --target activation")

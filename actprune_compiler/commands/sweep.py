@@ -9,6 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from actprune_compiler.commands.common import positive_int
+from actprune_compiler.eval.render import (
+    adds_run_time_work,
+    methods_table,
+    plot,
+    plot_methods,
+    recovery_table,
+    seed_table,
+    stderr_note,
+)
+from actprune_compiler.eval.sweep import is_failed, plan_sweep, run_sweep, sweep_results
+from actprune_compiler.eval.sweep_file import load_sweep
+from actprune_compiler.eval.workers import launch_sweep, run_sweep_worker, worker_info
+from actprune_compiler.reporting.files import atomic_write
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -44,8 +57,6 @@ def describe(sweep, results: list[dict[str, Any]], source: str) -> str:
 
 
 def gap_note(pattern: str, gap: dict[str, Any], what: str) -> str:
-    from actprune_compiler.eval.render import adds_run_time_work
-
     return (f"- {pattern}: {what} **{gap['best']}** ppl {gap['ppl_best']:.2f} vs magnitude {gap['ppl_magnitude']:.2f}: "
             f"closes {gap['gap_closed']:.0%} of the gap to dense "
             f"({'meets' if gap['gap_closed'] >= 0.5 else 'short of'} the goal of half)"
@@ -53,15 +64,6 @@ def gap_note(pattern: str, gap: dict[str, Any], what: str) -> str:
 
 
 def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Path) -> tuple[list[str], Path]:
-    from actprune_compiler.eval.render import (
-        methods_table,
-        plot,
-        plot_methods,
-        recovery_table,
-        seed_table,
-        stderr_note,
-    )
-
     mine = [r for r in results if r["model"] == model]
     if sweep.table == "methods":
         table, gaps = methods_table(results, model)
@@ -79,9 +81,6 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
 
 
 def render(sweep, source: str) -> list[Path]:
-    from actprune_compiler.eval.sweep import is_failed, plan_sweep, sweep_results
-    from actprune_compiler.files import atomic_write
-
     # The sweep's own runs: its results file may also hold runs of an earlier version of it (other sizes,
     # other configs), which must not appear as rows of this table. A failed run has no metrics.
     results = [r for r in sweep_results(sweep, plan_sweep(sweep)) if not is_failed(r)]
@@ -103,10 +102,6 @@ def run(args: argparse.Namespace) -> int:
     them); Ctrl-C re-raises after the note (the CLI exits 130), finished runs being saved already.
     Under torchrun (WORLD_SIZE > 1) this process is one worker: it runs its share, and rank 0 renders and
     returns the status (torchrun exits 1 when a worker does)."""
-    from actprune_compiler.eval.sweep import is_failed, run_sweep
-    from actprune_compiler.eval.sweep_file import load_sweep
-    from actprune_compiler.eval.workers import launch_sweep, run_sweep_worker, worker_info
-
     worker = worker_info()
     if worker and args.workers > 1:
         raise ValueError(f"--workers {args.workers} cannot be combined with torchrun, which started "

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 
+from actprune_compiler.artifact.folder import input_ranges, load_program, load_report
+from actprune_compiler.eval.compiled_code import fxgraph_cache_since, load_compiled_code
 from actprune_compiler.eval.runner import EvalOptions, calibration_record, program_runner, score, warm_up_shapes
-from actprune_compiler.runinfo import Timer
+from actprune_compiler.models.gguf import pretrained_source
+from actprune_compiler.models.load import gguf_file
+from actprune_compiler.reporting.runinfo import Timer
+
+log = logging.getLogger("actprune")
 
 
 def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[str, Any] | None = None
@@ -18,10 +26,6 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
     the dtype it was compiled in, with its model's tokenizer and config (never its weights).
 
     The result is the one a fresh `evaluate(model, config, ...)` gives, plus "artifact": the folder."""
-    from torch._dynamo.utils import counters
-
-    from actprune_compiler.artifact import load_program, load_report
-    from actprune_compiler.compiled_code import fxgraph_cache_since
 
     wall = time.perf_counter()
     report = report if report is not None else load_report(folder)
@@ -48,22 +52,18 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
 def _compiled_code(folder: str | Path, report: dict[str, Any], options: EvalOptions) -> dict[str, Any] | None:
     """Load the artifact's compiled code into Inductor's caches when this evaluation compiles regionally, as
     it was made; say so when it is there but unused."""
-    from actprune_compiler.compiled_code import load_compiled_code
-
     if "compiled_code" not in report:
         return None
     if not (options.compile and options.regional):
-        print(f"note: {folder} carries compiled code for regional compilation; this evaluation compiles "
-              f"{'nothing (--no-compile)' if not options.compile else 'the whole graph (add --regional to use it)'}"
-              " and does not use it")
+        log.info("%s carries compiled code for regional compilation; this evaluation compiles %s and does not use "
+                 "it", folder, "nothing (--no-compile)" if not options.compile else
+                 "the whole graph (add --regional to use it)")
         return None
     return load_compiled_code(folder)
 
 
 def check_window_shapes(program, options: EvalOptions, folder: str | Path) -> None:
     """Refuse, before anything compiles, window shapes the program's dynamic shapes do not allow."""
-    from actprune_compiler.artifact import input_ranges
-
     (batch_min, batch_max), (seq_min, seq_max) = input_ranges(program)
     if "wikitext2" in options.tasks and options.seqlen > seq_max:
         raise ValueError(f"--seqlen {options.seqlen} is longer than the artifact {folder} takes: its program was "
@@ -100,10 +100,8 @@ class ProgramModel(torch.nn.Module):
 def _tokenizer_and_config(spec: str, dtype: str, folder: str | Path):
     """(tokenizer, HF config) of the model an artifact was compiled from, found as load_model finds
     them (an alias's dequantised copy when there is one, else the GGUF file), without loading weights."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer  # here, not at the top: 0.3 s of import beyond torch's
 
-    from actprune_compiler.dequantized import pretrained_source
-    from actprune_compiler.models import gguf_file
 
     source, extra = spec, {}
     local = Path(spec).expanduser()

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-from actprune_compiler.devices import resolve_device
+from actprune_compiler.models.devices import resolve_device
 
 
 def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
@@ -98,8 +99,6 @@ def rank_settings(env: Mapping[str, str], cores: int) -> tuple[str | None, int |
 
 def rank_cache_folder(rank: int, env: Mapping[str, str] = os.environ) -> str:
     """rank<R> under the user's TORCHINDUCTOR_CACHE_DIR or Inductor's default (sweep workers use it too)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     return str(Path(env.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()) / f"rank{rank}")
 
 

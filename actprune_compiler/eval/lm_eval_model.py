@@ -13,7 +13,6 @@ releases that read the `lm_eval.models` entry point find it themselves).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any
 
@@ -22,14 +21,14 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from actprune_compiler.backends.dynamo import compile_model
-from actprune_compiler.dequantized import pretrained_source
+from actprune_compiler.backends.freeze import DEFAULT_FREEZE, refuse_regional_freeze
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.eval.distributed import prepare_rank
-from actprune_compiler.models import ALIASES, gguf_file, resolve_dtype
-from actprune_compiler.runinfo import versions
+from actprune_compiler.models.gguf import pretrained_source
+from actprune_compiler.models.load import ALIASES, gguf_file, resolve_dtype
+from actprune_compiler.reporting.runinfo import versions
 from actprune_compiler.sparsity.config import SparsityConfig
 
-log = logging.getLogger("actprune")
 CONFIG_ARGS = tuple(f.name for f in dataclasses.fields(SparsityConfig))
 # Beyond the SparsityConfig fields: where calibration text comes from, and eager (reference kernels)
 # instead of Inductor, as `actprune eval --no-compile` does.
@@ -38,7 +37,7 @@ EXTRA_ARGS = ("calib_data", "data_dir", "compile", "freeze", "regional")
 
 def resolve_pretrained(spec: str, dtype: str | torch.dtype) -> tuple[str, str | None]:
     """(what from_pretrained loads, gguf_file) for an actprune alias or a .gguf file path: the
-    dequantised copy that actprune's own loads leave behind (dequantized.py) when there is one, else
+    dequantised copy that actprune's own loads leave behind (models/gguf.py) when there is one, else
     the GGUF file. Any other spec (a folder, a hub id) is HFLM's to load as given."""
     gguf = gguf_file(spec)
     return (spec, None) if gguf is None else pretrained_source(gguf, resolve_dtype(dtype))
@@ -66,7 +65,7 @@ class ActPruneLM(HFLM):
         ours = {name: kwargs.pop(name) for name in (*CONFIG_ARGS, *EXTRA_ARGS) if name in kwargs}
         compiled = ours.pop("compile", True)
         # freeze=true compiles as `actprune eval` does (weights folded as constants): the same float32 numerics
-        freeze = ours.pop("freeze", False)
+        freeze = ours.pop("freeze", DEFAULT_FREEZE)
         if not isinstance(freeze, bool):
             raise ValueError(f"freeze must be true or false, not {freeze!r}")
         # regional=true compiles each kind of decoder layer once (backends/regional_graph.py)
@@ -77,10 +76,7 @@ class ActPruneLM(HFLM):
         calib_data, data_dir = ours.pop("calib_data", None), ours.pop("data_dir", None)
         # Checked before the model loads, so that a bad argument fails at once.
         self.sparsity = SparsityConfig(**ours)
-        if regional and freeze:
-            from actprune_compiler.backends.dynamo import REGIONAL_FREEZE
-
-            raise ValueError(REGIONAL_FREEZE.format(how="regional=true or freeze=true, not both"))
+        refuse_regional_freeze(regional, freeze, how="regional=true or freeze=true, not both")
         needs_text = self.sparsity.needs_calibration() or self.sparsity.skip_sensitive
         text = calibration_text(calib_data, data_dir) if needs_text else None
 
@@ -97,9 +93,8 @@ class ActPruneLM(HFLM):
 
         # The backend prunes whatever forward it traces: model(ids) for loglikelihood and generate's
         # prefill and decode steps alike.
-        options = {**self.sparsity.to_dict(), "inner_backend": "inductor" if compiled else "eager"}
-        compile_model(self.model, options, tokenizer=self.tokenizer, calib_text=text[0] if text else None,
-                      freeze=freeze, regional=regional)
+        compile_model(self.model, self.sparsity, tokenizer=self.tokenizer, calib_text=text[0] if text else None,
+                      freeze=freeze, regional=regional, inner_backend="inductor" if compiled else "eager")
         self.actprune_info = {"pretrained": pretrained, "config": self.sparsity.to_dict(),
                               "label": self.sparsity.label, "compiled": compiled, "regional": regional,
                               "calibration": text[1] if text else None}
@@ -114,5 +109,5 @@ class ActPruneLM(HFLM):
 
     def get_model_info(self) -> dict[str, Any]:
         """HFLM's model info (in the results file's config), plus what actprune did to the model and the
-        versions it ran with (actprune, torch, transformers, lm_eval, datasets: runinfo.versions)."""
+        versions it ran with (actprune, torch, transformers, lm_eval, datasets: reporting/runinfo.versions)."""
         return {**super().get_model_info(), "actprune": {**self.actprune_info, "versions": versions()}}

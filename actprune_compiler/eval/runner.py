@@ -12,12 +12,15 @@ import torch
 
 from actprune_compiler.api import sparsify
 from actprune_compiler.backends import compile_program
-from actprune_compiler.devices import model_device, placement
-from actprune_compiler.eval.data import calibration_text
+from actprune_compiler.eval.data import calibration_text, load_wikitext2
+from actprune_compiler.eval.harness import make_lm, run_tasks
+from actprune_compiler.eval.perplexity import perplexity, resolve_bos
 from actprune_compiler.export import export_causal_lm
 from actprune_compiler.kernels.gpu import kernel_choices
-from actprune_compiler.models import load_model
-from actprune_compiler.runinfo import Timer, versions
+from actprune_compiler.models.devices import model_device, placement
+from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.files import write_json
+from actprune_compiler.reporting.runinfo import Timer, versions
 from actprune_compiler.sparsity.config import SparsityConfig
 
 
@@ -97,7 +100,10 @@ def calibration_record(report: dict[str, Any]) -> dict[str, Any] | None:
 def program_runner(program, device: torch.device | str, options: EvalOptions, *, with_mask: bool = False):
     """ids -> logits through the program, compiled unless options say not (an attention_mask input, when the
     program has one, is all ones: perplexity windows and right-padded lm-eval requests need no mask)."""
-    module = compile_program(program, regional=options.regional) if options.compile else program.module()
+    # The whole graph with its weights frozen as constants, as actprune eval has always scored it (regional
+    # compilation cannot freeze)
+    module = (compile_program(program, freeze=not options.regional, regional=options.regional) if options.compile
+              else program.module())
 
     def run(ids):  # token ids come from the tokenizer on the CPU; the program runs where its weights are
         with torch.no_grad():
@@ -130,10 +136,6 @@ def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOption
 def score(runner, model, tokenizer, options: EvalOptions, wall: float, stage_s: dict[str, float],
            made: dict[str, Any], *, replaced: int, calibration: dict[str, Any] | None) -> dict[str, Any]:
     """Compile (warm up), score the tasks, and assemble the result: `made` says what was scored."""
-    from actprune_compiler.eval.data import load_wikitext2
-    from actprune_compiler.eval.harness import make_lm, run_tasks
-    from actprune_compiler.eval.perplexity import perplexity, resolve_bos
-
     if options.compile:
         with torch.no_grad():  # compile up front, so runtime_s is scoring time alone
             start = time.perf_counter()
@@ -169,6 +171,4 @@ def score(runner, model, tokenizer, options: EvalOptions, wall: float, stage_s: 
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
-    from actprune_compiler.files import write_json
-
     write_json(path, result)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from actprune_compiler.eval.data import CALIB_SOURCES, WIKITEXT_DIR, find_data_dir, sha256_file, task_data
 from actprune_compiler.eval.runner import EvalOptions, evaluate
 from actprune_compiler.eval.sweep_file import Sweep
+from actprune_compiler.models.load import load_model
 from actprune_compiler.sparsity.config import SparsityConfig
 
 FAILED = "failed"  # the "status" of a run that raised; any other record is a finished run
@@ -212,8 +213,6 @@ def run_runs(sweep: Sweep, plan: SweepPlan, keys: list[str], *, progress: bool =
     """Run the plan's runs `keys` in order, appending one record each. isolate=True evaluates each run in
     its own process (see _evaluate_in_child). worker: the rank of a worker sharing the sweep, which labels
     its progress bar and messages and gives the bar its own line."""
-    from actprune_compiler.models import load_model
-
     name = "sweep" if worker is None else f"worker {worker}"
     loaded: dict[str, Any] = {}
     with tqdm(keys, desc=name, disable=not progress, position=worker) as bar:

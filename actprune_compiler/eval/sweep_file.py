@@ -13,7 +13,7 @@ from actprune_compiler.eval.data import CALIB_SOURCES
 from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
 from actprune_compiler.eval.perplexity import BOS_MODES
 from actprune_compiler.eval.runner import EvalOptions
-from actprune_compiler.models import DTYPES
+from actprune_compiler.models.load import DTYPES
 from actprune_compiler.sparsity.config import SparsityConfig
 
 SWEEP_KEYS = ("models", "configs", "options", "results", "dtype", "table", "note")

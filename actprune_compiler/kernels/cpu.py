@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.cpp_extension import load
+
+from actprune_compiler.ops.select import select_groups
 
 SOURCES = [Path(__file__).with_name(name) for name in ("sparse_rows.cpp", "nm_select.cpp")]
 
@@ -33,8 +36,6 @@ torch.library.define("actprune::nm_select_cpu", "(Tensor groups, Tensor values, 
 
 @functools.cache
 def _extension():
-    from torch.utils.cpp_extension import load
-
     # The source's hash in the name: two checkouts (or versions) of actprune share the build folder,
     # and under one name each would rebuild it with its own source, under the other's feet.
     digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
@@ -72,6 +73,12 @@ def nm_select(groups: Tensor, values: Tensor, n: int) -> Tensor:
     return torch.ops.actprune.nm_select_cpu(groups, values, n)
 
 
+def prune_native(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
+    """A Prune (sparsity/masks.py): nm_select's rank rule in the native kernel, which a compiled graph
+    calls instead of carrying the m comparisons' generated code."""
+    return select_groups(nm_select, values, scores, n, m)
+
+
 def packs_weights(x: Tensor) -> bool:
     """Whether actprune::packed_linear serves this GEMM input: float32 on a CPU with oneDNN (others
     take F.linear; the caller checks that the kernel was built)."""
@@ -96,6 +103,7 @@ def clear_cache() -> None:
 
 @torch.library.impl("actprune::sparse_rows_linear", "CUDA")
 def _sparse_rows_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    # imports triton, an optional dependency (Linux only in pyproject.toml): only CUDA calls need it
     from actprune_compiler.kernels.triton_nm import sparse_rows_gemv
 
     return sparse_rows_gemv(x, transposed(weight), bias)

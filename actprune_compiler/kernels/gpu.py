@@ -14,7 +14,9 @@ import functools
 import torch
 from torch import Tensor
 
-from actprune_compiler.sparsity.masks import prune_by_rank
+from actprune_compiler.ops.select import prune_by_rank
+from actprune_compiler.sparsity.corrections import CORRECTIONS
+from actprune_compiler.sparsity.criteria import CRITERIA
 
 _CHOICE: dict[tuple, str] = {}
 
@@ -45,6 +47,7 @@ def _time(fn, repeats: int = 10) -> float:
 
 @functools.cache
 def _triton():
+    # imports triton, an optional dependency (Linux only in pyproject.toml): only CUDA calls need it
     from actprune_compiler.kernels.triton_nm import nm_matmul
 
     return nm_matmul
@@ -69,8 +72,9 @@ def nm_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
 LOWERED: dict[str, str] = {}
 
 
-def record_lowering(x: Tensor, n: int, m: int, criterion: str, correction: str, kernel: str) -> None:
-    shape = "decode" if all(isinstance(d, int) for d in x.shape[:-1]) and x.shape[:-1].numel() <= 4 else "prefill"
+def record_lowering(x: Tensor, n: int, m: int, criterion: str, correction: str, kernel: str, decode: bool) -> None:
+    """decode: whether x has a decode step's shape (lowering/inductor.py decides)."""
+    shape = "decode" if decode else "prefill"
     key = f"{x.device.type} {str(x.dtype).removeprefix('torch.')} {n}:{m} {criterion}+{correction} {shape}"
     LOWERED[key] = kernel
 
@@ -88,12 +92,9 @@ def _nm_matmul_shape(x, weight, bias, n, m, score_scale=None):
 
 
 def gpu_path_supports(m: int, criterion: str, correction: str, dtype: torch.dtype) -> bool:
-    """The fused GPU GEMM handles |x| times a static per-feature scale, no run-time correction, and
-    the dtypes tl.dot takes (float64 goes through the decomposed ops)."""
-    from actprune_compiler.sparsity.corrections import CORRECTIONS
-    from actprune_compiler.sparsity.criteria import CRITERIA
-
+    """The fused GPU GEMM handles criteria that declare fused_gpu (|x| times a static per-feature scale), no
+    run-time correction, and the dtypes tl.dot takes (float64 goes through the decomposed ops)."""
     fix = CORRECTIONS[correction]
-    return (m <= 64 and m & (m - 1) == 0 and not CRITERIA[criterion].batch_dependent
+    return (m <= 64 and m & (m - 1) == 0 and CRITERIA[criterion].fused_gpu
             and dtype in (torch.float16, torch.bfloat16, torch.float32)
             and fix.token_shift is None and not fix.variance and fix.static_shift is None)

@@ -15,21 +15,27 @@ graph, was most of what a sparse model's cold compile added to the dense model's
 from __future__ import annotations
 
 import functools
+import logging
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._inductor import decomposition, ir
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.lowering import lowerings, register_lowering
+from torch._inductor.virtualized import ops
 
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
 from actprune_compiler.kernels import cpu  # registers actprune::sparse_rows_linear and packed_linear
 from actprune_compiler.kernels.gpu import gpu_path_supports, record_lowering
+from actprune_compiler.ops.select import prune_by_rank
 from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
-from actprune_compiler.sparsity.masks import prune_by_rank, prune_native, prune_sorted
+from actprune_compiler.sparsity.masks import prune_sorted
+
+log = logging.getLogger("actprune")
 
 # Pairwise ranking costs m comparisons per element: right for N:M groups, wrong for unstructured
 # top-k over a whole row (m = in_features), where a sort is cheaper.
@@ -43,10 +49,9 @@ DECODE_MAX_TOKENS = 4
 
 @functools.cache
 def _say_native_kernel_missing(error: str | None) -> None:
-    print(f"actprune: the native kernels and their weight cache could not be built ({error}); the mask is "
-          "Inductor's generated loop, and decode steps and the prefill multiply the masked input with the dense, "
-          "unpacked GEMM instead: same results, dense speed and a longer compile",
-          file=sys.stderr)
+    log.warning("the native kernels and their weight cache could not be built (%s); the mask is Inductor's "
+                "generated loop, and decode steps and the prefill multiply the masked input with the dense, unpacked "
+                "GEMM instead: same results, dense speed and a longer compile", error)
 
 
 def native_kernels() -> bool:
@@ -71,15 +76,19 @@ def native_mask(x: Tensor) -> bool:
     return x.device.type == "cpu" and native_kernels()
 
 
+def decode_sized(x: Tensor) -> bool:
+    """Whether x has a decode step's shape: static sizes, at most DECODE_MAX_TOKENS tokens."""
+    # Look at each dimension: Size.numel() would turn symbolic sizes into a guard on their value
+    # and recompile the graph for every new prompt length.
+    dims = x.shape[:-1]
+    return all(isinstance(d, int) for d in dims) and math.prod(dims) <= DECODE_MAX_TOKENS
+
+
 def use_decode_kernel(x: Tensor, correction: str) -> bool:
     """Decode-sized static shapes, a sparse GEMM input, and a kernel for the device: the native one
     on CPU, the Triton GEMV on CUDA. Both take W^T from the native cache keyed by the weight
     (kernels/sparse_rows.cpp), so this holds with and without Inductor's freezing."""
-    # Look at each dimension: Size.numel() would turn symbolic sizes into a guard on their value
-    # and recompile the graph for every new prompt length.
-    dims = x.shape[:-1]
-    decode = all(isinstance(d, int) for d in dims) and math.prod(dims) <= DECODE_MAX_TOKENS
-    if not decode or CORRECTIONS[correction].token_shift is not None or x.device.type not in ("cpu", "cuda"):
+    if not decode_sized(x) or CORRECTIONS[correction].token_shift is not None or x.device.type not in ("cpu", "cuda"):
         return False
     return native_kernels()
 
@@ -90,11 +99,11 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
     decode = use_decode_kernel(x, correction)
     fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
     packed = not decode and uses_packed_gemm(x)
-    prune = prune_sorted if m > MAX_PAIRWISE_GROUP else prune_native if native_mask(x) else prune_by_rank
+    prune = prune_sorted if m > MAX_PAIRWISE_GROUP else cpu.prune_native if native_mask(x) else prune_by_rank
     gemm = "decode kernel over kept rows" if decode else "packed GEMM" if packed else "dense GEMM"
-    mask = {prune_sorted: "sort", prune_native: "native rank", prune_by_rank: "rank loop"}[prune]
+    mask = {prune_sorted: "sort", cpu.prune_native: "native rank", prune_by_rank: "rank loop"}[prune]
     kernel = "triton masked GEMM (or cuSPARSELt)" if fused_gpu else f"{mask} mask + {gemm}"
-    record_lowering(x, n, m, criterion, correction, kernel)
+    record_lowering(x, n, m, criterion, correction, kernel, decode_sized(x))
     if fused_gpu:
         # Triton GEMM with the mask in its prologue (or cuSPARSELt for 2:4): no pass over memory.
         return torch.ops.actprune.nm_matmul(x, weight, bias, n, m, score_scale)
@@ -107,19 +116,10 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
     return F.linear(x_sparse, weight, bias)
 
 
-def inductor_decompositions() -> dict:
-    """Inductor's own table, which holds nm_linear's expansion (registered below)."""
-    from torch._inductor.decomposition import select_decomp_table
-
-    return select_decomp_table()
-
-
 def _register_nm_linear_decomposition() -> None:
     """nm_linear's expansion goes into Inductor's own table rather than a `decompositions=` argument:
     Inductor cannot hash a custom table (it holds pybind functions), so it would bypass its FX graph
     cache for every graph and each process would compile from scratch."""
-    from torch._inductor import decomposition
-
     target = torch.ops.actprune.nm_linear.default
     if target not in decomposition.decompositions:
         # looked up at each expansion, so that a replaced nm_linear_decomposed (a test's fault injection) is used
@@ -180,10 +180,6 @@ POST_GRAD_PASS = PostGradPass()
 
 
 def _register_select_lowering() -> None:
-    from torch._inductor import ir
-    from torch._inductor.lowering import lowerings, register_lowering
-    from torch._inductor.virtualized import ops
-
     target = torch.ops.actprune.nm_select.default
     if target in lowerings:
         return

@@ -8,8 +8,12 @@ mask: a separate bool mask would not fuse with its consumer and would be stored 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from actprune_compiler.sparsity.masks import grouped
 
 
 def group_ranks(groups: Tensor) -> Tensor:
@@ -32,3 +36,21 @@ def nm_select(groups: Tensor, values: Tensor, n: int) -> Tensor:
 @nm_select.register_fake
 def _nm_select_shape(groups, values, n):
     return torch.empty_like(values)
+
+
+def keep_mask_by_rank(scores: Tensor, n: int, m: int) -> Tensor:
+    """The flat [..., K] mask of sparsity/masks.py's contract, from the rank count that Inductor fuses."""
+    return (group_ranks(grouped(scores, m)) < n).flatten(-2)
+
+
+def select_groups(select: Callable, values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
+    """Apply a `select(groups, values, n)` kernel (nm_select's signature) to flat [..., K] values and scores."""
+    groups = grouped(scores, m)
+    return select(groups, values.unflatten(-1, groups.shape[-2:]), n).flatten(-2)
+
+
+def prune_by_rank(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
+    """A Prune (sparsity/masks.py) that Inductor fuses: actprune::nm_select, which it lowers to one
+    vectorised loop (m broadcast comparisons per element, the select in the same loop) instead of the
+    seed's topk + scatter."""
+    return select_groups(torch.ops.actprune.nm_select, values, scores, n, m)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from actprune_compiler.graph_host import GraphHost
 from actprune_compiler.passes.fold_weight_masks import fold_weight_masks
+from actprune_compiler.passes.graph_host import GraphHost
 from actprune_compiler.passes.insert_nm_linear import insert_nm_linear
 from actprune_compiler.passes.select_linears import LinearSite, select_linears
 from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.constants import LearnedLayer
 from actprune_compiler.sparsity.stats import LayerStats
-
-if TYPE_CHECKING:
-    from actprune_compiler.recovery.sparse_linear import LearnedLayer
 
 __all__ = ["run_passes", "select_linears", "insert_nm_linear", "fold_weight_masks", "layer_rows"]
 
@@ -43,7 +41,7 @@ def run_passes(host: GraphHost, config: SparsityConfig, stats: dict[str, LayerSt
                learned: dict[str, LearnedLayer] | None = None) -> list[dict[str, Any]]:
     """select_linears -> insert_nm_linear (activation) or fold_weight_masks (weight) -> cleanup.
 
-    learned: a recovery method's values by module path (calibration/prepare.py makes them)."""
+    learned: a recovery method's values by module path (recovery/prepare.py makes them)."""
     sites = select_linears(host, config, keep_dense)
     if config.target == "activation":
         changes = insert_nm_linear(host, sites, config, stats, learned)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from actprune_compiler.graph_host import GraphHost
+from actprune_compiler.passes.graph_host import GraphHost
 from actprune_compiler.passes.select_linears import LinearSite, format_node
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.stats import LayerStats

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import fx
 
-from actprune_compiler.graph_host import GraphHost
+from actprune_compiler.passes.graph_host import GraphHost
 from actprune_compiler.passes.select_linears import LinearSite, format_node
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.sparsity.constants import LayerConstants, layer_constants
+from actprune_compiler.sparsity.constants import LayerConstants, LearnedLayer, layer_constants
 from actprune_compiler.sparsity.stats import LayerStats
-
-if TYPE_CHECKING:
-    from actprune_compiler.recovery.sparse_linear import LearnedLayer
 
 
 def insert_nm_linear(host: GraphHost, sites: list[LinearSite], config: SparsityConfig,

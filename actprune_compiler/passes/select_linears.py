@@ -8,12 +8,23 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from actprune_compiler.graph_host import GraphHost
+import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear, which is_nm_linear names)
+from actprune_compiler.passes.graph_host import GraphHost, fake_value
 from actprune_compiler.sparsity.config import SparsityConfig, matches
 from actprune_compiler.sparsity.decision import LayerDecision
 
 # aten.linear in exported graphs (rewrite before decomposing); torch-level linear in Dynamo graphs.
 LINEAR_TARGETS = (torch.ops.aten.linear.default, torch._C._nn.linear, torch.nn.functional.linear)
+
+
+def is_linear(node: fx.Node) -> bool:
+    """A plain linear layer's node, in an exported or a Dynamo graph."""
+    return node.op == "call_function" and node.target in LINEAR_TARGETS
+
+
+def is_nm_linear(node: fx.Node) -> bool:
+    """A linear layer the passes rewrote: one actprune.nm_linear node."""
+    return node.op == "call_function" and node.target is torch.ops.actprune.nm_linear.default
 
 
 @dataclass
@@ -78,7 +89,7 @@ def format_node(node: fx.Node) -> str:
 
 
 def _weight_shape(node: fx.Node) -> tuple[int, int]:
-    val = node.args[1].meta.get("val", node.args[1].meta.get("example_value"))
+    val = fake_value(node.args[1])
     if val is None:
         raise ValueError(f"linear node {node.name!r} has no shape information on its weight")
     out_features, in_features = val.shape
@@ -113,7 +124,7 @@ def select_linears(host: GraphHost, config: SparsityConfig,
     """
     sites = []
     for node in host.graph.nodes:
-        if node.op != "call_function" or node.target not in LINEAR_TARGETS:
+        if not is_linear(node):
             continue
         in_features, out_features = _weight_shape(node)
         site = LinearSite(node, module_path(node, host.module_prefix), in_features, out_features)

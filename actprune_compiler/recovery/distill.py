@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from actprune_compiler.calibration.hooks import selected_linears
-from actprune_compiler.recovery.methods import BATCH, RECOVERY, WEIGHT_LR_RATIO, learning_rate
-from actprune_compiler.recovery.sparse_linear import LearnedLayer, SparseLinear, swap_in
+from actprune_compiler.recovery.sparse_linear import SparseLinear, swap_in
 from actprune_compiler.sparsity.activation import score_dtype
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.sparsity.constants import layer_constants
+from actprune_compiler.sparsity.constants import LearnedLayer, layer_constants
+from actprune_compiler.sparsity.recovery_methods import BATCH, RECOVERY, WEIGHT_LR_RATIO, learning_rate
 from actprune_compiler.sparsity.stats import LayerStats
 
 HELD_OUT = 2  # the last windows of the text: never trained on, they measure the KL before and after

@@ -7,35 +7,14 @@ the learned a, s, t (and W) at every call, so training optimises exactly what is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from actprune_compiler.recovery.methods import RecoveryMethod
 from actprune_compiler.sparsity.activation import score_dtype, sparsify_activation
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.sparsity.constants import LayerConstants
+from actprune_compiler.sparsity.constants import LayerConstants, LearnedLayer
 from actprune_compiler.sparsity.masks import prune_topk
-
-
-@dataclass
-class LearnedLayer:
-    """What one layer's graph receives: a new weight (None: unchanged) and a new bias."""
-
-    bias: Tensor
-    weight: Tensor | None = None
-
-    @torch.no_grad()
-    def summary(self, original_weight: Tensor) -> dict[str, float]:
-        out = {"bias_abs_mean": float(self.bias.float().abs().mean())}
-        if self.weight is not None:
-            change = (self.weight.float() - original_weight.float()).norm() / original_weight.float().norm()
-            out["weight_relative_change"] = float(change)
-        return out
-
-    def is_finite(self) -> bool:
-        return bool(self.bias.isfinite().all()) and (self.weight is None or bool(self.weight.isfinite().all()))
+from actprune_compiler.sparsity.recovery_methods import RecoveryMethod
 
 
 class SparseLinear(nn.Module):

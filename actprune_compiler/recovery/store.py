@@ -17,13 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from actprune_compiler.calibration.hooks import token_windows
-from actprune_compiler.dequantized import unmarked_config
-from actprune_compiler.files import atomic_write
-from actprune_compiler.models import CACHE_DIR
+from actprune_compiler.models.gguf import unmarked_config
 from actprune_compiler.recovery import distill as training
-from actprune_compiler.recovery.methods import BATCH, WEIGHT_LR_RATIO, learning_rate
-from actprune_compiler.recovery.sparse_linear import LearnedLayer
+from actprune_compiler.reporting.files import CACHE_DIR, atomic_write
 from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.constants import LearnedLayer
+from actprune_compiler.sparsity.recovery_methods import BATCH, WEIGHT_LR_RATIO, learning_rate
 from actprune_compiler.sparsity.stats import LayerStats
 
 FORMAT = 2  # bump when what is stored, or how distill() trains, changes

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
+from actprune_compiler.sparsity.corrections import CORRECTIONS
+from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA, criteria_for
+from actprune_compiler.sparsity.recovery_methods import RECOVERY
+from actprune_compiler.sparsity.rotation import ROTATIONS
+
 # The linear layers of a decoder block; lm_head is never pruned unless asked for by name.
 DEFAULT_MODULES: tuple[str, ...] = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -106,7 +111,7 @@ class SparsityConfig:
                 so activation-pruned layers lose their bias. actprune keeps it by default; Qwen2's q/k/v
                 have biases, and dropping them is what collapses the seed's Qwen rows.
     recovery:   values learned against the dense model on calibration text and folded into each pruned
-                layer's weight and bias (see actprune_compiler.recovery.methods); no run-time cost.
+                layer's weight and bias (see actprune_compiler.sparsity.recovery_methods); no run-time cost.
     recovery_steps / recovery_lr: optimiser steps (4 sequences of calib_seqlen each) and Adam's rate
                 (None: the method's default).
     rotation:   "pca": mask each input in the basis of its calibration inputs' principal directions,
@@ -135,9 +140,6 @@ class SparsityConfig:
         object.__setattr__(self, "modules", _names("modules", self.modules))
         object.__setattr__(self, "exclude", _names("exclude", self.exclude))
         _choice("target", self.target, TARGETS)
-        from actprune_compiler.sparsity.corrections import CORRECTIONS
-        from actprune_compiler.sparsity.criteria import criteria_for
-
         _choice(f"criterion for target {self.target!r}", self.criterion, criteria_for(self.target))
         if self.target == "weight" and self.correction != "none":
             raise ValueError(f"correction {self.correction!r} applies to activation pruning only; "
@@ -162,8 +164,6 @@ class SparsityConfig:
                              "'activation' only (use exclude=... to keep weight-pruned layers dense)")
 
     def _check_recovery(self) -> None:
-        from actprune_compiler.recovery.methods import RECOVERY
-
         _choice("recovery", self.recovery, tuple(RECOVERY))
         if not isinstance(self.recovery_steps, int) or isinstance(self.recovery_steps, bool) \
                 or self.recovery_steps < 0:
@@ -186,10 +186,6 @@ class SparsityConfig:
                              "use another correction than 'bias' with it")
 
     def _check_rotation(self) -> None:
-        from actprune_compiler.sparsity.corrections import CORRECTIONS
-        from actprune_compiler.sparsity.criteria import CRITERIA
-        from actprune_compiler.sparsity.rotation import ROTATIONS
-
         _choice("rotation", self.rotation, tuple(ROTATIONS))
         if self.rotation == "none":
             return
@@ -259,9 +255,6 @@ class SparsityConfig:
 
     def needs_statistics(self) -> bool:
         """Whether the criterion or correction reads calibration statistics when the graph is rewritten."""
-        from actprune_compiler.sparsity.corrections import CORRECTIONS
-        from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
-
         registry = CRITERIA if self.target == "activation" else WEIGHT_CRITERIA
         return (registry[self.criterion].needs_calibration or CORRECTIONS[self.correction].needs_calibration
                 or self.rotation != "none")
@@ -276,7 +269,5 @@ class SparsityConfig:
 
     def needs_pruning_errors(self) -> bool:
         """Whether calibration measures E[x - x_sparse]: the calibrated bias, and where recovery starts."""
-        from actprune_compiler.sparsity.corrections import CORRECTIONS
-
         return CORRECTIONS[self.correction].calibrated_bias or self.recovery != "none"
 

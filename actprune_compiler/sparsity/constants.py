@@ -1,9 +1,9 @@
-"""The static tensors of one rewritten layer: what its criterion and correction fix before run time."""
+"""The static tensors of one rewritten layer: what its criterion and correction fix before run time, and
+what a recovery method learned for it (LearnedLayer, trained in recovery/)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -15,8 +15,24 @@ from actprune_compiler.sparsity.criteria import CRITERIA
 from actprune_compiler.sparsity.rotation import ROTATIONS, rotation_matrix
 from actprune_compiler.sparsity.stats import LayerStats
 
-if TYPE_CHECKING:
-    from actprune_compiler.recovery.sparse_linear import LearnedLayer
+
+@dataclass
+class LearnedLayer:
+    """What one layer's graph receives: a new weight (None: unchanged) and a new bias."""
+
+    bias: Tensor
+    weight: Tensor | None = None
+
+    @torch.no_grad()
+    def summary(self, original_weight: Tensor) -> dict[str, float]:
+        out = {"bias_abs_mean": float(self.bias.float().abs().mean())}
+        if self.weight is not None:
+            change = (self.weight.float() - original_weight.float()).norm() / original_weight.float().norm()
+            out["weight_relative_change"] = float(change)
+        return out
+
+    def is_finite(self) -> bool:
+        return bool(self.bias.isfinite().all()) and (self.weight is None or bool(self.weight.isfinite().all()))
 
 
 @dataclass
@@ -26,7 +42,7 @@ class LayerConstants:
     score_scale: Tensor | None = None
     shift: Tensor | None = None
     bias: Tensor | None = None  # the new bias, when a correction or a recovery method folds something into it
-    weight: Tensor | None = None  # the new weight: a recovery method's (recovery/methods.py), or W Q (rotation)
+    weight: Tensor | None = None  # the new weight: a recovery method's, or W Q (rotation)
     rotation: Tensor | None = None  # Q: the layer's input is masked as x @ Q (sparsity/rotation.py)
     rotation_macs: int = 0  # run-time multiply-adds per token of x @ Q; 0 where another layer's x @ Q is reused
 

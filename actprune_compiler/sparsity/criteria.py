@@ -25,9 +25,17 @@ class Criterion:
     # (weight, calibration stats) -> per-input-feature scale, built once per layer.
     static_scale: Callable[[Tensor, LayerStats | None], Tensor] | None = None
     needs_calibration: bool = False
-    # A token's mask depends on the other tokens of the call. Every other criterion is |z| times a
-    # static per-feature scale, which the fused GPU kernel computes in its prologue.
+    # A token's mask depends on the other tokens of the call.
     batch_dependent: bool = False
+    # The score is |z| times a static per-feature scale (score_scale, or none): the only score the fused GPU
+    # kernel computes, in its GEMM's prologue (kernels/triton_nm.py). A criterion that does not declare it
+    # goes through the decomposed ops on every device.
+    fused_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fused_gpu and self.batch_dependent:
+            raise ValueError(f"criterion {self.name!r} is batch-dependent, so its score is not |z| times a static "
+                             "scale: it cannot declare fused_gpu")
 
 
 def _magnitude(z: Tensor, scale: Tensor | None) -> Tensor:
@@ -73,15 +81,15 @@ def weight_column_variance(weight: Tensor, stats: LayerStats | None = None) -> T
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
-        Criterion("magnitude", "|x_j|", _magnitude),
+        Criterion("magnitude", "|x_j|", _magnitude, fused_gpu=True),
         Criterion("clact", "|x_ij| * ||X_:,j|| / ||X_i,:||, column norm over the tokens of the batch",
                   _clact_per_batch, batch_dependent=True),
         Criterion("clact_static", "|x_ij| * calibrated ||X_:,j|| (independent of other tokens)",
-                  _magnitude, calibrated_column_norm, needs_calibration=True),
+                  _magnitude, calibrated_column_norm, needs_calibration=True, fused_gpu=True),
         Criterion("amber", "|x_j| * standardised, outlier-clipped ||W_:,j|| / min_k ||W_:,k||",
-                  _magnitude, amber_column_score),
-        Criterion("wina", "|x_j| * ||W_:,j||_2", _magnitude, weight_column_norm),
-        Criterion("var_weight", "|x_j| * Var(W_:,j)", _magnitude, weight_column_variance),
+                  _magnitude, amber_column_score, fused_gpu=True),
+        Criterion("wina", "|x_j| * ||W_:,j||_2", _magnitude, weight_column_norm, fused_gpu=True),
+        Criterion("var_weight", "|x_j| * Var(W_:,j)", _magnitude, weight_column_variance, fused_gpu=True),
     )
 }
 

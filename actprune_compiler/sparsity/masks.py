@@ -1,10 +1,13 @@
-"""The N:M mask contract, in two implementations that must agree.
+"""The N:M mask contract and its reference implementation; every other implementation must agree with it.
 
 Along the last dimension, each group of `m` consecutive elements keeps the `n` with the highest
 score. Ties go to the lower index. A NaN score counts as +inf (the element is kept, so a NaN in
 the input shows up in the output as it would in the dense layer instead of vanishing). +-inf
 inputs have |score| = inf and are kept the same way. The mask depends only on the scores,
 which every criterion makes non-negative (magnitudes, possibly scaled).
+
+The other implementations: the rank count Inductor fuses (ops/select.py), actprune's native CPU kernel
+(kernels/cpu.py, prune_native) and the Triton prologue (kernels/triton_nm.py).
 """
 
 from __future__ import annotations
@@ -37,13 +40,6 @@ def keep_mask_sorted(scores: Tensor, n: int, m: int) -> Tensor:
     return group_keep_sorted(scores, n, m).flatten(-2)
 
 
-def keep_mask_by_rank(scores: Tensor, n: int, m: int) -> Tensor:
-    """The flat [..., K] mask, from the rank count that Inductor fuses."""
-    from actprune_compiler.ops.select import group_ranks
-
-    return (group_ranks(grouped(scores, m)) < n).flatten(-2)
-
-
 # (values, scores, n, m) -> values with the pruned elements set to exactly 0.
 Prune = Callable[[Tensor, Tensor, int, int], Tensor]
 
@@ -52,27 +48,6 @@ def prune_sorted(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
     """Reference. where(), not values * keep: a pruned inf must become 0, not inf * 0 = NaN."""
     keep = keep_mask_sorted(scores, n, m)
     return torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
-
-
-def prune_by_rank(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
-    """Fusable: actprune::nm_select, which Inductor lowers to one vectorised loop (m broadcast
-    comparisons per element, the select in the same loop) instead of the seed's topk + scatter."""
-    import actprune_compiler.ops.select  # noqa: F401  (registers the op)
-
-    return _select_groups(torch.ops.actprune.nm_select, values, scores, n, m)
-
-
-def prune_native(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
-    """The same rank rule in actprune's native CPU kernel (kernels/nm_select.cpp), which a compiled
-    graph calls instead of carrying the m comparisons' generated code."""
-    from actprune_compiler.kernels import cpu
-
-    return _select_groups(cpu.nm_select, values, scores, n, m)
-
-
-def _select_groups(select: Callable, values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
-    groups = grouped(scores, m)
-    return select(groups, values.unflatten(-1, groups.shape[-2:]), n).flatten(-2)
 
 
 def prune_topk(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:

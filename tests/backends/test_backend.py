@@ -6,7 +6,7 @@ import torch
 from conftest import PROMPT, greedy, tiny_model
 from reference import hooked
 
-from actprune_compiler import compile_model
+from actprune_compiler import SparsityConfig, compile_model
 from actprune_compiler.backends import dynamo
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
@@ -68,7 +68,7 @@ def test_plain_torch_compile_with_the_backend_name():
 def test_weight_target_prunes_the_parameters_once_and_says_so(caplog):
     model = copy.deepcopy(tiny_model("llama"))
     with caplog.at_level(logging.WARNING, logger="actprune"):
-        compile_model(model, {"pattern": "2:4", "target": "weight", "inner_backend": "eager"})
+        compile_model(model, SparsityConfig("2:4", target="weight"), inner_backend="eager")
         greedy(model, PROMPT, tokens=5)
     assert "pruned the weights of 14 linear layers in place (2:4 wt)" in caplog.text
     q = model.model.layers[0].self_attn.q_proj.weight
@@ -80,14 +80,29 @@ def test_weight_target_prunes_the_parameters_once_and_says_so(caplog):
         greedy(model, PROMPT, tokens=2)
 
 
-@pytest.mark.parametrize("options,match", [
-    ({"pattern": "8:16", "inner_backend": "tvm"}, "inner_backend 'tvm' is unknown; allowed: inductor, eager"),
-    ({"pattern": "8:16", "sparsity": 0.5}, r"unknown actprune backend options \['sparsity'\]"),
-    ({"pattern": "3:2"}, "pattern '3:2' is invalid"),
+@pytest.mark.parametrize("config,options,match", [
+    ({"pattern": "8:16"}, {"inner_backend": "tvm"}, "inner_backend 'tvm' is unknown; allowed: inductor, eager"),
+    ({"pattern": "8:16", "sparsity": 0.5}, {}, r"unknown SparsityConfig fields \['sparsity'\]"),
+    ({"pattern": "3:2"}, {}, "pattern '3:2' is invalid"),
+    # the backend's options are compile_model's keywords: one in the config dict would have been overwritten
+    ({"pattern": "8:16", "freeze": True}, {}, r"freeze is an option of compile_model, not a SparsityConfig field: "
+                                              r"pass it as compile_model\(model, config, freeze=...\)"),
+    ({"pattern": "8:16", "regional": True}, {"regional": False}, "regional is an option of compile_model"),
 ])
-def test_bad_options_fail_when_compiling(options, match):
+def test_bad_options_fail_when_compiling(config, options, match):
+    model = copy.deepcopy(tiny_model("llama"))
     with pytest.raises(ValueError, match=match):
-        compile_model(copy.deepcopy(tiny_model("llama")), options)
+        compile_model(model, config, **options)
+    assert "forward" not in vars(model)  # refused before anything was compiled
+
+
+def test_the_plain_backend_options_keep_their_meaning():
+    """The torch.compile options dict still takes the backend's options beside the config's fields."""
+    from actprune_compiler.backends.dynamo import parse_options
+
+    parsed = parse_options({"pattern": "8:16", "inner_backend": "eager", "regional": True})
+    assert (parsed.config, parsed.inner, parsed.regional, parsed.freeze) == (SparsityConfig("8:16"), "eager", True,
+                                                                             False)
 
 
 CALIB_TEXT = "Calibration text for a tiny model, with some variety: 0123456789. " * 40
@@ -112,7 +127,7 @@ def test_the_plain_backend_refuses_calibrated_options_with_a_sentence():
 def test_compile_model_calibrates_and_matches_the_exported_program():
     from conftest import char_tokenizer
 
-    from actprune_compiler import SparsityConfig, sparsify
+    from actprune_compiler import sparsify
 
     options = {"pattern": "8:16", "criterion": "clact_static", "correction": "shift_static", "calib_samples": 4,
                "calib_seqlen": 64}
@@ -139,7 +154,7 @@ def test_skip_sensitive_through_compile_model_keeps_those_layers_dense():
                                               (["model.layers.9.mlp.down_proj"], "not linear layers of this model")])
 def test_bad_keep_dense_is_refused(keep_dense, match):
     with pytest.raises(ValueError, match=match):
-        compile_model(copy.deepcopy(tiny_model("llama")), {"pattern": "8:16", "keep_dense": keep_dense})
+        compile_model(copy.deepcopy(tiny_model("llama")), SparsityConfig("8:16"), keep_dense=keep_dense)
 
 
 def test_a_static_kv_cache_is_written_through_the_backend(family):

@@ -4,12 +4,12 @@ cache, and a change to actprune's lowering code changes the cache key."""
 import pytest
 from conftest import save_tiny
 
-from actprune_compiler.startup import cold_and_warm
+from actprune_compiler.benchmark.startup import cold_and_warm
 
 
 @pytest.mark.parametrize("regional", [False, True])
 def test_a_second_process_reuses_the_compiled_sparse_graph(tmp_path, regional):
-    """Two fresh processes (actprune_compiler.startup, what `actprune bench --startup` runs): the cold one
+    """Two fresh processes (benchmark/startup.py, what `actprune bench --startup` runs): the cold one
     compiles into an empty Inductor cache, the warm one takes every graph (regional: every kind of layer)
     from it and generates the same tokens. Without freezing: Inductor bypasses its cache for frozen graphs."""
     folder = save_tiny(tmp_path / "tiny")

@@ -33,7 +33,8 @@ def test_plain_torch_compile_call_generates_with_the_kernel_and_matches_the_refe
     model = copy.deepcopy(tiny_model("llama"))
     with hooked(model, 8, 16):
         expected = greedy(model, PROMPT, tokens=12)
-    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
+    # frozen: the weight cache holds the 14 decode W^T only (unfrozen prefill GEMMs would pack weights there too)
+    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16", "freeze": True})
     assert greedy(model, PROMPT, tokens=12) == expected
     misses = cpu.cache_stats()["misses"]
     assert misses == 14 and cpu.cache_stats()["hits"] > 14 * 5  # every decode step reuses W^T
@@ -51,9 +52,9 @@ def test_an_in_place_weight_update_refreshes_the_cached_transpose():
 
 
 @pytest.mark.parametrize("change", ["replace", "in place"])
-def test_the_plain_call_freezes_the_weights_and_refuses_to_run_stale(change):
+def test_freeze_true_folds_the_weights_and_refuses_to_run_stale(change):
     model = copy.deepcopy(tiny_model("llama"))
-    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
+    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16", "freeze": True})
     greedy(model, PROMPT, tokens=3)
     layer = model.model.layers[0].mlp.down_proj
     if change == "replace":  # same shape: Dynamo's guards alone would reuse the frozen graph
@@ -65,9 +66,9 @@ def test_the_plain_call_freezes_the_weights_and_refuses_to_run_stale(change):
         greedy(model, PROMPT, tokens=3)
 
 
-def test_freeze_false_keeps_the_weights_as_inputs():
+def test_the_plain_call_keeps_the_weights_as_inputs_by_default():
     model = copy.deepcopy(tiny_model("llama"))
-    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16", "freeze": False})
+    model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16"})
     greedy(model, PROMPT, tokens=3)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(2)

@@ -4,7 +4,7 @@ from conftest import char_tokenizer, tiny_model, tiny_program, token_ids
 
 import actprune_compiler
 from actprune_compiler import SparsityConfig
-from actprune_compiler.artifact import load_program, save_artifact
+from actprune_compiler.artifact.folder import load_program, save_artifact
 from actprune_compiler.calibration import calibrate
 
 nm_linear = torch.ops.actprune.nm_linear.default

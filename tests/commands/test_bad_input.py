@@ -1,6 +1,7 @@
 """Every bad flag of every subcommand fails at once: one `actprune: error:` line, exit 2, nothing written,
 and no model loaded (load_model is replaced by one that fails the test)."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -9,20 +10,27 @@ from pathlib import Path
 import pytest
 import torch
 
-import actprune_compiler.eval.runner
-import actprune_compiler.models
 from actprune_compiler.cli import INTERRUPTED, build_parser, main
+
+# Every module that imports load_model by name: replacing it there replaces every load a command makes.
+LOADERS = [importlib.import_module(f"actprune_compiler.{name}") for name in (
+    "commands.bench", "commands.compile", "commands.generate", "commands.inspect", "commands.sensitivity",
+    "eval.runner", "eval.sweep")]
 
 
 def _refuse_to_load(*args, **kwargs):
     raise AssertionError("loaded a model")
 
 
+def replace_load_model(monkeypatch, fake) -> None:
+    for module in LOADERS:
+        monkeypatch.setattr(module, "load_model", fake)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A cwd holding the things bad inputs point at; load_model fails the test if anything reaches it."""
-    monkeypatch.setattr(actprune_compiler.models, "load_model", _refuse_to_load)
-    monkeypatch.setattr(actprune_compiler.eval.runner, "load_model", _refuse_to_load)  # imported by name there
+    replace_load_model(monkeypatch, _refuse_to_load)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file.txt").write_text("not a folder\n")
     (tmp_path / "full").mkdir()
@@ -139,7 +147,9 @@ def test_allow_hub_lifts_the_missing_data_check(workdir, capfd, tasks):
 
 @pytest.mark.parametrize("args,fragment", [
     (["--max-new-tokens", "0"], "argument --max-new-tokens: 0 is too small; it must be a positive integer"),
-    (["--pattern", "none"], "actprune generate needs a pattern such as 8:16"),
+    (["--pattern", "none", "--compare-dense"], "--compare-dense runs the dense model beside a pattern; give "),
+    (["--json-out", "out.json", "--compare-dense"], "--json-out records the start of one model; drop --compare-dense"),
+    (["--json-out", "full"], "--json-out full is a folder; give a file path"),
     (["--pattern", "3:2"], "pattern '3:2' is invalid"),
     (["--inner-backend", "tvm"], "argument --inner-backend: invalid choice: 'tvm'"),
     (["--calib-samples", "-3"], "argument --calib-samples: -3 is too small"),
@@ -205,7 +215,7 @@ def test_ctrl_c_returns_130_with_one_line_and_writes_nothing(workdir, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(actprune_compiler.models, "load_model", interrupted)
+    replace_load_model(monkeypatch, interrupted)
     assert main(["compile", "--pattern", "2:4", "--out", "art"]) == INTERRUPTED
     lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("actprune: interrupted"), lines

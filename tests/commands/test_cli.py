@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_model, token_ids
 from reference import reference_logits
 
-from actprune_compiler.artifact import load_program
+from actprune_compiler.artifact.folder import load_program
 from actprune_compiler.cli import main
 
 

@@ -66,7 +66,7 @@ def test_lm_eval_scores_the_program_alike_without_the_model_weights(tiny):
     """Zero-shot tasks hand lm-eval a weightless stand-in for the model: the same log-likelihoods."""
     from lm_eval.api.instance import Instance
 
-    from actprune_compiler.artifact import load_program
+    from actprune_compiler.artifact.folder import load_program
     from actprune_compiler.eval.artifact_eval import ProgramModel, _tokenizer_and_config
     from actprune_compiler.eval.harness import make_lm
     from actprune_compiler.eval.runner import EvalOptions, program_runner

@@ -75,7 +75,7 @@ def test_model_info_records_the_versions(tiny_dir):
 def test_versions_say_not_installed_for_a_missing_distribution(monkeypatch):
     from importlib import metadata
 
-    from actprune_compiler import runinfo
+    from actprune_compiler.reporting import runinfo
 
     real = metadata.version
 

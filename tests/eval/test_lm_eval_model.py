@@ -147,14 +147,14 @@ def test_two_processes_split_the_documents_and_score_like_one(tiny_dir, tmp_path
 
 
 def test_a_gguf_model_loads_from_its_dequantised_copy_once_there_is_one(tmp_path, monkeypatch):
-    from actprune_compiler import dequantized
     from actprune_compiler.eval.lm_eval_model import resolve_pretrained
+    from actprune_compiler.models import gguf as gguf_copy
 
-    monkeypatch.setattr(dequantized, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(gguf_copy, "CACHE_DIR", tmp_path / "cache")
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"stands in for a GGUF file")
     assert resolve_pretrained(str(gguf), "float32") == (str(tmp_path), "m.gguf")
-    copy = dequantized.cached_folder(gguf, torch.float32)
+    copy = gguf_copy.cached_folder(gguf, torch.float32)
     copy.mkdir(parents=True)
     (copy / "config.json").write_text("{}")
     assert resolve_pretrained(str(gguf), "float32") == (str(copy), None)

@@ -72,7 +72,7 @@ def fake_evaluate(monkeypatch):
                             "boolq": {"metrics": {"acc": 0.6, "acc_stderr": 0.02}}}}
 
     monkeypatch.setattr(sweep_module, "evaluate", evaluate)
-    monkeypatch.setattr("actprune_compiler.models.load_model", lambda spec, dtype: (None, None))
+    monkeypatch.setattr(sweep_module, "load_model", lambda spec, dtype: (None, None))
     # `actprune sweep` isolates each run in a spawned process, which would not see the fake: run it here
     monkeypatch.setattr(sweep_module, "_evaluate_in_child",
                         lambda model, config, options, dtype: evaluate(model, config, options, dtype=dtype))

@@ -143,7 +143,7 @@ def test_a_bad_workers_value_is_one_sentence_before_anything_loads(sweep_file, m
     def never(*args, **kwargs):
         raise AssertionError("nothing may load or launch for a bad --workers")
 
-    monkeypatch.setattr("actprune_compiler.models.load_model", never)
+    monkeypatch.setattr(sweep_module, "load_model", never)
     monkeypatch.setattr(sweep_module, "evaluate", never)
     monkeypatch.setattr(workers_module, "launch_sweep", never)
     with pytest.raises(SystemExit) as exit_:

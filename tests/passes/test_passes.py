@@ -124,8 +124,8 @@ def test_excluding_every_matched_layer_is_an_error_not_a_dense_program():
 def test_layers_chosen_as_sensitive_stay_dense_with_their_reason():
     keep = frozenset({"model.layers.0.mlp.down_proj"})
     from actprune_compiler.export import WRAPPER_PREFIX
-    from actprune_compiler.graph_host import ExportedProgramHost
     from actprune_compiler.passes import run_passes
+    from actprune_compiler.passes.graph_host import ExportedProgramHost
 
     program = copy.deepcopy(tiny_program("llama"))
     rows = run_passes(ExportedProgramHost(program, WRAPPER_PREFIX), SparsityConfig("8:16"), keep_dense=keep)

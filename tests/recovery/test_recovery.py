@@ -9,9 +9,9 @@ from reference import masked_input
 
 import actprune_compiler
 from actprune_compiler import SparsityConfig
-from actprune_compiler.artifact import load_program, save_artifact
-from actprune_compiler.calibration.prepare import prepare
-from actprune_compiler.recovery.sparse_linear import LearnedLayer
+from actprune_compiler.artifact.folder import load_program, save_artifact
+from actprune_compiler.recovery.prepare import prepare
+from actprune_compiler.sparsity.constants import LearnedLayer
 
 CALIB_TEXT = "Calibration text for a tiny model, with some variety: 0123456789 the quick brown fox. " * 60
 METHODS = ("offset", "affine", "finetune")
@@ -139,8 +139,7 @@ def test_torch_compile_backend_uses_learned_values_and_leaves_the_model_alone(fr
     expected = folded_reference(model, prepared.learned, ids)
     compiled = copy.deepcopy(model)
     before = {k: v.clone() for k, v in compiled.state_dict().items()}
-    actprune_compiler.compile_model(compiled, {**cfg.to_dict(), "inner_backend": "eager"}, tokenizer=tok,
-                                    calib_text=CALIB_TEXT)
+    actprune_compiler.compile_model(compiled, cfg, tokenizer=tok, calib_text=CALIB_TEXT, inner_backend="eager")
     with torch.no_grad():
         got = compiled(input_ids=ids, use_cache=False).logits
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
@@ -152,10 +151,10 @@ def test_backend_refuses_learned_values_that_do_not_fit(fresh_dynamo):
     model, tok = tiny64(), char_tokenizer()
     learned = prepare(model, tok, config("offset"), CALIB_TEXT).learned
     with pytest.raises(ValueError, match="the config has recovery 'none'"):
-        actprune_compiler.compile_model(copy.deepcopy(model), {"pattern": "8:16", "learned": learned})
+        actprune_compiler.compile_model(copy.deepcopy(model), SparsityConfig("8:16"), learned=learned)
     partial = dict(list(learned.items())[1:])
-    compiled = actprune_compiler.compile_model(copy.deepcopy(model), {**config("offset").to_dict(),
-                                                                      "learned": partial, "inner_backend": "eager"})
+    compiled = actprune_compiler.compile_model(copy.deepcopy(model), config("offset"), learned=partial,
+                                               inner_backend="eager")
     with pytest.raises(Exception, match="learned no values for model.layers.0.self_attn.q_proj"):
         compiled(input_ids=token_ids(), use_cache=False)
 
@@ -163,9 +162,9 @@ def test_backend_refuses_learned_values_that_do_not_fit(fresh_dynamo):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_the_trained_function_is_the_folded_one(dtype):
     """SparseLinear with nonzero a, s, t computes exactly the folded layer the graph receives."""
-    from actprune_compiler.recovery.methods import RECOVERY
     from actprune_compiler.recovery.sparse_linear import SparseLinear
     from actprune_compiler.sparsity.constants import LayerConstants
+    from actprune_compiler.sparsity.recovery_methods import RECOVERY
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32).to(dtype)

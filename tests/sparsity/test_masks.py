@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import numpy_keep_mask
 
-from actprune_compiler.sparsity.masks import keep_mask_by_rank, keep_mask_sorted
+from actprune_compiler.ops.select import keep_mask_by_rank
+from actprune_compiler.sparsity.masks import keep_mask_sorted
 
 MASKS = [keep_mask_sorted, keep_mask_by_rank]
 NM = [(2, 4), (4, 8), (8, 16), (16, 32), (1, 3), (5, 7)]

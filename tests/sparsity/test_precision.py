@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from reference import numpy_keep_mask
 
 from actprune_compiler.backends.inductor import compile_program
-from actprune_compiler.sparsity.masks import prune_by_rank, prune_sorted
+from actprune_compiler.ops.select import prune_by_rank
+from actprune_compiler.sparsity.masks import prune_sorted
 
 TOKENS, K, N, M = 8, 64, 4, 16
 

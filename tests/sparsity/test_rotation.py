@@ -11,7 +11,7 @@ from reference import masked_input, selected
 
 import actprune_compiler
 from actprune_compiler import SparsityConfig
-from actprune_compiler.artifact import load_program, save_artifact
+from actprune_compiler.artifact.folder import load_program, save_artifact
 from actprune_compiler.sparsity.rotation import interleaved_positions, rotation_matrix
 
 # Random printable characters: 95 distinct token embeddings (more than the 64 hidden features) and 512

@@ -9,10 +9,10 @@ from conftest import char_tokenizer, tiny_model, token_ids
 from reference import reference_logits
 
 from actprune_compiler import SparsityConfig, compile_program, export_causal_lm, sparsify
+from actprune_compiler.artifact.check import check_program
 from actprune_compiler.backends.dynamo import _require_device, compile_model, parse_options
-from actprune_compiler.check import check_program
-from actprune_compiler.devices import default_dtype, placement, resolve_device
-from actprune_compiler.models import load_model
+from actprune_compiler.models.devices import default_dtype, placement, resolve_device
+from actprune_compiler.models.load import load_model
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
@@ -81,7 +81,7 @@ def test_half_precision_end_to_end_against_the_eager_reference(dtype):
 
 def test_backend_device_option_moves_the_model_and_refuses_inputs_elsewhere():
     model = copy.deepcopy(tiny_model("llama"))
-    compile_model(model, {"pattern": "8:16", "device": "cpu"})
+    compile_model(model, {"pattern": "8:16"}, device="cpu")
     assert placement(model)["device"] == "cpu"
     assert parse_options({"pattern": "8:16", "device": "cpu"}).device == torch.device("cpu")
     with pytest.raises(ValueError, match="asked for device cpu, but graph inputs are on meta"):

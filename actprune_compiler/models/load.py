@@ -9,19 +9,19 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from actprune_compiler.devices import default_dtype, resolve_device
+from actprune_compiler.models.devices import default_dtype, resolve_device
+from actprune_compiler.models.gguf import load_gguf
+from actprune_compiler.reporting.files import CACHE_DIR
 
 # float64 is for verification: N:M masks are discontinuous, so float32 rounding flips near-tied
 # choices and only a float64 run can show compiled == reference to many digits.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-CACHE_DIR = Path(os.environ.get("ACTPRUNE_CACHE", Path.home() / ".cache" / "actprune"))
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -105,7 +105,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | None = None) 
 
 
 def _load_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype | str, device: torch.device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here, not at the top: 0.3 s of import beyond torch's
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
@@ -134,8 +134,6 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
     place = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, place)
     if (gguf := gguf_file(spec)) is not None:
-        from actprune_compiler.dequantized import load_gguf
-
         return load_gguf(gguf, torch_dtype, lambda folder, name: _load_pretrained(folder, name, torch_dtype, place))
     local = Path(spec).expanduser()
     if local.is_dir():

@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import char_tokenizer, tiny_model
 
-from actprune_compiler import dequantized
+from actprune_compiler.models import gguf as gguf_copy
 
 
 @pytest.fixture
 def gguf(tmp_path, monkeypatch):
-    monkeypatch.setattr(dequantized, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(gguf_copy, "CACHE_DIR", tmp_path / "cache")
     path = tmp_path / "tiny.gguf"
     path.write_bytes(b"stands in for a GGUF file: only its checksum is read here")
     return path
@@ -33,28 +33,28 @@ def make_loader(calls):
 
 def test_second_load_reads_the_copy_with_the_same_weights(gguf):
     calls = []
-    first, _ = dequantized.load_gguf(gguf, torch.float32, make_loader(calls))
-    second, tokenizer = dequantized.load_gguf(gguf, torch.float32, make_loader(calls))
+    first, _ = gguf_copy.load_gguf(gguf, torch.float32, make_loader(calls))
+    second, tokenizer = gguf_copy.load_gguf(gguf, torch.float32, make_loader(calls))
     assert calls == ["tiny.gguf", None]  # dequantised once, then read from the copy
     assert tokenizer("abc").input_ids == char_tokenizer()("abc").input_ids
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert "quantization_config" not in (dequantized.cached_folder(gguf, torch.float32) / "config.json").read_text()
+    assert "quantization_config" not in (gguf_copy.cached_folder(gguf, torch.float32) / "config.json").read_text()
 
 
 def test_another_dtype_or_a_changed_file_never_reads_a_stale_copy(gguf):
     calls = []
-    dequantized.load_gguf(gguf, torch.float32, make_loader(calls))
-    dequantized.load_gguf(gguf, torch.bfloat16, make_loader(calls))
+    gguf_copy.load_gguf(gguf, torch.float32, make_loader(calls))
+    gguf_copy.load_gguf(gguf, torch.bfloat16, make_loader(calls))
     gguf.write_bytes(b"a new release of the model")
-    dequantized.load_gguf(gguf, torch.float32, make_loader(calls))
+    gguf_copy.load_gguf(gguf, torch.float32, make_loader(calls))
     assert calls == ["tiny.gguf"] * 3
-    assert len(list((dequantized.CACHE_DIR / "dequantized").iterdir())) == 3
+    assert len(list((gguf_copy.CACHE_DIR / "dequantized").iterdir())) == 3
 
 
 def test_the_copy_can_be_turned_off(gguf, monkeypatch):
     monkeypatch.setenv("ACTPRUNE_NO_GGUF_CACHE", "1")
     calls = []
-    dequantized.load_gguf(gguf, torch.float32, make_loader(calls))
-    dequantized.load_gguf(gguf, torch.float32, make_loader(calls))
-    assert calls == ["tiny.gguf", "tiny.gguf"] and not (dequantized.CACHE_DIR / "dequantized").exists()
+    gguf_copy.load_gguf(gguf, torch.float32, make_loader(calls))
+    gguf_copy.load_gguf(gguf, torch.float32, make_loader(calls))
+    assert calls == ["tiny.gguf", "tiny.gguf"] and not (gguf_copy.CACHE_DIR / "dequantized").exists()

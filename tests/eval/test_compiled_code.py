@@ -8,7 +8,7 @@ import sys
 
 from datasets import Dataset
 
-from actprune_compiler.compiled_code import COMPILED_CODE
+from actprune_compiler.eval.compiled_code import COMPILED_CODE
 from actprune_compiler.eval.data import WIKITEXT_DIR
 
 TEXT = ("The quick brown fox jumps over the lazy dog.\n" * 12) + "Pack my box with five dozen liquor jugs.\n" * 8

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from actprune_compiler.devices import model_device, synchronize
+from actprune_compiler.api import compile_program, sparsify
+from actprune_compiler.backends.dynamo import compile_dense, compile_model
+from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
+from actprune_compiler.benchmark.generation import several_compiled_models, timed_generate
+from actprune_compiler.calibration import selected_linears
+from actprune_compiler.export import export_causal_lm
+from actprune_compiler.models.devices import model_device, synchronize
 from actprune_compiler.sparsity.config import SparsityConfig
 
 
@@ -34,8 +40,6 @@ def seed_mask(x: torch.Tensor, n: int, m: int) -> torch.Tensor:
 @contextlib.contextmanager
 def seed_hooks(model: nn.Module, config: SparsityConfig):
     """The seed's module-level approach: mask the inputs of the selected nn.Linear in eager mode."""
-    from actprune_compiler.calibration import selected_linears
-
     handles = []
     for layer in selected_linears(model, config).values():
         n, m = config.parsed_pattern.group(layer.in_features)
@@ -72,8 +76,6 @@ def with_ratios(timings: dict[str, dict], baselines: tuple[str, ...]) -> dict[st
 
 
 def layer_shapes(model: nn.Module, config: SparsityConfig) -> list[tuple[int, int]]:
-    from actprune_compiler.calibration import selected_linears
-
     return sorted({(layer.in_features, layer.out_features) for layer in selected_linears(model, config).values()})
 
 
@@ -90,8 +92,6 @@ class _NMLinear(nn.Linear):
 
 def _layer_timings(k: int, n_out: int, tokens: int, n: int, m: int, repeats: int,
                    device: torch.device) -> dict[str, dict]:
-    from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
-
     x = torch.randn(tokens, k, device=device)
     sparse_layer = _NMLinear(k, n_out, n, m).to(device).eval()
     dense_layer = nn.Linear(k, n_out, bias=False).to(device).eval()
@@ -137,11 +137,9 @@ def _prefill_timings(model: nn.Module, config: SparsityConfig, dense, pruned, re
 def bench_prefill(model: nn.Module, config: SparsityConfig, shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
     """Whole-model forward at each (batch, seqlen): exported programs, compiled with Inductor (the sparse one
     also one decoder layer at a time, backends/regional.py)."""
-    from actprune_compiler import compile_program, export_causal_lm, sparsify
-
     program = export_causal_lm(model)
     sparse = sparsify(program, config).program
-    dense, pruned = compile_program(program), compile_program(sparse)
+    dense, pruned = compile_program(program, freeze=True), compile_program(sparse, freeze=True)
     regional = compile_program(sparse, regional=True)
     rows = []
     for batch, seqlen in tqdm(shapes, desc="prefill"):
@@ -158,23 +156,18 @@ def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_
     actprune is timed through both documented calls: compile_model (dynamic shapes, freezing; and
     regional) and the plain model.forward = torch.compile(model.forward, backend="actprune", options=...).
     """
-    from actprune_compiler.generation import several_compiled_models
-
     with several_compiled_models():
         return _decode_timings(model, config, prompt_len, new_tokens, repeats)
 
 
 def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int,
                     repeats: int) -> dict[str, dict]:
-    from actprune_compiler.backends.dynamo import compile_dense, compile_model
-    from actprune_compiler.generation import timed_generate
-
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=model_device(model))
     dense_c, pruned_c, plain_c, regional_c = (copy.deepcopy(model) for _ in range(4))
     compile_dense(dense_c, freeze=True)
-    compile_model(pruned_c, config.to_dict(), freeze=True)  # as the dense baseline: peak speed
-    plain_c.forward = torch.compile(plain_c.forward, backend="actprune", options=config.to_dict())
-    compile_model(regional_c, config.to_dict(), regional=True)
+    compile_model(pruned_c, config, freeze=True)  # as the dense baseline: peak speed
+    plain_c.forward = torch.compile(plain_c.forward, backend="actprune", options={**config.to_dict(), "freeze": True})
+    compile_model(regional_c, config, regional=True)
 
     def seed():
         with seed_hooks(model, config):

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actprune_compiler.backends.inductor import compile_program
 from actprune_compiler.export import WRAPPER_PREFIX
-from actprune_compiler.graph_host import ExportedProgramHost
-from actprune_compiler.passes.select_linears import LINEAR_TARGETS, module_path
+from actprune_compiler.passes.graph_host import ExportedProgramHost
+from actprune_compiler.passes.select_linears import is_linear, is_nm_linear, module_path
+from actprune_compiler.sparsity.decision import LayerDecision
 
 # float64 GEMMs by two libraries agree to ~1e-15 relative; a wrong mask moves the output by ~1e-1.
 RELATIVE_TOLERANCE = 1e-9
@@ -58,16 +60,17 @@ def _spread(items: list, count: int) -> list:
 
 
 def _check_weight_masks(host: ExportedProgramHost, sparsified) -> dict[str, Any]:
-    sites = [r for r in sparsified.layers if r["decided"]["action"] == "sparse"]
+    decided = [(r["module"], LayerDecision.from_dict(r["decided"])) for r in sparsified.layers]
+    sites = [(module, decision) for module, decision in decided if decision.is_sparse]
     weights = {module_path(node, WRAPPER_PREFIX): host.value(node.args[1]) for node in host.graph.nodes
-               if node.op == "call_function" and node.target in LINEAR_TARGETS}
+               if is_linear(node)}
     bad = []
-    for row in sites:
-        n, m = row["decided"]["n"], row["decided"]["m"]
-        weight = weights[row["module"]]
+    for module, decision in sites:
+        n, m = decision.n, decision.m
+        weight = weights[module]
         kept = (weight.reshape(weight.shape[0], -1, m) != 0).sum(-1)
         if int(kept.max()) > n:
-            bad.append(row["module"])
+            bad.append(module)
     return {"kind": "weight masks", "layers": len(sites), "failed": bad, "passed": not bad,
             "line": (f"check: every group of M weights keeps at most N nonzeros in all {len(sites)} pruned layers"
                      if not bad else f"check FAILED: groups with more than N nonzero weights in {', '.join(bad)}")}
@@ -75,13 +78,11 @@ def _check_weight_masks(host: ExportedProgramHost, sparsified) -> dict[str, Any]
 
 def check_program(sparsified, *, layers: int = 3, seed: int = 0) -> dict[str, Any]:
     """Compile `layers` of the program's nm_linear nodes in float64 and compare with the reference."""
-    from actprune_compiler.backends.inductor import compile_program
-
     start = time.perf_counter()
     host = ExportedProgramHost(sparsified.program, WRAPPER_PREFIX)
     if sparsified.config.target == "weight":
         return {**_check_weight_masks(host, sparsified), "seconds": round(time.perf_counter() - start, 2)}
-    nodes = [n for n in host.graph.nodes if n.target is torch.ops.actprune.nm_linear.default]
+    nodes = [n for n in host.graph.nodes if is_nm_linear(n)]
     chosen = _spread(nodes, layers)
     calls, names = [], []
     for node in chosen:
@@ -93,7 +94,7 @@ def check_program(sparsified, *, layers: int = 3, seed: int = 0) -> dict[str, An
                                 "correction": node.kwargs.get("correction", "none")}))
         names.append(node.meta["actprune"]["module"])
     module = _Layers(calls).eval()
-    compiled = compile_program(module)
+    compiled = compile_program(module, freeze=True)
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     with torch.no_grad():

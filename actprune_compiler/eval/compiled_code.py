@@ -11,23 +11,24 @@ simply misses and compiles).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
+from torch.compiler._cache import CacheArtifactManager
 
+from actprune_compiler.artifact.folder import input_ranges
+from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
+
+log = logging.getLogger("actprune")
 COMPILED_CODE = "compiled-code.bin"
 
 
 def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool = False) -> tuple[bytes, dict]:
     """Compile `program` as a regional evaluation does and run it at the shapes scoring uses (perplexity
     windows and lm-eval batches); (the cache artifacts, a summary for report.json)."""
-    from torch._dynamo.utils import counters
-    from torch.compiler._cache import CacheArtifactManager
-
-    from actprune_compiler.artifact import input_ranges
-    from actprune_compiler.eval.runner import EvalOptions, program_runner, warm_up_shapes
-
     (_, batch_max), (_, seq_max) = input_ranges(program)
     options = EvalOptions(tasks=("wikitext2", "arc_easy"), seqlen=min(EvalOptions.seqlen, seq_max),
                           batch_size=min(EvalOptions.batch_size, batch_max), regional=True)
@@ -51,8 +52,6 @@ def compile_for_artifact(program, device: torch.device | str, *, with_mask: bool
 
 def fxgraph_cache_since(before: dict[str, int]) -> dict[str, int]:
     """Inductor's FX graph cache hits and misses counted since `before` (a copy of counters["inductor"])."""
-    from torch._dynamo.utils import counters
-
     now = counters["inductor"]
     return {key.removeprefix("fxgraph_cache_"): now[key] - before.get(key, 0) for key in ("fxgraph_cache_hit",
             "fxgraph_cache_miss") if now[key] - before.get(key, 0)}
@@ -62,7 +61,7 @@ def load_compiled_code(folder: str | Path) -> dict[str, Any] | None:
     """Put an artifact's compiled code into the local Inductor caches; None when it carries none."""
     path = Path(folder) / COMPILED_CODE
     if not path.is_file():
-        print(f"warning: {folder}'s report.json lists compiled code, but {COMPILED_CODE} is missing: compiling")
+        log.warning("%s's report.json lists compiled code, but %s is missing: compiling", folder, COMPILED_CODE)
         return None
     info = torch.compiler.load_cache_artifacts(path.read_bytes())
     return {"file": str(path), "entries": {k: len(v) for k, v in vars(info).items()} if info else {}}

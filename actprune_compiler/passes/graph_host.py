@@ -11,9 +11,11 @@ import functools
 import operator
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import fx
+from torch._dynamo.source import ConstantSource
 from torch._guards import detect_fake_mode
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
@@ -37,6 +39,12 @@ def mutates(node: fx.Node) -> bool:
 def eliminate_dead_code(graph: fx.Graph) -> None:
     """Remove what the passes left unused, keeping every in-place update."""
     graph.eliminate_dead_code(is_impure_node=lambda node: node.is_impure() or mutates(node))
+
+
+def fake_value(node: fx.Node) -> Any:
+    """What a node computes, as tracing recorded it (a fake tensor, a SymInt, ...): torch.export writes it to
+    meta["val"], Dynamo to meta["example_value"]. None when neither was recorded."""
+    return node.meta["val"] if "val" in node.meta else node.meta.get("example_value")
 
 
 def _safe_name(text: str) -> str:
@@ -83,7 +91,7 @@ class ExportedProgramHost(GraphHost):
         self.graph = program.graph
         self.module_prefix = module_prefix
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
-        self._fake_mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
+        self._fake_mode = detect_fake_mode([fake_value(n) for n in placeholders])
 
     def _spec(self, node: fx.Node) -> InputSpec:
         for spec in self.program.graph_signature.input_specs:
@@ -164,8 +172,6 @@ class GraphModuleHost(GraphHost):
         # each; a constant the pass made has none in user code, so it gets a name-only source.
         sources = getattr(self.gm, "_param_name_to_source", None)
         if sources is not None:
-            from torch._dynamo.source import ConstantSource
-
             sources[attr] = ConstantSource(f"actprune constant {attr}")
         anchor = next(n for n in self.graph.nodes if n.op != "placeholder")
         with self.graph.inserting_before(anchor):

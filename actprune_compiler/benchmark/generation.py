@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.devices import synchronize
+from actprune_compiler.models.devices import synchronize
 
 
 @contextlib.contextmanager
@@ -37,7 +37,7 @@ class StepClock:
 
 
 def timed_generate(model, ids: torch.Tensor, new_tokens: int) -> dict[str, Any]:
-    from transformers import LogitsProcessorList
+    from transformers import LogitsProcessorList  # here, not at the top: 0.3 s of import beyond torch's
 
     clock = StepClock()
     synchronize()

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_program
 
 from actprune_compiler import SparsityConfig, sparsify
-from actprune_compiler.check import check_program
+from actprune_compiler.artifact.check import check_program
 from actprune_compiler.lowering import inductor as lowering
 
 

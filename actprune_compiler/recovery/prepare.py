@@ -1,4 +1,5 @@
-"""What the passes need from the eager model before they rewrite: statistics and sensitive layers.
+"""What the passes need from the eager model before they rewrite: statistics, sensitive layers and a
+recovery method's learned values. It orchestrates calibration/ and the recovery store, so it sits above both.
 
 Shared by both front doors (sparsify for exported programs, compile_model for the torch.compile
 backend), so a method that needs calibration behaves the same through either.
@@ -7,18 +8,17 @@ backend), so a method that needs calibration behaves the same through either.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from actprune_compiler.calibration.sensitivity import most_sensitive
 from actprune_compiler.calibration.statistics import calibrate
-from actprune_compiler.runinfo import Timer
+from actprune_compiler.recovery.store import learned_values
+from actprune_compiler.reporting.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.constants import LearnedLayer
 from actprune_compiler.sparsity.stats import LayerStats
-
-if TYPE_CHECKING:
-    from actprune_compiler.recovery.sparse_linear import LearnedLayer
 
 
 @dataclass
@@ -57,8 +57,6 @@ def prepare(model: nn.Module | None, tokenizer, config: SparsityConfig, text: st
         with timer("sensitivity_s"):
             out.keep_dense = most_sensitive(model, tokenizer, config, text, out.stats)
     if trains:
-        from actprune_compiler.recovery.store import learned_values
-
         if model is None or text is None:
             raise _missing(f"the eager model to train recovery {config.recovery!r} on", config)
         with timer("recovery_s"):

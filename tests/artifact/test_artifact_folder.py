@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_program
 
 from actprune_compiler import SparsityConfig, sparsify
-from actprune_compiler.artifact import input_ranges, load_program, load_report, save_artifact
+from actprune_compiler.artifact.folder import input_ranges, load_program, load_report, save_artifact
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,18 @@ a stale copy. ACTPRUNE_NO_GGUF_CACHE=1 turns it off; the folder is $ACTPRUNE_CAC
 from __future__ import annotations
 
 import copy
+import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_model
 
-from actprune_compiler.files import atomic_folder, sha256_file
-from actprune_compiler.models import CACHE_DIR
+from actprune_compiler.reporting.files import CACHE_DIR, atomic_folder, sha256_file
 
+log = logging.getLogger("actprune")
 Loader = Callable[[str, "str | None"], tuple[Any, Any]]  # (folder, gguf file name or None) -> (model, tokenizer)
 
 
@@ -57,8 +58,8 @@ def load_gguf(gguf: Path, dtype: torch.dtype | str, load: Loader) -> tuple[Any, 
     try:
         atomic_folder(folder, fill)  # whole or absent: a crash mid-save leaves no half copy to load
     except OSError as error:  # a full or read-only disk costs the next load time, not this result
-        print(f"actprune: could not keep a dequantised copy of {gguf.name} in {folder.parent} ({error}); "
-              "the next load dequantises again", file=sys.stderr)
+        log.warning("could not keep a dequantised copy of %s in %s (%s); the next load dequantises again",
+                    gguf.name, folder.parent, error)
     return model, tokenizer
 
 
@@ -74,8 +75,6 @@ def unmarked_config(config: Any) -> Any:
 def save_dequantized(model, tokenizer, folder: Path) -> None:
     """save_pretrained refuses a model loaded from GGUF (it counts as quantised), though its tensors
     are plain floats by now: write them with safetensors, and a config without the GGUF marker."""
-    from safetensors.torch import save_model
-
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # drops tied duplicates
     unmarked_config(model.config).save_pretrained(folder)
     model.generation_config.save_pretrained(folder)

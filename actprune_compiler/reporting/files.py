@@ -1,4 +1,5 @@
-"""Writing results so that a crash or Ctrl-C never leaves a half-written file or folder; file checksums."""
+"""Writing results so that a crash or Ctrl-C never leaves a half-written file or folder; file checksums; the
+folder where actprune keeps what it can make again."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def _read_umask() -> int:
 
 # Read once, at import: setting the umask to read it is not safe while other threads create files.
 _UMASK = _read_umask()
+
+# What actprune can make again but keeps to save time: dequantised models, learned values, prepared data.
+CACHE_DIR = Path(os.environ.get("ACTPRUNE_CACHE", Path.home() / ".cache" / "actprune"))
 
 
 def sha256_file(path: Path) -> str:

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from actprune_compiler.files import atomic_folder
+import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear before deserialising)
+from actprune_compiler.passes.graph_host import fake_value
+from actprune_compiler.reporting.files import atomic_folder
 
 PROGRAM, REPORT, GRAPH = "program.pt2", "report.json", "graph.txt"
 
@@ -56,8 +58,6 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
 
 def load_program(out_dir: str | Path) -> ExportedProgram:
     """Deserialise program.pt2 (this unpickles: trusted artifacts only)."""
-    import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear before deserialising)
-
     path = Path(out_dir) / PROGRAM
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {PROGRAM}; recompile it with actprune compile")
@@ -84,7 +84,7 @@ def input_ranges(program: ExportedProgram) -> tuple[tuple[int, float], tuple[int
     name = program.graph_signature.user_inputs[0]
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
     ranges = []
-    for size in node.meta["val"].shape:
+    for size in fake_value(node).shape:
         if isinstance(size, torch.SymInt):
             bounds = program.range_constraints[size.node.expr]
             upper = float(bounds.upper)  # torch's int_oo becomes inf
