@@ -11,6 +11,12 @@ or, in ordinary PyTorch code (KV-cache generation included):
 
 __version__ = "0.1.0"
 
+# First, before the seconds of imports below: a command's process (actprune, actprune-lm-eval) handles
+# Ctrl-C and SIGTERM from its first instant; a program importing the library keeps its own handlers.
+from actprune_compiler.commands.signals import handle_signals_if_command  # noqa: E402
+
+handle_signals_if_command()
+
 from actprune_compiler import ops  # noqa: E402,F401  (registers actprune::nm_linear)
 from actprune_compiler.api import (  # noqa: E402
     SparsifiedProgram,
