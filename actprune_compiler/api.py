@@ -24,7 +24,7 @@ from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
 from actprune_compiler.graph_host import ExportedProgramHost
 from actprune_compiler.models import load_model
 from actprune_compiler.passes import run_passes
-from actprune_compiler.passes.select_linears import LINEAR_TARGETS
+from actprune_compiler.passes.select_linears import LINEAR_TARGETS, check_selection
 from actprune_compiler.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.decision import LayerDecision
@@ -86,6 +86,7 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
         program = copy.deepcopy(model_or_program) if copy_program else model_or_program
     elif isinstance(model_or_program, nn.Module):
         model = model_or_program
+        check_selection(model, config)  # a config that does not fit fails now, not after the export
         with timer("export_s"):
             program = export_causal_lm(model, with_attention_mask=with_attention_mask)
     else:

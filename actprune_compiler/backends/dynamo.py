@@ -221,6 +221,7 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     """
     from actprune_compiler.backends.inductor import inference_call
     from actprune_compiler.calibration.prepare import prepare
+    from actprune_compiler.passes.select_linears import check_selection
 
     options = dict(options or {})
     if options.get("device") is not None:
@@ -228,6 +229,7 @@ def compile_model(model: nn.Module, options: dict[str, Any] | None = None, *, to
     config = SparsityConfig(**{k: v for k, v in options.items() if k in _CONFIG_FIELDS})
     if regional and freeze:  # before any calibration or training
         raise ValueError(REGIONAL_FREEZE.format(how="freeze=False"))
+    check_selection(model, config)  # Dynamo's graphs may each hold some layers: the whole model is checked here
     prepared = prepare(model, tokenizer, config, calib_text, stats=options.get("stats"),
                        keep_dense=options.get("keep_dense"), learned=options.get("learned"))
     options.update(stats=prepared.stats, keep_dense=prepared.keep_dense, learned=prepared.learned)

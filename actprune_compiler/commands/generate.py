@@ -13,6 +13,7 @@ from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
     calibration_input,
+    check_loaded,
     config_from_args,
     positive_int,
 )
@@ -64,21 +65,42 @@ def run_variant(model, ids: torch.Tensor, new_tokens: int, options: dict[str, An
     return result
 
 
+def prompt_ids(args: argparse.Namespace, model, tokenizer) -> torch.Tensor:
+    """The prompt's token ids, after checking what the flags ask of this model and tokenizer: a tokenizer
+    (with a chat template for --chat), a prompt of at least one token, and room for --max-new-tokens in
+    the model's positions."""
+    if tokenizer is None:
+        raise ValueError(f"model {args.model!r} has no tokenizer; generate needs one")
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--chat wraps the prompt in the tokenizer's chat template, and the tokenizer of model "
+                         f"{args.model!r} has none; drop --chat")
+    text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
+                                          add_generation_prompt=True) if args.chat else args.prompt)
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    if ids.shape[1] == 0:
+        raise ValueError(f"--prompt {args.prompt!r} is no token at all for the tokenizer of model {args.model!r}; "
+                         "give a prompt with some text")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and ids.shape[1] + args.max_new_tokens > positions:
+        room = positions - ids.shape[1]
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} after a prompt of {ids.shape[1]} tokens runs past "
+                         f"the {positions} positions of model {args.model!r}; "
+                         + (f"give --max-new-tokens {room} or less" if room > 0 else "give a shorter --prompt"))
+    return ids
+
+
 def run(args: argparse.Namespace) -> int:
     from actprune_compiler.models import load_model
 
     config = config_from_args(args)
     if config is None:
         raise ValueError("actprune generate needs a pattern such as 8:16")
-    calib_text, _ = calibration_input(args, config)  # missing calibration data fails before the model loads
+    calib_text, source = calibration_input(args, config)  # missing calibration data fails before the model loads
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, args.dtype, args.device)
     load_s = time.perf_counter() - start
-    if tokenizer is None:
-        raise ValueError(f"model {args.model!r} has no tokenizer; generate needs one")
-    text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
-                                          add_generation_prompt=True) if args.chat else args.prompt)
-    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    ids = prompt_ids(args, model, tokenizer)
+    check_loaded(model, tokenizer, config, (calib_text, source))
     variants = {config.label: {**config.to_dict(), "inner_backend": args.inner_backend}}
     if args.compare_dense:
         variants["dense"] = None
