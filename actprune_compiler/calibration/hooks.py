@@ -35,7 +35,8 @@ def check_calibration_text(tokenizer, text: str, source: str, config: SparsityCo
     if windows < config.calib_samples:
         raise ValueError(f"{name('calib_samples')} {config.calib_samples} x {name('calib_seqlen')} "
                          f"{config.calib_seqlen} needs {config.calib_samples} windows of {config.calib_seqlen} "
-                         f"tokens, and the calibration text ({source}) has {windows}; lower them or give more text")
+                         f"tokens, and the calibration text ({source.split(' (')[0]}) has {windows}; lower them or "
+                         "give more text")
 
 
 def token_batches(tokenizer, text: str, samples: int, seqlen: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(actprune_compiler.eval.runner, "load_model", _refuse_to_load)  # imported by name there
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file.txt").write_text("not a folder\n")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "old.txt").write_text("keep me\n")
     (tmp_path / "empty").mkdir()
@@ -121,6 +122,8 @@ def test_compile(workdir, capfd, args, fragment):
      "--criterion, --exclude would not apply: without --pattern (or with --pattern none) eval scores the dense "
      "model; give --pattern, or drop them"),
     (["--pattern", "none", "--calib-data", "file.txt"], "--calib-data would not apply"),
+    (["--pattern", "2:4", "--criterion", "clact_static", "--calib-data", "binary.txt"],
+     "--calib-data 'binary.txt' is not a UTF-8 text file (invalid start byte at byte 128); give a text file"),
 ])
 def test_eval(workdir, capfd, args, fragment):
     fails_at_once(["eval", *args], fragment, workdir, capfd)
