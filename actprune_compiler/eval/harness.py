@@ -98,14 +98,13 @@ def check_fewshot(tasks: Collection[str], num_fewshot: int | None, data_dir: str
     zero_shot = [t for t in tasks if t != "wikitext2"]
     if not num_fewshot or not zero_shot:
         return
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory(prefix="actprune-tasks-") as folder:
         names, _ = resolve_tasks(zero_shot, data_dir, Path(folder))
-        built = get_task_dict(list(names.values()), TaskManager(include_path=folder))
+        manager = TaskManager(include_path=folder)
         for task, lm_eval_name in names.items():
-            node = next((v for k, v in built.items() if getattr(k, "group_name", k) == lm_eval_name), None)
-            for leaf in _leaves(node):
+            for leaf in manager.load(lm_eval_name)["tasks"].values():  # a group's tasks, or the task itself
                 config = getattr(leaf, "fewshot_cfg", None)
                 if config is None:
                     continue
@@ -116,15 +115,6 @@ def check_fewshot(tasks: Collection[str], num_fewshot: int | None, data_dir: str
                     raise ValueError(f"{name('num_fewshot')} {num_fewshot} is more than task {task} can give: its "
                                      f"few-shot examples come from {documents} documents; give "
                                      f"{name('num_fewshot')} {max(most, 0)} or less")
-
-
-def _leaves(node: Any) -> list[Any]:
-    """The tasks of get_task_dict's (nested, for groups) answer."""
-    if node is None:
-        return []
-    if isinstance(node, dict):
-        return [leaf for child in node.values() for leaf in _leaves(child)]
-    return [node]
 
 
 def make_lm(runner: Callable[[torch.Tensor], torch.Tensor], model, tokenizer, batch_size: int):
