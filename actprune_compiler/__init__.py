@@ -9,8 +9,14 @@ or, in ordinary PyTorch code (KV-cache generation included):
     model = compile_model(model, SparsityConfig(pattern="8:16"))   # torch.compile backend "actprune"
 """
 
-from actprune_compiler import ops  # noqa: F401  (registers actprune::nm_linear)
-from actprune_compiler.api import (
+# First, before the seconds of imports below: a command's process (actprune, actprune-lm-eval) handles
+# Ctrl-C and SIGTERM from its first instant; a program importing the library keeps its own handlers.
+from actprune_compiler.reporting.signals import handle_signals_if_command
+
+handle_signals_if_command()
+
+from actprune_compiler import ops  # noqa: E402,F401  (registers actprune::nm_linear)
+from actprune_compiler.api import (  # noqa: E402
     SparsifiedProgram,
     compile_model,
     compile_program,
@@ -18,10 +24,10 @@ from actprune_compiler.api import (
     load_model,
     sparsify,
 )
-from actprune_compiler.backends.dynamo import register
-from actprune_compiler.export import export_causal_lm
-from actprune_compiler.reporting.runinfo import VERSION as __version__
-from actprune_compiler.sparsity.config import SparsityConfig, parse_pattern
+from actprune_compiler.backends.dynamo import register  # noqa: E402
+from actprune_compiler.export import export_causal_lm  # noqa: E402
+from actprune_compiler.reporting.runinfo import VERSION as __version__  # noqa: E402
+from actprune_compiler.sparsity.config import SparsityConfig, parse_pattern  # noqa: E402
 
 register()  # torch.compile(..., backend="actprune")
 

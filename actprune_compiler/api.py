@@ -22,7 +22,7 @@ from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
 from actprune_compiler.models.load import load_model
 from actprune_compiler.passes import run_passes
 from actprune_compiler.passes.graph_host import ExportedProgramHost
-from actprune_compiler.passes.select_linears import is_linear, is_nm_linear
+from actprune_compiler.passes.select_linears import check_selection, is_linear, is_nm_linear
 from actprune_compiler.recovery.prepare import prepare
 from actprune_compiler.reporting.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
@@ -79,6 +79,7 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
         program = copy.deepcopy(model_or_program) if copy_program else model_or_program
     elif isinstance(model_or_program, nn.Module):
         model = model_or_program
+        check_selection(model, config)  # a config that does not fit fails now, not after the export
         with timer("export_s"):
             program = export_causal_lm(model, with_attention_mask=with_attention_mask)
     else:

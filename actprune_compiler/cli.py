@@ -1,23 +1,21 @@
 """The `actprune` command. Each subcommand lives in commands/<name>.py with add_parser() and run().
 
 Every failure prints one line, `actprune: error: ...`, and exits non-zero (2 for bad input, 1 for a
-failure while working); --debug shows the traceback instead. Ctrl-C exits with 130. What the library logs
-(logger "actprune": warnings and notes) is printed on stderr as `actprune: ...` lines.
+failure while working); --debug shows the traceback instead. Ctrl-C exits with 130, SIGTERM with 143
+(reporting/signals.py). commands/errors.py is that policy; actprune-lm-eval runs under it too. What the library
+logs (logger "actprune": warnings and notes) is printed on stderr as `actprune: ...` lines.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import logging
 import sys
-from collections.abc import Iterator
 
-from tqdm import tqdm
+from actprune_compiler.commands.errors import INTERRUPTED, run_command
 
 SUBCOMMANDS = ("compile", "inspect", "eval", "sweep", "generate", "bench", "sensitivity")
-INTERRUPTED = 130
+__all__ = ["INTERRUPTED", "build_parser", "main"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,59 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class LibraryLines(logging.Handler):
-    """A library message as an `actprune: <message>` line on stderr (the stream of the moment), written past
-    any progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(f"actprune: {self.format(record)}", file=sys.stderr)
-        except Exception:  # noqa: BLE001  (logging's rule: a failing handler reports itself, it never raises)
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def library_messages() -> Iterator[None]:
-    """While a command runs, the library's info and warnings are printed; the logger is left as it was."""
-    logger = logging.getLogger("actprune")
-    handler, level, propagate = LibraryLines(), logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # printed once, here, even when something configured the root logger
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    if not isinstance(error, (ValueError, FileNotFoundError, FileExistsError)):  # not a user error: name it
-        text = f"{type(error).__name__}: {text}"
-    return " ".join(text.split())  # one line, whatever the message looked like
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        with library_messages():
-            return args.run(args)
-    except KeyboardInterrupt:
-        print("\nactprune: interrupted; finished results are saved, nothing half-written was left", file=sys.stderr)
-        return INTERRUPTED
-    except (ValueError, FileNotFoundError, FileExistsError) as error:  # the user's input: one sentence
-        if args.debug:
-            raise
-        print(f"actprune: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001  (anything else: one line, the traceback with --debug)
-        if args.debug:
-            raise
-        print(f"actprune: error: {_one_line(error)} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+    parsed: list[argparse.Namespace] = []
+
+    def body() -> int:
+        parsed.append(build_parser().parse_args(argv))
+        return parsed[0].run(parsed[0])
+
+    return run_command("actprune", body, debug=lambda: bool(parsed) and parsed[0].debug)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from actprune_compiler.models.devices import model_device
 
 # The wrapper's attribute holding the model; passes strip it from module paths.
 WRAPPER_PREFIX = "lm."
+MAX_BATCH = 4096  # the largest batch an exported program takes (its dynamic batch dimension's bound)
 
 
 class LogitsOnly(nn.Module):
@@ -33,7 +34,7 @@ def export_causal_lm(model: nn.Module, *, with_attention_mask: bool = False, max
     max_len = max_seq_len or getattr(config, "max_position_embeddings", None) or 4096
     vocab = getattr(config, "vocab_size", 2)
     ids = torch.randint(0, vocab, (example_batch, example_seq), device=model_device(model))
-    batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=1, max=max_len)
+    batch, seq = Dim("batch", min=1, max=MAX_BATCH), Dim("seq", min=1, max=max_len)
     kwargs, shapes = {}, {"input_ids": {0: batch, 1: seq}}
     if with_attention_mask:
         kwargs["attention_mask"] = torch.ones_like(ids)

@@ -32,6 +32,7 @@ from actprune_compiler.backends.regional_graph import compile_graph_regions, reg
 from actprune_compiler.models.devices import resolve_device
 from actprune_compiler.passes import run_passes
 from actprune_compiler.passes.graph_host import GraphModuleHost
+from actprune_compiler.passes.select_linears import check_selection
 from actprune_compiler.recovery.prepare import prepare
 from actprune_compiler.sparsity.config import SparsityConfig, matches
 from actprune_compiler.sparsity.constants import LearnedLayer
@@ -243,6 +244,7 @@ def compile_model(model: nn.Module, config: SparsityConfig | dict[str, Any] | No
     refuse_regional_freeze(regional, freeze)  # before any calibration or training
     if device is not None:
         model.to(resolve_device(device))
+    check_selection(model, config)  # Dynamo's graphs may each hold some layers: the whole model is checked here
     prepared = prepare(model, tokenizer, config, calib_text, stats=stats, keep_dense=keep_dense, learned=learned)
     options = {**config.to_dict(), "inner_backend": inner_backend, "stats": prepared.stats,
                "keep_dense": prepared.keep_dense, "learned": prepared.learned, "freeze": freeze,

@@ -24,6 +24,21 @@ def token_windows(tokenizer, text: str, seqlen: int) -> torch.Tensor:
     return ids[: count * seqlen].view(count, seqlen)
 
 
+def check_calibration_text(tokenizer, text: str, source: str, config: SparsityConfig,
+                           name: Callable[[str], str] = str) -> None:
+    """Refuse, before anything is exported, calibration that cannot run: no tokenizer, or text shorter than
+    calib_samples windows of calib_seqlen tokens. name: how a message spells a config field."""
+    if tokenizer is None:
+        raise ValueError(f"config {config.label!r} calibrates on text, and this model has no tokenizer; give a model "
+                         "folder with one, or a method that needs no calibration")
+    windows = len(token_windows(tokenizer, text, config.calib_seqlen))
+    if windows < config.calib_samples:
+        raise ValueError(f"{name('calib_samples')} {config.calib_samples} x {name('calib_seqlen')} "
+                         f"{config.calib_seqlen} needs {config.calib_samples} windows of {config.calib_seqlen} "
+                         f"tokens, and the calibration text ({source.split(' (')[0]}) has {windows}; lower them or "
+                         "give more text")
+
+
 def token_batches(tokenizer, text: str, samples: int, seqlen: int) -> torch.Tensor:
     """The first `samples` non-overlapping windows of `seqlen` tokens of `text`: [samples, seqlen]."""
     windows = token_windows(tokenizer, text, seqlen)

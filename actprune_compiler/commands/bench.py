@@ -18,6 +18,7 @@ from actprune_compiler.benchmark.startup import cold_and_warm
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
+    check_loaded,
     config_from_args,
     non_negative_int,
     positive_int,
@@ -25,7 +26,7 @@ from actprune_compiler.commands.common import (
     shape_list,
 )
 from actprune_compiler.models.load import load_model
-from actprune_compiler.reporting.files import atomic_write, check_output_folder, write_json
+from actprune_compiler.reporting.files import atomic_write, check_output_folder, file_name_part, write_json
 from actprune_compiler.reporting.runinfo import versions
 from actprune_compiler.reporting.tables import format_table
 
@@ -139,9 +140,12 @@ def run(args: argparse.Namespace) -> int:
         # per-layer timings use magnitude, so a different method would be reported under its name but not timed.
         raise ValueError(f"bench times the plain magnitude mask; {config.label!r} is not benchmarked (leave "
                          "--criterion, --correction, --skip-sensitive, --recovery and --rotation at their defaults)")
-    out = Path(args.out or f"results/bench-{args.model}-{config.pattern.replace(':', '-')}")
-    check_output_folder(out, force=True)  # files in it are replaced one by one; a file there fails now
+    default = f"results/bench-{file_name_part(args.model)}-{config.pattern.replace(':', '-')}"
+    out = Path(default if args.out is None else args.out)
+    # files in it are replaced one by one; a file there, or a folder that cannot be written, fails now
+    check_output_folder(default if args.out is None else args.out, force=True, inputs=(args.model,), replaced=False)
     model, _ = load_model(args.model, args.dtype, args.device)
+    check_loaded(model, None, config)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     result: dict[str, Any] = {"model": args.model, "config": config.to_dict(), "repeats": args.repeats,
                               "threads": torch.get_num_threads(), "versions": versions(), "machine": machine,

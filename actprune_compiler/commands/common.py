@@ -1,24 +1,38 @@
 """Arguments shared by several subcommands.
 
 Every flag is checked as it is parsed (argparse `type=` functions below) or at the top of run(),
-so that a bad value fails in a second with one sentence, never after a model has loaded.
+so that a bad value fails in a second with one sentence, never after a model has loaded; what depends
+on the model (its layers, positions, tokenizer) is checked right after the load, before any export or
+compile (check_loaded, eval.runner.check_fits), in a sentence that names the flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from actprune_compiler.calibration.hooks import check_calibration_text
 from actprune_compiler.eval.data import CALIB_SOURCES, calibration_text
 from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
 from actprune_compiler.models.devices import DEVICE_CHOICES, resolve_device
-from actprune_compiler.models.load import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES
+from actprune_compiler.models.load import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES, spec_problem
+from actprune_compiler.passes.select_linears import check_selection
 from actprune_compiler.sparsity.config import TARGETS, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 from actprune_compiler.sparsity.recovery_methods import BATCH, DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
 from actprune_compiler.sparsity.rotation import ROTATIONS
+
+# Config fields whose flag has another name.
+FIELD_FLAGS = {"drop_bias": "--seed-compat"}
+
+
+def flag(field: str) -> str:
+    """The flag that sets a config field or evaluation option: seqlen -> --seqlen, drop_bias -> --seed-compat.
+    Library checks take it to spell the settings they name as the command line does."""
+    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -68,8 +82,17 @@ def example_limit(text: str) -> int | float:
 
 
 def existing_folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the folder is empty; give an existing folder")
     if not Path(text).expanduser().is_dir():
         raise argparse.ArgumentTypeError(f"{text} is not an existing folder")
+    return text
+
+
+def model_spec(text: str) -> str:
+    """An argparse type: a model that may exist (models.load.spec_problem), checked before anything loads."""
+    if (problem := spec_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
@@ -134,7 +157,7 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser, *, artifact: bool = False) -> None:
     """artifact: the command also takes an `actprune compile` folder as --model (eval does)."""
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", type=model_spec, default=DEFAULT_MODEL,
                    help=f"alias ({', '.join(ALIASES)}), local HF folder, .gguf file or hub id" +
                    (", or an artifact folder from actprune compile (its program.pt2 is scored as saved)"
                     if artifact else ""))
@@ -183,16 +206,23 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = CO
 
 
 def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
-    """The config the flags describe; None for --pattern none (the dense model)."""
+    """The config the flags describe; None for --pattern none (the dense model). SparsityConfig's sentences
+    start with the field they are about; here it is spelled as its flag ("--pattern '3:2' is invalid")."""
     if args.pattern is None or str(args.pattern).lower() in ("none", "dense"):
         return None
-    return SparsityConfig(pattern=args.pattern, target=args.target, criterion=args.criterion,
-                          correction=args.correction, modules=args.modules,
-                          exclude=tuple(x for x in args.exclude.split(",") if x.strip()),
-                          skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
-                          calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat, recovery=args.recovery,
-                          recovery_steps=args.recovery_steps, recovery_lr=args.recovery_lr,
-                          rotation=args.rotation)
+    try:
+        return SparsityConfig(pattern=args.pattern, target=args.target, criterion=args.criterion,
+                              correction=args.correction, modules=args.modules,
+                              exclude=tuple(x for x in args.exclude.split(",") if x.strip()),
+                              skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
+                              calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat, recovery=args.recovery,
+                              recovery_steps=args.recovery_steps, recovery_lr=args.recovery_lr,
+                              rotation=args.rotation)
+    except ValueError as error:
+        field, _, rest = str(error).partition(" ")
+        if field in {f.name for f in dataclasses.fields(SparsityConfig)}:
+            raise ValueError(f"{flag(field)} {rest}") from None
+        raise
 
 
 def recovery_line(learned: dict) -> str:
@@ -207,6 +237,16 @@ def rotation_line(cost: dict) -> str:
     return (f"rotation: {cost['rotations']} x @ Q products serve {cost['rotated_layers']} layers, "
             f"{cost['macs_per_token']:,} extra multiply-adds per token = {cost['extra_flops_fraction']:.1%} of the "
             f"pruned GEMMs' (dense) work; {cost['constant_values']:,} constant values")
+
+
+def check_loaded(model, tokenizer, config: SparsityConfig, calibration: tuple[str | None, str] = (None, "")) -> None:
+    """What the flags ask of the model, checked right after the load and before any export or compile: its
+    linear layers (--modules, --exclude, --pattern, --skip-sensitive), and its tokenizer and the calibration
+    text (--calib-samples x --calib-seqlen) when the config calibrates. calibration: calibration_input's."""
+    check_selection(model, config, flag)
+    text, source = calibration
+    if text is not None:
+        check_calibration_text(tokenizer, text, source, config, flag)
 
 
 def calibration_input(args: argparse.Namespace, config: SparsityConfig | None) -> tuple[str | None, str]:

@@ -13,6 +13,7 @@ from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
     calibration_input,
+    check_loaded,
     config_from_args,
     recovery_line,
     rotation_line,
@@ -74,11 +75,12 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config is None:
         raise ValueError("actprune compile needs a pattern such as 8:16 (use 'actprune eval' for the dense model)")
-    check_output_folder(args.out, args.force)
+    check_output_folder(args.out, args.force, inputs=(args.model, args.calib_data))
     text, source = calibration_input(args, config)  # missing calibration data fails before the model loads
     timer = Timer()
     with timer("load_s"):
         model, tokenizer = load_model(args.model, args.dtype, args.device)
+    check_loaded(model, tokenizer, config, (text, source))
     sparsified = sparsify(model, config, tokenizer=tokenizer, calib_text=text, calib_source=source,
                           with_attention_mask=args.attention_mask)
     report = {"model": args.model, "model_class": type(model).__name__, **placement(model), **sparsified.report,

@@ -17,6 +17,7 @@ from actprune_compiler.commands.common import (
     config_from_args,
     example_limit,
     existing_folder,
+    flag,
     int_at_least,
     non_negative_int,
     positive_int,
@@ -102,10 +103,6 @@ def program_flags(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
 # Config flags whose SparsityConfig field has another name.
 FLAG_FIELDS = {"seed_compat": "drop_bias"}
 
@@ -164,17 +161,9 @@ def _canonical(device) -> str:
     return str(device)
 
 
-# What eval reads from an artifact's report.json (actprune compile writes them all).
-ARTIFACT_KEYS = ("model", "model_class", "device", "dtype", "config", "label", "totals")
-
-
 def artifact_report(spec: str) -> dict[str, Any]:
-    report = load_report(spec)
-    missing = [key for key in ARTIFACT_KEYS if key not in report]
-    if missing:
-        raise ValueError(f"{Path(spec) / REPORT} lacks {', '.join(missing)}, which actprune eval reads; "
-                         "recompile the artifact with actprune compile")
-    return report
+    """The artifact's report.json, refused in one sentence when damaged (artifact.folder.REPORT_SHAPE)."""
+    return load_report(spec)
 
 
 def model_kind(spec: str) -> str:
@@ -237,17 +226,22 @@ def run(args: argparse.Namespace) -> int:
     if report is None:
         device = distributed.rank_device(args.device)  # under torchrun on CUDA: cuda:LOCAL_RANK
         config = config_from_args(args)
+        if config is None and (unused := [dest for dest in given if dest != "pattern"]):
+            shown = ", ".join(flag(FLAG_FIELDS.get(dest, dest)) for dest in unused)
+            raise ValueError(f"{shown} would not apply: without --pattern (or with --pattern none) eval scores the "
+                             "dense model; give --pattern, or drop them")
     options = options_from_args(args)
-    check_output_file(args.output)  # before the model loads, not after an hour of scoring
+    # before the model loads, not after an hour of scoring
+    check_output_file(args.output, inputs=(args.model, args.calib_data, args.data_dir))
     if not args.allow_hub:
         check_local_data(args, config)
     text, source = calibration_input(args, config)  # read now: a bad calibration source fails at once
     with distributed.process_group(device):
         if report is not None:
-            result = evaluate_artifact(args.model, options, report=report)
+            result = evaluate_artifact(args.model, options, report=report, name=flag)
         else:
             result = evaluate(args.model, config, options, dtype=args.dtype, device=device,
-                              calib_text=(text, source) if text is not None else None)
+                              calib_text=(text, source) if text is not None else None, name=flag)
         processes = distributed.world()
         if not distributed.is_main():  # every rank holds the same result; rank 0 alone reports it
             return 0

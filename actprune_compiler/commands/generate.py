@@ -16,6 +16,7 @@ from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
     calibration_input,
+    check_loaded,
     config_from_args,
     positive_int,
 )
@@ -91,6 +92,32 @@ def start_record(args: argparse.Namespace, config: SparsityConfig | None, starte
             "inductor_cache": {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}}
 
 
+def prompt_ids(args: argparse.Namespace, model, tokenizer) -> torch.Tensor:
+    """The prompt's token ids, after checking what the flags ask of this model and tokenizer: a tokenizer
+    (with a chat template for --chat), a prompt of at least one token, and room for --max-new-tokens in
+    the model's positions."""
+    if tokenizer is None:
+        raise ValueError(f"model {args.model!r} has no tokenizer; generate needs one")
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--chat wraps the prompt in the tokenizer's chat template, and the tokenizer of model "
+                         f"{args.model!r} has none; drop --chat")
+    text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
+                                          add_generation_prompt=True) if args.chat else args.prompt)
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    if ids.shape[1] == 0:
+        raise ValueError(f"--prompt {args.prompt!r} is no token at all for the tokenizer of model {args.model!r}; "
+                         "give a prompt with some text")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and ids.shape[1] + args.max_new_tokens > positions:
+        room = positions - ids.shape[1]
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} after a prompt of {ids.shape[1]} tokens runs past "
+                         f"the {positions} positions of model {args.model!r}; "
+                         + (f"give --max-new-tokens {room} or less" if room > 0 else "give a shorter --prompt"))
+    return ids
+
+
+
+
 def run(args: argparse.Namespace) -> int:
     # interpreter start, imports and argument parsing: the first stage of a start that --json-out records
     started = (seconds_since_process_start(), time.perf_counter()) if args.json_out else None
@@ -101,15 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out and args.compare_dense:
         raise ValueError("--json-out records the start of one model; drop --compare-dense")
     check_output_file(args.json_out, "--json-out")
-    calib_text, _ = calibration_input(args, config)  # missing calibration data fails before the model loads
+    calib_text, source = calibration_input(args, config)  # missing calibration data fails before the model loads
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, args.dtype, args.device)
     load_s = time.perf_counter() - start
-    if tokenizer is None:
-        raise ValueError(f"model {args.model!r} has no tokenizer; generate needs one")
-    text = (tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
-                                          add_generation_prompt=True) if args.chat else args.prompt)
-    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    ids = prompt_ids(args, model, tokenizer)
+    if config is not None:
+        check_loaded(model, tokenizer, config, (calib_text, source))
     variants = {config.label: config} if config else {}
     if config is None or args.compare_dense:  # --pattern none: the dense model, compiled the same way
         variants["dense"] = None

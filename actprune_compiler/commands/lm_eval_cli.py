@@ -31,8 +31,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from actprune_compiler.commands.errors import run_command
 from actprune_compiler.eval.data import find_data_dir, task_data, where_data_goes
 from actprune_compiler.eval.harness import LM_EVAL_YAML, LOCAL_PREFIX, LOCAL_TAG, write_local_task
+from actprune_compiler.reporting.files import check_output_file, check_output_folder
 
 HUB_FLAG = "--actprune-hub-tasks"  # plain task names go to lm-eval's own (hub) tasks
 
@@ -126,22 +128,50 @@ def add_local_tasks(args: argparse.Namespace, folder: Path, hub_tasks: bool = Fa
     return local
 
 
-def main() -> None:
-    """lm_eval.__main__.cli_evaluate, with "actprune" registered and the local tasks swapped in."""
-    from lm_eval._cli import HarnessCLI
-    from lm_eval.utils import setup_logging
+def check_output_path(args: argparse.Namespace) -> None:
+    """lm-eval writes --output_path (a .json file, or a folder it writes into) after the whole evaluation:
+    a place that cannot take it fails now instead."""
+    path = getattr(args, "output_path", None)
+    if path is None:
+        return
+    if str(path).endswith(".json"):
+        check_output_file(path, "--output_path")
+    else:
+        check_output_folder(path, force=True, flag="--output_path", replaced=False)
 
-    # registers --model actprune; imports lm-eval (the optional eval extra) at the top, as the two lines above do
-    import actprune_compiler.eval.lm_eval_model  # noqa: F401
 
-    sys.argv, hub_tasks = take_hub_flag(sys.argv)
-    setup_logging()
-    parser = HarnessCLI()
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="actprune-lm-eval-tasks-") as folder:
-        if getattr(args, "command", None) == "run":
-            add_local_tasks(args, Path(folder), hub_tasks)
-        parser.execute(args)
+def debugging(args: argparse.Namespace | None) -> bool:
+    """lm-eval's debug level (--verbosity DEBUG or LMEVAL_LOG_LEVEL=DEBUG) shows tracebacks, as --debug does."""
+    level = getattr(args, "verbosity", None) or os.environ.get("LMEVAL_LOG_LEVEL", "")
+    return str(level).upper() == "DEBUG"
+
+
+def main() -> int:
+    """lm_eval.__main__.cli_evaluate, with "actprune" registered and the local tasks swapped in, under
+    actprune's error policy: a failure is one line (`actprune-lm-eval: error: ...`), exit 2 for bad input
+    and 1 otherwise, Ctrl-C 130, SIGTERM 143 (commands/errors.py)."""
+    parsed: list[argparse.Namespace] = []
+
+    def body() -> int:
+        from lm_eval._cli import HarnessCLI
+        from lm_eval.utils import setup_logging
+
+        # registers --model actprune; imports lm-eval (the optional eval extra) at the top, as the two lines above do
+        import actprune_compiler.eval.lm_eval_model  # noqa: F401
+
+        sys.argv, hub_tasks = take_hub_flag(sys.argv)
+        setup_logging()
+        parser = HarnessCLI()
+        parsed.append(parser.parse_args())
+        args = parsed[0]
+        with tempfile.TemporaryDirectory(prefix="actprune-lm-eval-tasks-") as folder:
+            if getattr(args, "command", None) == "run":
+                check_output_path(args)
+                add_local_tasks(args, Path(folder), hub_tasks)
+            parser.execute(args)
+        return 0
+
+    return run_command("actprune-lm-eval", body, debug=lambda: debugging(parsed[0] if parsed else None))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,13 @@ import argparse
 from collections import defaultdict
 
 from actprune_compiler.calibration import calibrate, layer_sensitivity
-from actprune_compiler.commands.common import add_config_args, add_model_args, config_from_args, positive_int
+from actprune_compiler.commands.common import (
+    add_config_args,
+    add_model_args,
+    check_loaded,
+    config_from_args,
+    positive_int,
+)
 from actprune_compiler.eval.data import calibration_text
 from actprune_compiler.models.load import load_model
 from actprune_compiler.reporting.files import check_output_file, write_json
@@ -26,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config is None or config.target != "activation":
         raise ValueError("sensitivity ranks activation pruning: give --pattern N:M and --target activation")
-    check_output_file(args.output)  # before the model loads
+    check_output_file(args.output, inputs=(args.model, args.calib_data))  # before the model loads
     text, source = calibration_text(args.calib_data)  # missing calibration data fails before the model loads
     model, tokenizer = load_model(args.model, args.dtype, args.device)
+    check_loaded(model, tokenizer, config, (text, source))
     stats = calibrate(model, tokenizer, config, text, source)[0] if config.needs_calibration() else None
     rows = layer_sensitivity(model, tokenizer, config, text, stats)
     print(f"{args.model}, {config.label}: relative output error ||W(x - x_sparse)||^2 / ||Wx||^2 on "

@@ -20,15 +20,24 @@ from actprune_compiler.eval.render import (
 )
 from actprune_compiler.eval.sweep import is_failed, plan_sweep, run_sweep, sweep_results
 from actprune_compiler.eval.sweep_file import load_sweep
-from actprune_compiler.eval.workers import launch_sweep, run_sweep_worker, worker_info
-from actprune_compiler.reporting.files import atomic_write
+from actprune_compiler.eval.workers import launch_sweep, run_sweep_worker, worker_info, worker_limit
+from actprune_compiler.reporting.files import atomic_write, check_output_file, file_name_part
+
+
+def worker_count(text: str) -> int:
+    """An argparse type: a positive number of workers that this machine's cores and memory hold."""
+    count = positive_int(text)
+    limit, why = worker_limit()
+    if count > limit:
+        raise argparse.ArgumentTypeError(f"{count} is more than this machine holds: {why}; give {limit} or fewer")
+    return count
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep file (resumable) and render its table and plot")
     p.add_argument("sweep", help="sweep YAML (see actprune_compiler/sweeps/)")
     p.add_argument("--render-only", action="store_true", help="only redraw table.md and plot.png")
-    p.add_argument("--workers", type=positive_int, default=1, metavar="K",
+    p.add_argument("--workers", type=worker_count, default=1, metavar="K",
                    help="run the sweep's runs on K worker processes (torchrun's elastic agent), each on its own "
                         "GPU or its own cores; `torchrun --nproc_per_node K -m actprune_compiler.cli sweep FILE` "
                         "does the same")
@@ -70,13 +79,13 @@ def _model_section(sweep, results: list[dict[str, Any]], model: str, folder: Pat
         notes = [gap_note(p, g["free"], "best activation method") for p, g in gaps.items() if "free" in g]
         notes += [gap_note(p, g["with_extra_work"], "best with extra run-time work") for p, g in gaps.items()
                   if "with_extra_work" in g]
-        image = plot_methods(results, model, folder / f"methods-{model}.png")
+        image = plot_methods(results, model, folder / f"methods-{file_name_part(model)}.png")
         if any((r["config"] or {}).get(k, "none") != "none" for r in mine for k in ("recovery", "rotation")):
             notes += ["", "Recovery methods (learned once on calibration text, folded into weights and biases) and "
                       "rotations (x @ Q at run time), with what each costs:", "",
                       recovery_table(results, model), "", stderr_note(mine)]
         return [f"\n## {model}\n", table, "", *notes], image
-    image = plot(results, model, folder / f"plot-{model}.png")
+    image = plot(results, model, folder / f"plot-{file_name_part(model)}.png")
     return [f"\n## {model}\n", seed_table(results, model), "", stderr_note(mine)], image
 
 
@@ -107,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers {args.workers} cannot be combined with torchrun, which started "
                          f"{worker.world_size} workers already; drop --workers under torchrun")
     sweep = load_sweep(args.sweep)
+    # results.jsonl, table.md and the plots go in one folder: one that cannot take them fails now, not
+    # after the first run
+    check_output_file(sweep.results, f"sweep file {args.sweep}: results", inputs=(args.sweep,))
     results = []
     if not args.render_only:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch._dynamo.utils import counters
 
 from actprune_compiler.artifact.folder import input_ranges, load_program, load_report
 from actprune_compiler.eval.compiled_code import fxgraph_cache_since, load_compiled_code
+from actprune_compiler.eval.harness import check_fewshot
 from actprune_compiler.eval.runner import EvalOptions, calibration_record, program_runner, score, warm_up_shapes
 from actprune_compiler.models.gguf import pretrained_source
 from actprune_compiler.models.load import gguf_file
@@ -20,12 +22,13 @@ from actprune_compiler.reporting.runinfo import Timer
 log = logging.getLogger("actprune")
 
 
-def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[str, Any] | None = None
-                      ) -> dict[str, Any]:
+def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[str, Any] | None = None,
+                      name: Callable[[str], str] = str) -> dict[str, Any]:
     """Score an `actprune compile` artifact: its program.pt2 as saved (not re-exported), on the device and in
     the dtype it was compiled in, with its model's tokenizer and config (never its weights).
 
-    The result is the one a fresh `evaluate(model, config, ...)` gives, plus "artifact": the folder."""
+    The result is the one a fresh `evaluate(model, config, ...)` gives, plus "artifact": the folder.
+    name: how a message spells a setting (the CLI: --num-fewshot)."""
 
     wall = time.perf_counter()
     report = report if report is not None else load_report(folder)
@@ -34,6 +37,7 @@ def evaluate_artifact(folder: str | Path, options: EvalOptions, *, report: dict[
     with timer("load_s"):
         program = load_program(folder)
     check_window_shapes(program, options, folder)
+    check_fewshot(options.tasks, options.num_fewshot, options.data_dir, name)
     compiled_code = _compiled_code(folder, report, options)
     before = dict(counters["inductor"])
     device = report["device"]

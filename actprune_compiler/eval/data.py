@@ -236,4 +236,8 @@ def calibration_text(source: str | None = None, data_dir: str | Path | None = No
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"--calib-data {source!r} is neither {' nor '.join(CALIB_SOURCES)} nor a text file")
-    return path.read_text(), f"file {path}"
+    try:
+        return path.read_text(), f"file {path}"
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--calib-data {source!r} is not a UTF-8 text file ({error.reason} at byte {error.start}); "
+                         "give a text file") from None

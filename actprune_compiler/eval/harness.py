@@ -91,6 +91,32 @@ def resolve_tasks(tasks: list[str], data_dir: str | Path | None, folder: Path) -
     return names, provenance
 
 
+def check_fewshot(tasks: Collection[str], num_fewshot: int | None, data_dir: str | Path | None = None,
+                  name: Callable[[str], str] = str) -> None:
+    """Refuse a num_fewshot larger than a task's pool of few-shot examples (lm-eval would fail mid-run with
+    'Sample larger than population'). Builds the tasks as run_tasks does, which reads their data."""
+    zero_shot = [t for t in tasks if t != "wikitext2"]
+    if not num_fewshot or not zero_shot:
+        return
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory(prefix="actprune-tasks-") as folder:
+        names, _ = resolve_tasks(zero_shot, data_dir, Path(folder))
+        manager = TaskManager(include_path=folder)
+        for task, lm_eval_name in names.items():
+            for leaf in manager.load(lm_eval_name)["tasks"].values():  # a group's tasks, or the task itself
+                config = getattr(leaf, "fewshot_cfg", None)
+                if config is None:
+                    continue
+                documents = len(leaf.fewshot_docs())
+                # lm-eval draws n + 1 examples and drops the one scored when they come from the scored split
+                most = documents - (config.split == leaf.config.test_split)
+                if num_fewshot > most:
+                    raise ValueError(f"{name('num_fewshot')} {num_fewshot} is more than task {task} can give: its "
+                                     f"few-shot examples come from {documents} documents; give "
+                                     f"{name('num_fewshot')} {max(most, 0)} or less")
+
+
 def make_lm(runner: Callable[[torch.Tensor], torch.Tensor], model, tokenizer, batch_size: int):
     """An lm-eval HFLM whose forward pass is `runner` (the compiled program), not the eager model."""
     from lm_eval.models.huggingface import HFLM

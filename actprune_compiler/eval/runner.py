@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,15 @@ import torch
 
 from actprune_compiler.api import sparsify
 from actprune_compiler.backends import compile_program
+from actprune_compiler.calibration.hooks import check_calibration_text
 from actprune_compiler.eval.data import calibration_text, load_wikitext2
-from actprune_compiler.eval.harness import make_lm, run_tasks
+from actprune_compiler.eval.harness import check_fewshot, make_lm, run_tasks
 from actprune_compiler.eval.perplexity import perplexity, resolve_bos
-from actprune_compiler.export import export_causal_lm
+from actprune_compiler.export import MAX_BATCH, export_causal_lm
 from actprune_compiler.kernels.gpu import kernel_choices
 from actprune_compiler.models.devices import model_device, placement
 from actprune_compiler.models.load import load_model
+from actprune_compiler.passes.select_linears import check_selection
 from actprune_compiler.reporting.files import write_json
 from actprune_compiler.reporting.runinfo import Timer, versions
 from actprune_compiler.sparsity.config import SparsityConfig
@@ -113,18 +116,42 @@ def program_runner(program, device: torch.device | str, options: EvalOptions, *,
     return run
 
 
+def check_fits(model_spec: str, model, tokenizer, config: SparsityConfig | None, options: EvalOptions,
+               calib_text: tuple[str, str] | None = None, name: Callable[[str], str] = str) -> None:
+    """Refuse, right after the load and before anything is exported or compiled, an evaluation this model
+    cannot take: no tokenizer, windows longer than its positions or batches larger than a program takes, a
+    config that does not fit its layers (passes/select_linears.check_selection), too little calibration
+    text, more few-shot examples than a task has. name: how a message spells a setting (the CLI: --seqlen)."""
+    if tokenizer is None:
+        raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if "wikitext2" in options.tasks and positions and options.seqlen > positions:
+        raise ValueError(f"{name('seqlen')} {options.seqlen} is longer than model {model_spec} takes: it has "
+                         f"{positions} positions; give {name('seqlen')} {positions} or less")
+    if options.batch_size > MAX_BATCH:
+        raise ValueError(f"{name('batch_size')} {options.batch_size} is more than an exported program takes; "
+                         f"give {name('batch_size')} {MAX_BATCH} or less")
+    if config is not None:
+        check_selection(model, config, name)
+        if calib_text is not None:
+            check_calibration_text(tokenizer, *calib_text, config, name)
+    check_fewshot(options.tasks, options.num_fewshot, options.data_dir, name)
+
+
 def evaluate(model_spec: str, config: SparsityConfig | None, options: EvalOptions, *, dtype: str = "default",
              device: str | None = None, loaded: tuple[Any, Any] | None = None,
-             calib_text: tuple[str, str] | None = None) -> dict[str, Any]:
+             calib_text: tuple[str, str] | None = None, name: Callable[[str], str] = str) -> dict[str, Any]:
     """Score `model_spec` pruned by `config` (None: dense) through the compiled program.
 
     calib_text: the calibration (text, description), when the caller has read it already; None reads
-    options.calib_data (when the config calibrates) after the model has loaded."""
+    options.calib_data (when the config calibrates) after the model has loaded. name: how a message
+    spells a setting (see check_fits)."""
     wall = time.perf_counter()
     model, tokenizer = loaded or load_model(model_spec, dtype, device)
     load_s = round(time.perf_counter() - wall, 3)
-    if tokenizer is None:
-        raise ValueError(f"model {model_spec!r} has no tokenizer; evaluation needs one")
+    if config is not None and calib_text is None and (config.needs_calibration() or config.skip_sensitive):
+        calib_text = calibration_text(options.calib_data, options.data_dir)
+    check_fits(model_spec, model, tokenizer, config, options, calib_text, name)
     runner, sparsified, calibration, stage_s = _runner(model, tokenizer, config, options, calib_text)
     stage_s = {"load_s": load_s, **stage_s}
     made = {"model": model_spec, "model_class": type(model).__name__, **placement(model),

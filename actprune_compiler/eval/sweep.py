@@ -6,6 +6,13 @@ a run that raises (recorded as failed, the others go on, the next invocation ret
 
 A sweep is planned once (plan_sweep: what is left to do), its runs are run (run_runs: any subset of the
 plan, so that several workers can share one, see eval/workers.py), then read back (sweep_results).
+
+Two sweeps started on one results file (two terminals, or a second one started by mistake) share its
+runs rather than duplicate them: each run is claimed by one process (a lock per run, which the system
+releases when the process ends, however it ends); the other process skips it, and at its end waits for
+it before reading the results, so that both print the whole table. A user who starts a second sweep
+wants the runs done once and sooner, not twice and not an error; a claimed run whose process died
+unfinished is run by the one that waited for it.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from actprune_compiler.eval.data import CALIB_SOURCES, WIKITEXT_DIR, find_data_dir, sha256_file, task_data
+from actprune_compiler.eval.isolated import call_in_child
 from actprune_compiler.eval.runner import EvalOptions, evaluate
 from actprune_compiler.eval.sweep_file import Sweep
 from actprune_compiler.models.load import load_model
@@ -157,10 +166,9 @@ def _evaluate_in_child(model_spec: str, config: SparsityConfig | None, options: 
                        dtype: str) -> dict[str, Any]:
     """evaluate() in a fresh process. Compiled programs stay alive inside Dynamo and Inductor
     (with freezing, each holds a copy of the weights): one long process running a 9-run sweep of
-    smollm2-135m grew to 16 GB and was killed for memory. A child per run returns it all."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_process) as pool:
-        return pool.submit(evaluate, model_spec, config, options, dtype=dtype).result()
+    smollm2-135m grew to 16 GB and was killed for memory. A child per run returns it all; it never
+    outlives the sweep (eval/isolated.py)."""
+    return call_in_child(evaluate, model_spec, config, options, dtype=dtype, initializer=_one_process)
 
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -193,6 +201,7 @@ class SweepPlan:
     runs: dict[str, tuple[str, SparsityConfig | None]]  # every run of the sweep by key, in sweep order
     todo: list[str]  # the keys of the runs not finished (failed ones are retried), in sweep order
     torn: int  # torn lines in the results file
+    records: Counter[str]  # records per run key in the results file when planned: a new one is another's
 
     def summary(self, results: Path) -> str:
         return (f"sweep: {len(self.runs) - len(self.todo)} of {len(self.runs)} run(s) already in {results}, "
@@ -205,7 +214,39 @@ def plan_sweep(sweep: Sweep) -> SweepPlan:
     runs = {run_key(m, c, sweep.options, sweep.dtype, data): (m, c) for m in sweep.models for c in sweep.configs}
     records, torn = read_records(sweep.results)
     done = {result_key(r, data) for r in latest(records, data) if not is_failed(r)}
-    return SweepPlan(data, runs, [key for key in runs if key not in done], torn)
+    return SweepPlan(data, runs, [key for key in runs if key not in done], torn, _record_counts(records, data))
+
+
+def _record_counts(records: list[dict[str, Any]], data: str) -> Counter[str]:
+    return Counter(result_key(r, data) for r in records)
+
+
+def recorded_since_plan(sweep: Sweep, plan: SweepPlan, key: str) -> bool:
+    """Whether a record of the run was appended after the plan was made: another process ran it (or failed
+    it) meanwhile, in this round of the sweep."""
+    return _record_counts(read_records(sweep.results)[0], plan.data)[key] > plan.records[key]
+
+
+@contextmanager
+def claim(sweep: Sweep, key: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the run `key` for this process while the block runs: True when held, False when another process
+    holds it (wait=False). An flock on a file beside the results, which the system releases when the process
+    ends however it ends; the file goes when the run is done (a waiter re-reads the results anyway)."""
+    lock = sweep.results.with_name(f".{sweep.results.name}.{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def run_runs(sweep: Sweep, plan: SweepPlan, keys: list[str], *, progress: bool = True, isolate: bool = True,
@@ -215,21 +256,43 @@ def run_runs(sweep: Sweep, plan: SweepPlan, keys: list[str], *, progress: bool =
     its progress bar and messages and gives the bar its own line."""
     name = "sweep" if worker is None else f"worker {worker}"
     loaded: dict[str, Any] = {}
-    with tqdm(keys, desc=name, disable=not progress, position=worker) as bar:
-        for key in bar:
+
+    def run(key: str) -> None:
+        model_spec, config = plan.runs[key]
+        try:
+            if isolate:
+                result = _evaluate_in_child(model_spec, config, sweep.options, sweep.dtype)
+            else:
+                if model_spec not in loaded:
+                    loaded.clear()  # one model in memory at a time
+                    loaded[model_spec] = load_model(model_spec, sweep.dtype)
+                result = evaluate(model_spec, config, sweep.options, dtype=sweep.dtype, loaded=loaded[model_spec])
+        except Exception as error:  # noqa: BLE001  (one bad run must not end a week-long sweep)
+            result = _failure(model_spec, config, sweep, error)
+            tqdm.write(f"{name}: {model_spec} {result['pruning']} failed: {result['error']}", file=sys.stderr)
+        append_result(sweep.results, {**result, "dtype": sweep.dtype, "data_checksum": plan.data, "key": key})
+
+    def run_claimed(key: str, wait: bool) -> bool:
+        """Run `key` unless another process holds it (False) or ran it since the plan."""
+        with claim(sweep, key, wait=wait) as held:
+            if held and not recorded_since_plan(sweep, plan, key):
+                run(key)
+            return held
+
+    elsewhere = []  # runs another process holds: waited for at the end
+    with tqdm(total=len(keys), desc=name, disable=not progress, position=worker) as bar:
+        for key in keys:
             model_spec, config = plan.runs[key]
             bar.set_postfix_str(f"{model_spec} {config.label if config else 'none'}")
-            try:
-                if isolate:
-                    result = _evaluate_in_child(model_spec, config, sweep.options, sweep.dtype)
-                else:
-                    if model_spec not in loaded:
-                        loaded = {model_spec: load_model(model_spec, sweep.dtype)}  # one model in memory at a time
-                    result = evaluate(model_spec, config, sweep.options, dtype=sweep.dtype, loaded=loaded[model_spec])
-            except Exception as error:  # noqa: BLE001  (one bad run must not end a week-long sweep)
-                result = _failure(model_spec, config, sweep, error)
-                tqdm.write(f"{name}: {model_spec} {result['pruning']} failed: {result['error']}", file=sys.stderr)
-            append_result(sweep.results, {**result, "dtype": sweep.dtype, "data_checksum": plan.data, "key": key})
+            if run_claimed(key, wait=False):
+                bar.update()
+            else:
+                elsewhere.append(key)
+                tqdm.write(f"{name}: {model_spec} {config.label if config else 'none'} is being run by another "
+                           "process on the same results file; this one waits for it at the end", file=sys.stderr)
+        for key in elsewhere:
+            run_claimed(key, wait=True)  # done by the other process, or run here if that one died unfinished
+            bar.update()
 
 
 def sweep_results(sweep: Sweep, plan: SweepPlan) -> list[dict[str, Any]]:

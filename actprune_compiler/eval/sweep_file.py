@@ -32,6 +32,9 @@ class Sweep:
 
 
 def load_sweep(path: str | Path) -> Sweep:
+    if not str(path).strip():
+        raise FileNotFoundError("the sweep file is empty (no path); give a sweep YAML such as "
+                                "actprune_compiler/sweeps/seed-table.yaml")
     path = Path(path)
     spec = _read_mapping(path)
     try:

@@ -26,10 +26,42 @@ from typing import Any
 from actprune_compiler.eval.distributed import env_int, rank_cache_folder
 from actprune_compiler.eval.sweep import plan_sweep, run_runs, sweep_results
 from actprune_compiler.eval.sweep_file import Sweep, load_sweep
+from actprune_compiler.reporting.signals import Interrupted, handled
 
 # A worker that has finished its share waits at the last barrier for the others, whose runs may take
 # hours; a crashed worker never leaves it waiting, as the agent then stops every worker.
 BARRIER_TIMEOUT = timedelta(days=30)
+# What a worker and the process of its current run hold before any model is loaded (torch, transformers,
+# the evaluation code): about 0.45 GB each, measured (8 workers took 3.5 GB).
+WORKER_BYTES = 1 << 30
+
+
+def free_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux's MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_limit() -> tuple[int, str]:
+    """How many sweep workers this machine holds, and why no more: each needs a core of its own (workers
+    sharing cores run no faster, and each holds its own memory) and WORKER_BYTES of free memory."""
+    cores = usable_cores()
+    limit, why = cores, f"this process may use {cores} core(s) and each worker needs one of its own"
+    memory = free_memory()
+    if memory is not None and memory // WORKER_BYTES < limit:
+        limit = max(1, memory // WORKER_BYTES)
+        why = (f"{memory / 2**30:.1f} GB of memory is free and each worker, with the process of its run, holds "
+               f"about {WORKER_BYTES / 2**30:.0f} GB before any model is loaded")
+    return limit, why
 
 
 @dataclass(frozen=True)
@@ -124,7 +156,11 @@ def sweep_worker(sweep_file: str) -> list[dict[str, Any]] | None:
     info = worker_info()
     if info is None:
         raise RuntimeError("sweep_worker runs only in a process that torchrun's agent started")
-    results = run_sweep_worker(load_sweep(sweep_file), info)
+    # Ctrl-C reaches every process of the terminal's group, and the agent passes on the signal it got: either
+    # way the worker stops on the way out (its run's process, its claim), quietly, as torch's worker wrapper
+    # takes a KeyboardInterrupt for a stop and not a failure.
+    with handled("actprune sweep worker"):
+        results = run_sweep_worker(load_sweep(sweep_file), info)
     return results if info.rank == 0 else None
 
 
@@ -132,7 +168,9 @@ def launch_sweep(sweep_file: str | Path, workers: int, *,
                  entrypoint: Callable[[str], list[dict[str, Any]] | None] = sweep_worker) -> list[dict[str, Any]]:
     """Run the sweep on `workers` processes started by torchrun's elastic agent on this machine and return
     the latest record of each of its runs. entrypoint: the function each worker runs (tests give one that
-    fakes the evaluation). Ctrl-C raises KeyboardInterrupt once the agent has stopped the workers."""
+    fakes the evaluation). Ctrl-C or SIGTERM raises KeyboardInterrupt (reporting.signals.Interrupted, which
+    carries the signal) once the agent has stopped the workers; each run's own process dies with its worker
+    (eval/isolated.py)."""
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -142,16 +180,19 @@ def launch_sweep(sweep_file: str | Path, workers: int, *,
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+
     # what `torchrun --standalone` does: a c10d store on a free port of this machine; no restarts, as a
     # restarted worker would plan again from a file the others are still writing
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", local_addr="localhost",
                           max_restarts=0)
+    # the agent puts its own handlers in place of the command's (they raise SignalException); ours come back after
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         returned = elastic_launch(config, entrypoint)(str(sweep_file))
     except SignalException as error:
-        if error.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
+        if error.sigval in (signal.SIGINT, signal.SIGTERM):
+            raise Interrupted(error.sigval) from None
         raise
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
@@ -159,5 +200,8 @@ def launch_sweep(sweep_file: str | Path, workers: int, *,
         raise RuntimeError(f"sweep worker {rank} stopped ({' '.join(str(message).split())}; exit status "
                            f"{failure.exitcode}), and the others with it; finished runs are saved, run the same "
                            "command again to resume") from None
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     return returned[0]
 

@@ -124,6 +124,28 @@ def gguf_file(spec: str) -> Path | None:
     return local if local.is_file() and local.suffix == ".gguf" else None
 
 
+def _looks_like_hub_id(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+
+
+def spec_problem(spec: str) -> str | None:
+    """Why `spec` cannot name a model, without loading anything; None when it may (an alias, an existing
+    folder or .gguf file, a hub id)."""
+    allowed = f"use an alias ({', '.join(ALIASES)}), a local model folder, a .gguf file, or a hub id such as 'org/name'"
+    if not spec.strip():
+        return f"the model is empty; {allowed}"
+    if spec in ALIASES:
+        return None
+    local = Path(spec).expanduser()
+    if local.is_dir() or (local.is_file() and local.suffix == ".gguf"):
+        return None
+    if local.is_file():
+        return f"{spec} is a file, not a model folder or a .gguf file; {allowed}"
+    if _looks_like_hub_id(spec):
+        return None
+    return f"unknown model {spec!r}; {allowed}"
+
+
 def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
                device: str | torch.device | None = None):
     """Return (model, tokenizer). spec: an alias, a local HF folder, a .gguf file, or a hub id.
@@ -139,11 +161,15 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "default",
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ValueError(f"model folder {spec!r} has no config.json; expected a save_pretrained() folder")
-        return _load_pretrained(str(local), None, torch_dtype, place)
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
         try:
-            return _load_pretrained(spec, None, torch_dtype, place)
-        except OSError as error:
-            raise ValueError(f"could not load hub model {spec!r} (no network or no such repo): {error}") from error
-    raise ValueError(f"unknown model {spec!r}; use an alias ({', '.join(ALIASES)}), "
-                     "a local model folder, a .gguf file, or a hub id such as 'org/name'")
+            return _load_pretrained(str(local), None, torch_dtype, place)
+        except (OSError, ValueError) as error:  # no weights, a damaged config.json: the folder is the input
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"model folder {spec!r} does not load ({first.rstrip('.')}); expected a "
+                             "save_pretrained() folder: config.json and the weights (model.safetensors)") from error
+    if (problem := spec_problem(spec)) is not None:
+        raise ValueError(problem)
+    try:
+        return _load_pretrained(spec, None, torch_dtype, place)
+    except OSError as error:
+        raise ValueError(f"could not load hub model {spec!r} (no network or no such repo): {error}") from error

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear, which is_nm_linear names)
 from actprune_compiler.passes.graph_host import GraphHost, fake_value
-from actprune_compiler.sparsity.config import SparsityConfig, matches
+from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig, matches
 from actprune_compiler.sparsity.decision import LayerDecision
 
 # aten.linear in exported graphs (rewrite before decomposing); torch-level linear in Dynamo graphs.
@@ -113,6 +114,43 @@ def decide(path: str, in_features: int, config: SparsityConfig, keep_dense: froz
             f"pattern {config.pattern} keeps {n} of the {m} input features of layer {path}, which is "
             f"{'no sparsity' if n else 'nothing'}; choose a ratio that keeps between 1 and {m - 1} of them")
     return LayerDecision.sparse(config.target, n, m)
+
+
+def check_selection(model: nn.Module, config: SparsityConfig, name: Callable[[str], str] = str) -> None:
+    """Refuse, before anything is exported or compiled, a config that does not fit the model's linear layers:
+    a modules or exclude pattern that matches none of them (a typo in exclude would prune, silently, the
+    layers meant to stay dense), a pattern whose M does not divide a pruned layer's input features, or a
+    skip_sensitive that would keep every pruned layer dense. The default modules need only match some
+    layers (a model may lack a kind). name: how a message spells a config field (the CLI: --exclude)."""
+    layers = {path: module.in_features for path, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if not layers:
+        return
+    names = ", ".join(sorted({path.rsplit(".", 1)[-1] for path in layers}))
+    given = config.modules if config.modules != DEFAULT_MODULES else ()
+    for pattern in given:
+        if not any(matches(path, (pattern,)) for path in layers):
+            raise ValueError(f"{name('modules')} pattern {pattern!r} matches none of the model's {len(layers)} linear "
+                             f"layers; their names are {names} (e.g. {next(iter(layers))})")
+    selected = {path: features for path, features in layers.items() if matches(path, config.modules)}
+    for pattern in config.exclude:
+        if not any(matches(path, (pattern,)) for path in selected):
+            raise ValueError(f"{name('exclude')} pattern {pattern!r} matches none of the {len(selected)} linear layers "
+                             f"that {name('modules')} selects, so it would keep nothing dense; their names are "
+                             f"{', '.join(sorted({p.rsplit('.', 1)[-1] for p in selected})) or 'none'}")
+    pruned = {path: features for path, features in selected.items() if not matches(path, config.exclude)}
+    for path, features in pruned.items():
+        keep, group = config.parsed_pattern.group(features)
+        if features % group:
+            raise ValueError(f"{name('pattern')} {config.pattern} prunes groups of M={group} input features, and layer "
+                             f"{path} has {features}, not a multiple of {group}; choose an M that divides {features}, "
+                             f"or keep the layer dense with {name('exclude')} {path}")
+        if not 0 < keep < group:
+            raise ValueError(f"{name('pattern')} {config.pattern} keeps {keep} of the {group} input features of layer "
+                             f"{path}, which is {'no sparsity' if keep else 'nothing'}; choose a ratio that keeps "
+                             f"between 1 and {group - 1} of them")
+    if pruned and config.skip_sensitive >= len(pruned):
+        raise ValueError(f"{name('skip_sensitive')} {config.skip_sensitive} would keep all {len(pruned)} layers that "
+                         f"would be pruned dense; give at most {len(pruned) - 1}")
 
 
 def select_linears(host: GraphHost, config: SparsityConfig,

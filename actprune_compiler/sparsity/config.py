@@ -25,6 +25,7 @@ RECOVERY_STEPS = 100  # optimiser steps of a recovery method when the config giv
 T = TypeVar("T")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_FRACTION = re.compile(r"^\s*(\d*\.?\d+)\s*$")  # '0.5' on a command line is what 0.5 is in Python
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Pattern:
 
 
 def parse_pattern(value: str | float) -> Pattern:
-    """'8:16' -> Pattern(8, 16); '50%' or 0.5 -> unstructured 50%. Raises ValueError otherwise."""
+    """'8:16' -> Pattern(8, 16); '50%', '0.5' or 0.5 -> unstructured 50%. Raises ValueError otherwise."""
     allowed = "allowed: 'N:M' with 0 < N < M <= 256 (e.g. '2:4', '8:16') or a ratio such as '50%' or 0.5"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not 0 < value < 1:
@@ -63,8 +64,8 @@ def parse_pattern(value: str | float) -> Pattern:
         if not 0 < n < m <= MAX_M:
             raise ValueError(f"pattern {value!r} is invalid; {allowed}")
         return Pattern(n, m)
-    if match := _PERCENT.match(value):
-        ratio = float(match[1]) / 100
+    if (match := _PERCENT.match(value)) or (fraction := _FRACTION.match(value)):
+        ratio = float(match[1]) / 100 if match else float(fraction[1])
         if not 0 < ratio < 1:
             raise ValueError(f"pattern {value!r} is out of range; {allowed}")
         return Pattern(ratio=ratio)

@@ -20,7 +20,7 @@ def test_an_existing_artifact_is_refused_without_force_and_replaced_with_it(tmp_
     with pytest.raises(ValueError, match="already exists and is not empty; pass --force"):
         save_artifact(out, pruned.program, {"label": "second"})
     save_artifact(out, pruned.program, {"label": "second"}, force=True)
-    assert load_report(out)["label"] == "second"
+    assert load_report(out, check=False)["label"] == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temporary siblings left
 
 
@@ -70,7 +70,7 @@ def test_a_failed_swap_puts_the_old_artifact_back(tmp_path, pruned, monkeypatch)
     with pytest.raises(OSError, match="disk went away"):
         save_artifact(out, pruned.program, {"label": "new"}, force=True)
     monkeypatch.undo()
-    assert load_report(out)["label"] == "old"
+    assert load_report(out, check=False)["label"] == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 

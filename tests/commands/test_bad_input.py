@@ -1,6 +1,7 @@
 """Every bad flag of every subcommand fails at once: one `actprune: error:` line, exit 2, nothing written,
 and no model loaded (load_model is replaced by one that fails the test)."""
 
+import argparse
 import importlib
 import json
 import subprocess
@@ -16,6 +17,14 @@ from actprune_compiler.cli import INTERRUPTED, build_parser, main
 LOADERS = [importlib.import_module(f"actprune_compiler.{name}") for name in (
     "commands.bench", "commands.compile", "commands.generate", "commands.inspect", "commands.sensitivity",
     "eval.runner", "eval.sweep")]
+
+# A report.json of the shape actprune compile writes (artifact.REPORT_SHAPE), with one layer.
+REPORT = {"model": "tiny", "model_class": "LlamaForCausalLM", "device": "cpu", "dtype": "float32", "label": "2:4",
+          "config": {"pattern": "2:4"}, "totals": {"linears": 1, "replaced": 1, "dense_not_matched": 0,
+                                                   "dense_excluded": 0},
+          "graph_ops": {"nm_linear": 1, "linear": 0}, "timings": {"export_s": 1.0},
+          "layers": [{"module": "model.layers.0.mlp.down_proj", "in_features": 128, "out_features": 64,
+                      "decision": "activation 2:4"}]}
 
 
 def _refuse_to_load(*args, **kwargs):
@@ -33,6 +42,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     replace_load_model(monkeypatch, _refuse_to_load)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file.txt").write_text("not a folder\n")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "old.txt").write_text("keep me\n")
     (tmp_path / "empty").mkdir()
@@ -41,7 +51,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "report.json").write_text('{"model": "x", ')
     (tmp_path / "badprog").mkdir()
-    (tmp_path / "badprog" / "report.json").write_text(json.dumps({"layers": []}))
+    (tmp_path / "badprog" / "report.json").write_text(json.dumps(REPORT))
     (tmp_path / "badprog" / "program.pt2").write_bytes(b"not a zip archive")
     return tmp_path
 
@@ -116,6 +126,12 @@ def test_compile(workdir, capfd, args, fragment):
     (["--output", "file.txt/result.json"], "lies under file.txt, which is a file"),
     (["--pattern", "3:2"], "pattern '3:2' is invalid"),
     (["--pattern", "2:4", "--criterion", "best"], "'best' is unknown"),
+    (["--criterion", "clact", "--exclude", "q_proj"],  # the dense model: they would be ignored
+     "--criterion, --exclude would not apply: without --pattern (or with --pattern none) eval scores the dense "
+     "model; give --pattern, or drop them"),
+    (["--pattern", "none", "--calib-data", "file.txt"], "--calib-data would not apply"),
+    (["--pattern", "2:4", "--criterion", "clact_static", "--calib-data", "binary.txt"],
+     "--calib-data 'binary.txt' is not a UTF-8 text file (invalid start byte at byte 128); give a text file"),
 ])
 def test_eval(workdir, capfd, args, fragment):
     fails_at_once(["eval", *args], fragment, workdir, capfd)
@@ -252,3 +268,192 @@ def test_building_the_parser_does_not_import_lm_eval():
 ])
 def test_every_model_command_refuses_a_device_it_cannot_use(workdir, capfd, command, device, fragment):
     fails_at_once([*command.split(), "--device", device], fragment, workdir, capfd)
+
+
+# --- every flag of every command, from the parser itself ------------------------------------------------
+# Each flag that takes a value is tried with a value of the wrong type, one out of range and an empty one:
+# for a flag with choices, values outside them; for one with a type= function, the values BAD_TYPED lists
+# for that function; for one that takes any text, the values FREE_TEXT lists for it. A new flag, or a new
+# type function, without bad values here fails test_every_flag_is_tried.
+#
+# A value is refused (exit 2, one line naming the flag, nothing written, no model loaded), or ACCEPTED (the
+# command goes on to load the model), or AFTER_LOAD: it can only be judged against the model, which
+# tests/commands/test_after_load.py does.
+ACCEPTED, AFTER_LOAD = "accepted", "judged after the load"
+WHOLE = "is not a whole number"
+BAD_TYPED = {
+    "int_at_least.<locals>.parse": [("x", WHOLE), ("2.5", WHOLE), ("-1000000", "is too small"), ("", WHOLE)],
+    "positive_float": [("fast", "is not a number"), ("0", "is out of range"), ("inf", "is out of range"),
+                       ("", "is not a number")],
+    "example_limit": [("all", "is not a number"), ("0", "is too small"), ("2.5", "is not a whole count"),
+                      ("", "is not a number")],
+    "existing_folder": [("/nonexistent", "is not an existing folder"), ("file.txt", "is not an existing folder"),
+                        ("", "the folder is empty")],
+    "calib_source": [("missing.txt", "is neither"), ("full", "is neither"), ("", "is neither")],
+    "task_list": [("arc_eesy", "unknown task 'arc_eesy'"), ("", "no task given")],
+    "positive_int_list": [("a,b", "is not a positive integer"), ("1,0", "is not a positive integer"),
+                          ("", "no value given")],
+    "shape_list": [("1x", "is not a shape"), ("0x8", "is not a shape"), ("", "no shape given")],
+    "device_name": [("gpu0", "is not a device name"), ("mps", "is not supported"), ("", "is not a device name")],
+    "model_spec": [("", "the model is empty"), ("no-such-model", "unknown model 'no-such-model'"),
+                   ("./missing", "unknown model './missing'"), ("file.txt", "is a file, not a model folder")],
+    "worker_count": [("two", WHOLE), ("0", "is too small"), ("100000", "is more than this machine holds"),
+                     ("", WHOLE)],
+}
+FREE_TEXT = {
+    "pattern": [("", "--pattern '' is not understood"), ("2:x", "--pattern '2:x' is not understood"),
+                ("1.5", "--pattern '1.5' is out of range"), ("4:2", "--pattern '4:2' is invalid")],
+    "criterion": [("", "--criterion for target 'activation' '' is unknown"),
+                  ("best", "--criterion for target 'activation' 'best' is unknown")],
+    "modules": [("", "--modules '' contains an empty name"), ("q_proj,,v_proj", "contains an empty name"),
+                ("q_prj", AFTER_LOAD)],
+    "exclude": [("", ACCEPTED), ("down-proj", AFTER_LOAD)],
+    "out": [("", "--out is empty"), ("/proc/out", "cannot be written: creating a file in /proc fails"),
+            ("file.txt/out", "lies under file.txt, which is a file")],
+    "output": [("", "--output is empty"), ("/proc/r.json", "cannot be written: creating a file in /proc fails"),
+               ("full", "is a folder")],
+    "json_out": [("", "--json-out is empty"), ("/proc/start.json", "cannot be written: creating a file in /proc fails")],
+    "prompt": [("", AFTER_LOAD)],
+    "layer": [("", "--layer '' matches none"), ("*.9.*", "--layer '*.9.*' matches none")],
+    "show": [("", "--show '' is not one of the 1 linear layers"), ("model.layers.0", "is not one of")],
+    "sweep": [("", "the sweep file is empty (no path)"), ("missing.yaml", "sweep file missing.yaml does not exist"),
+              ("file.txt", "sweep file file.txt must be a mapping")],
+}
+# What each command needs besides the flag tried (its required arguments), and the flags that inspect
+# reads from an artifact (the others make it inspect a model).
+NEEDS = {"compile": ["--out", "art"], "generate": ["--prompt", "Hello"], "inspect": ["model"],
+         "sweep": ["sweep.yaml"], "eval": ["--pattern", "2:4"]}  # (a second --pattern replaces this one)
+ARTIFACT_FLAGS = {"layer", "show"}
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _value_flags():
+    """(command, action) for every argument that takes a value."""
+    for command, parser in _commands().items():
+        for action in parser._actions:
+            if action.nargs != 0 and not isinstance(action, argparse._HelpAction):
+                yield command, action
+
+
+def _bad_values(action: argparse.Action) -> list[tuple[str, str]] | None:
+    if action.choices is not None:
+        return [("bogus", "invalid choice: 'bogus'"), ("", "invalid choice: ''")]
+    if action.type is not None:
+        return BAD_TYPED.get(action.type.__qualname__)
+    return FREE_TEXT.get(action.dest)
+
+
+def _name(action: argparse.Action) -> str:
+    return action.option_strings[-1] if action.option_strings else action.dest
+
+
+def _cases():
+    for command, action in _value_flags():
+        for value, expected in _bad_values(action) or []:
+            if expected != AFTER_LOAD:
+                yield pytest.param(command, action.dest, value, expected, id=f"{command} {_name(action)} {value!r}")
+
+
+def test_every_flag_is_tried():
+    untried = [f"{command} {_name(action)}" for command, action in _value_flags() if _bad_values(action) is None]
+    assert not untried, f"no bad values for {untried}: add them to BAD_TYPED (by type) or FREE_TEXT (by name)"
+
+
+@pytest.mark.parametrize("command,dest,value,expected", list(_cases()))
+def test_every_flag_refuses_bad_values_at_once(workdir, capfd, command, dest, value, expected):
+    (workdir / "sweep.yaml").write_text("models: [tiny]\nconfigs: [none]\nresults: out/results.jsonl\n")
+    action = next(a for a in _commands()[command]._actions if a.dest == dest)
+    needs = list(NEEDS.get(command, []))
+    if command == "inspect":
+        needs = ["badprog"] if dest in ARTIFACT_FLAGS else needs
+    if action.option_strings:
+        argv = [command, *needs, action.option_strings[-1], value]
+    else:  # the positional argument itself
+        argv = [command, value]
+    if expected == ACCEPTED:
+        code = main(argv)
+        err = capfd.readouterr().err
+        assert code == 1 and "loaded a model" in err, f"{argv} was not taken: {err}"
+        return
+    last = fails_at_once(argv, expected, workdir, capfd)
+    assert _name(action) in last, f"the message does not name {_name(action)}: {last}"
+
+
+# --- output locations: checked before any work, never over an input -----------------------------------------
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["compile", "--model", "model", "--out", "model", "--force"],
+     "--out model is the input model, which replacing it would remove; give a folder of its own"),
+    (["compile", "--out", ".", "--force"], "--out . is the current folder, which replacing it would remove"),
+    (["compile", "--model", "model", "--out", "..", "--force"], "--out .. holds the current folder"),
+    (["compile", "--out", "/proc/art"], "--out /proc/art cannot be written: creating a file in /proc fails"),
+    (["eval", "--model", "badprog", "--output", "badprog/report.json"],
+     "--output badprog/report.json would overwrite a file of the input badprog; give another path"),
+    (["eval", "--model", "model", "--output", "model/config.json", "--pattern", "2:4"],
+     "--output model/config.json would overwrite a file of the input model"),
+    (["eval", "--pattern", "2:4", "--calib-data", "file.txt", "--output", "file.txt"],
+     "--output file.txt would overwrite the input file.txt"),
+    (["eval", "--output", "/proc/self/result.json"], "cannot be written: creating a file in /proc/self fails"),
+    (["sensitivity", "--output", "/sys/layers.json"], "cannot be written: creating a file in /sys fails"),
+    (["bench", "--out", "/proc/bench"], "--out /proc/bench cannot be written"),
+    (["sweep", "results-under-a-file.yaml"],
+     "sweep file results-under-a-file.yaml: results file.txt/out/results.jsonl lies under file.txt, which is a file"),
+    (["sweep", "results-unwritable.yaml"], "results /proc/out/results.jsonl cannot be written"),
+    (["sweep", "results-is-itself.yaml"], "results results-is-itself.yaml would overwrite the input"),
+])
+def test_an_output_that_cannot_be_written_fails_before_any_work(workdir, capfd, argv, fragment):
+    for name, results in [("results-under-a-file", "file.txt/out/results.jsonl"),
+                          ("results-unwritable", "/proc/out/results.jsonl"), ("results-is-itself", "IT")]:
+        path = workdir / f"{name}.yaml"
+        path.write_text(f"models: [tiny]\nconfigs: [none]\nresults: {results.replace('IT', path.name)}\n")
+    fails_at_once(argv, fragment, workdir, capfd)
+
+
+def test_a_writable_output_leaves_no_probe_behind(workdir):
+    from actprune_compiler.reporting.files import check_output_file, check_output_folder
+
+    before = _tree(workdir)
+    check_output_file("new/result.json")
+    check_output_folder("art", force=False)
+    check_output_folder("full", force=True, replaced=False)
+    assert _tree(workdir) == before
+
+
+# --- damaged inputs: named, with what was expected ------------------------------------------------------------
+
+DAMAGED_REPORTS = {
+    "config is a string": ({**REPORT, "config": "2:4"},
+                           "its config is a string \"2:4\", not an object"),
+    "a list": ([REPORT], "it is a list"),
+    "empty": ({}, "it lacks 'model'"),
+    "no totals": ({k: v for k, v in REPORT.items() if k != "totals"}, "it lacks 'totals'"),
+    "totals of text": ({**REPORT, "totals": {**REPORT["totals"], "replaced": "one"}},
+                       "its totals['replaced'] is a string \"one\", not a whole number"),
+    "a bad layer row": ({**REPORT, "layers": [{"module": "x"}]}, "its layers[0] lacks 'in_features'"),
+    "an unknown config": ({**REPORT, "config": {"pattern": "2:4", "size": 3}},
+                          "its config is not a config actprune reads (unknown SparsityConfig fields ['size']"),
+    "a bad pattern": ({**REPORT, "config": {"pattern": "9:4"}},
+                      "its config is not a config actprune reads (pattern '9:4' is invalid"),
+}
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval"])
+@pytest.mark.parametrize("damage", DAMAGED_REPORTS)
+def test_a_damaged_report_is_named_with_what_was_expected(workdir, capfd, command, damage):
+    report, fragment = DAMAGED_REPORTS[damage]
+    (workdir / "art").mkdir()
+    (workdir / "art" / "report.json").write_text(json.dumps(report))
+    argv = ["inspect", "art"] if command == "inspect" else ["eval", "--model", "art"]
+    last = fails_at_once(argv, f"art/report.json is damaged: {fragment}", workdir, capfd)
+    assert "actprune compile writes an object with model, model_class, device, dtype, label, config" in last
+    assert last.endswith("; recompile the artifact")
+
+
+def test_a_report_that_is_not_text_is_named(workdir, capfd):
+    (workdir / "art").mkdir()
+    (workdir / "art" / "report.json").write_bytes(b"\xff\xfe\x00binary")
+    fails_at_once(["inspect", "art"], "art/report.json is not valid JSON (not text); recompile", workdir, capfd)

@@ -3,7 +3,7 @@ command runs, and the logger is left as it was afterwards."""
 
 import logging
 
-from actprune_compiler.cli import library_messages
+from actprune_compiler.commands.errors import library_messages
 
 
 def test_library_messages_are_actprune_lines_on_stderr_while_a_command_runs(capsys):

@@ -141,4 +141,4 @@ def test_a_report_naming_a_model_not_found_here_says_so(tiny, tmp_path, capfd):
     del report["device"]
     (moved / "report.json").write_text(json.dumps(report))
     assert main(["eval", "--model", str(moved)]) == 2
-    assert f"{moved}/report.json lacks device, which actprune eval reads; recompile" in capfd.readouterr().err
+    assert f"{moved}/report.json is damaged: it lacks 'device'; actprune compile writes" in capfd.readouterr().err

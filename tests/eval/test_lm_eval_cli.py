@@ -136,3 +136,25 @@ def test_a_plain_name_runs_offline_from_the_local_copy_and_records_versions_and_
     for row in rows:
         lls = [float(ll) for ll, _ in row["filtered_resps"]]
         assert len(lls) == len(row["doc"]["choices"]["text"]) and all(ll < 0 for ll in lls)
+
+
+@pytest.mark.usefixtures("data_dir")
+@pytest.mark.parametrize("extra,code,line", [
+    (["--model_args", "pretrained=TINY,pattern=9:4"], 2,
+     "actprune-lm-eval: error: pattern '9:4' is invalid; allowed: 'N:M' with 0 < N < M <= 256"),
+    (["--model_args", "pretrained=TINY,pattern=2:4,exclude=down-proj"], 2,
+     "actprune-lm-eval: error: exclude pattern 'down-proj' matches none of the 14 linear layers that modules selects"),
+    (["--model_args", "pretrained=TINY,pattern=2:4", "--output_path", "/proc/results"], 2,
+     "actprune-lm-eval: error: --output_path /proc/results cannot be written: creating a file in /proc fails"),
+])
+def test_a_bad_argument_is_one_line_as_in_actprune(tiny_dir, tmp_path, extra, code, line):
+    command = [sys.executable, "-m", "actprune_compiler.commands.lm_eval_cli", "--model", "actprune",
+               *[arg.replace("TINY", str(tiny_dir)) for arg in extra], "--tasks", "arc_easy", "--limit", "2",
+               "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    said = [text for text in done.stderr.splitlines() if "error" in text.lower()]
+    assert len(said) == 1 and said[0].startswith(line), done.stderr
+    assert done.stderr.rstrip().splitlines()[-1] == said[0]
+    assert list(tmp_path.iterdir()) == []

@@ -336,3 +336,31 @@ def test_a_rotation_is_reported_with_its_cost_and_never_as_the_free_best():
     assert "| magnitude + variance | **40.00** |" in table and "| magnitude + pca rotation | 30.00 |" in table
     assert gaps["8:16"]["free"]["best"] == "magnitude + variance"
     assert gaps["8:16"]["with_extra_work"]["best"] == "magnitude + pca rotation"
+
+
+@pytest.mark.parametrize("table", ["seed", "methods"])
+def test_a_model_given_as_a_folder_path_gets_its_plot_where_the_table_links_it(tmp_path, fake_evaluate, table):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.replace("[tiny]", f"[{tmp_path}/models/tiny]").replace("RESULTS", str(tmp_path / "out" /
+                                                                                             "results.jsonl"))
+                    + f"table: {table}\n")
+    sweep = load_sweep(path)
+    run_sweep(sweep, progress=False, isolate=False)
+    written = render(sweep, "sweep.yaml")
+    text = written[0].read_text()
+    links = [line.split("](", 1)[1].rstrip(")\n") for line in text.splitlines() if line.startswith("![")]
+    assert len(links) == 1 and "/" not in links[0], links  # a file beside table.md
+    assert (sweep.results.parent / links[0]).is_file() and written[1] == sweep.results.parent / links[0]
+    assert links[0].endswith(f"{str(tmp_path).strip('/').replace('/', '-')}-models-tiny.png")
+    assert sorted(p.name for p in sweep.results.parent.iterdir() if p.is_dir()) == []  # no nested folders
+
+
+def test_a_results_folder_that_cannot_be_written_fails_before_the_first_run(tmp_path, fake_evaluate, capsys):
+    (tmp_path / "file.txt").write_text("not a folder\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.replace("RESULTS", str(tmp_path / "file.txt" / "results.jsonl")))
+    assert main(["sweep", str(path)]) == 2
+    assert fake_evaluate == []
+    assert capsys.readouterr().err.strip() == (
+        f"actprune: error: sweep file {path}: results {tmp_path}/file.txt/results.jsonl lies under "
+        f"{tmp_path}/file.txt, which is a file, not a folder")

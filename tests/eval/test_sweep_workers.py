@@ -221,3 +221,21 @@ def test_each_worker_gets_its_gpu_its_cores_and_its_cache(monkeypatch, tmp_path,
         assert binding.device == f"cuda:{rank % 2}" and os.environ["CUDA_VISIBLE_DEVICES"] == ids[rank % 2]
         assert binding.threads == 1 and os.environ["OMP_NUM_THREADS"] == "1" and pinned[-1] == [rank]
         assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / f"rank{rank}")
+
+
+def test_more_workers_than_the_machine_holds_is_one_sentence(sweep_file, monkeypatch, capsys):
+    monkeypatch.setattr(workers_module, "usable_cores", lambda: 4)
+    monkeypatch.setattr(workers_module, "free_memory", lambda: 64 << 30)
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(sweep_file), "--workers", "5"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "actprune: error: argument --workers: 5 is more than this machine holds: this process may use 4 core(s) and "
+        "each worker needs one of its own; give 4 or fewer (see 'actprune sweep --help')")
+    monkeypatch.setattr(workers_module, "free_memory", lambda: 3 << 30)  # 3 GB free: room for 3 workers
+    with pytest.raises(SystemExit):
+        main(["sweep", str(sweep_file), "--workers", "4"])
+    assert capsys.readouterr().err.strip() == (
+        "actprune: error: argument --workers: 4 is more than this machine holds: 3.0 GB of memory is free and each "
+        "worker, with the process of its run, holds about 1 GB before any model is loaded; give 3 or fewer "
+        "(see 'actprune sweep --help')")
