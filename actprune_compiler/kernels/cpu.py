@@ -10,6 +10,9 @@ are inputs (regional compilation, warm starts from the FX graph cache) gets the 
 actprune::nm_select_cpu, the N:M mask on CPU (nm_select.cpp): actprune::nm_select's rule, compiled once
 here rather than generated into every graph by Inductor.
 
+actprune::decode_attention, attention for a few query tokens over a static KV cache (decode_attention.cpp):
+each query head reads its key/value head in place, and only the cache rows its mask allows.
+
 The build (a torch C++ extension, about a minute) is cached under ~/.cache/torch_extensions.
 If it cannot be built, nothing falls back silently: the lowering says so once on stderr, with the
 build error, and multiplies the masked input with the dense, unpacked GEMM (same results, dense speed).
@@ -27,11 +30,12 @@ from torch.utils.cpp_extension import load
 
 from actprune_compiler.ops.select import select_groups
 
-SOURCES = [Path(__file__).with_name(name) for name in ("sparse_rows.cpp", "nm_select.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("sparse_rows.cpp", "nm_select.cpp", "decode_attention.cpp")]
 
 torch.library.define("actprune::sparse_rows_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::packed_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::nm_select_cpu", "(Tensor groups, Tensor values, int n) -> Tensor")
+torch.library.define("actprune::decode_attention", "(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor")
 
 
 @functools.cache
@@ -79,6 +83,12 @@ def prune_native(values: Tensor, scores: Tensor, n: int, m: int) -> Tensor:
     return select_groups(nm_select, values, scores, n, m)
 
 
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """q [B, H, T, D] over k, v [B, Hkv, L, D] where the bool mask [B, 1 or H, T, L] allows -> [B, T, H, D]."""
+    _extension()  # registers the CPU kernel
+    return torch.ops.actprune.decode_attention(q, k, v, mask, scale)
+
+
 def packs_weights(x: Tensor) -> bool:
     """Whether actprune::packed_linear serves this GEMM input: float32 on a CPU with oneDNN (others
     take F.linear; the caller checks that the kernel was built)."""
@@ -113,6 +123,12 @@ def _sparse_rows_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
 @torch.library.register_fake("actprune::packed_linear")
 def _linear_shape(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("actprune::decode_attention")
+def _attention_shape(q, k, v, mask, scale):
+    batch, heads, tokens, width = q.shape
+    return q.new_empty((batch, tokens, heads, width))
 
 
 @torch.library.register_fake("actprune::nm_select_cpu")

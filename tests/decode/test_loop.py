@@ -1,0 +1,113 @@
+import copy
+
+import pytest
+import torch
+from conftest import PROMPT, tiny_model
+from reference import hooked
+
+from actprune_compiler.backends.dynamo import actprune_backend
+from actprune_compiler.backends.inductor import inductor_with_nm_lowering
+from actprune_compiler.decode.loop import Decoder
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+TOKENS = 20  # past the tiny Gemma's sliding window of 8
+
+
+def backend(pattern: str | None, inner: str = "inductor"):
+    if pattern is None:
+        return inductor_with_nm_lowering
+    return lambda gm, example_inputs: actprune_backend(gm, example_inputs, {"pattern": pattern, "freeze": False,
+                                                                            "inner_backend": inner})
+
+
+def without_eos(model):
+    """A copy whose end-of-sequence token is an ordinary one: Hugging Face generates a fixed number of tokens
+    without suppressing it, as the loop does when it is given no eos_token_id."""
+    model = copy.deepcopy(model)
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def greedy(model, prompt=PROMPT, tokens=TOKENS) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    return out[0, prompt.shape[1]:].tolist()
+
+
+def expected_tokens(model, pattern: str | None) -> list[int]:
+    """Hugging Face's greedy generation (dynamic cache) of the eager model, masked by the independent reference."""
+    if pattern is None:
+        return greedy(model)
+    n, m = (int(v) for v in pattern.split(":"))
+    with hooked(model, n, m):
+        return greedy(model)
+
+
+@pytest.mark.parametrize("pattern", [None, "2:4", "8:16"])
+def test_greedy_tokens_equal_hugging_face_greedy_float64(family, pattern):
+    model = without_eos(tiny_model(family)).double()
+    expected = expected_tokens(model, pattern)
+    decoder = Decoder(model, backend(pattern), max_length=64)
+    assert decoder.generate(PROMPT, TOKENS).tokens == expected
+
+
+def test_greedy_tokens_equal_hugging_face_greedy_float32():
+    model = without_eos(tiny_model("llama"))
+    expected = expected_tokens(model, "8:16")
+    assert expected != expected_tokens(model, None)  # pruning changes the continuation: the test can fail
+    assert Decoder(model, backend("8:16"), max_length=64).generate(PROMPT, TOKENS).tokens == expected
+
+
+def test_the_step_compiles_once_for_every_prompt_and_call():
+    model = without_eos(tiny_model("qwen2")).double()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return backend("8:16", inner="eager")(gm, example_inputs)
+
+    decoder = Decoder(model, counting, max_length=64)
+    first = decoder.generate(PROMPT, TOKENS)
+    step = decoder.step
+    for length in (1, 5, 30):
+        prompt = torch.arange(3, 3 + length).unsqueeze(0)
+        got = decoder.generate(prompt, 12).tokens
+        with hooked(model, 8, 16):
+            assert got == greedy(model, prompt, 12)
+    assert decoder.step is step and first.compile_s > 0
+    assert decoder.generate(PROMPT, TOKENS).compile_s == 0 and len(graphs) == 1
+
+
+def test_a_replaced_parameter_makes_the_step_trace_again():
+    model = without_eos(tiny_model("llama")).double()
+    decoder = Decoder(model, backend(None), max_length=64)
+    decoder.generate(PROMPT, 4)
+    layer = model.model.layers[0].mlp.down_proj
+    layer.weight = torch.nn.Parameter(layer.weight.detach() * 3)  # a new object: the old graph would read the old one
+    assert decoder.generate(PROMPT, TOKENS).tokens == greedy(model)
+
+
+def test_eos_stops_the_generation():
+    model = without_eos(tiny_model("llama")).double()
+    tokens = greedy(model)
+    eos = tokens[5]
+    got = Decoder(model, backend(None), max_length=64).generate(PROMPT, TOKENS, eos_token_id=eos).tokens
+    assert got == tokens[: tokens.index(eos) + 1]
+
+
+@pytest.mark.parametrize("prompt,new,message", [
+    (torch.zeros(2, 3, dtype=torch.long), 4, "one non-empty prompt"),
+    (torch.zeros(1, 0, dtype=torch.long), 4, "one non-empty prompt"),
+    (torch.zeros(1, 60, dtype=torch.long), 10, "need 70 positions"),
+    (torch.zeros(1, 3, dtype=torch.long), 0, "at least 1"),
+])
+def test_bad_generation_requests_are_refused_in_a_sentence(prompt, new, message):
+    decoder = Decoder(copy.deepcopy(tiny_model("llama")), backend(None), max_length=64)
+    with pytest.raises(ValueError, match=message):
+        decoder.generate(prompt, new)
+    assert decoder.step is None  # refused before anything was compiled
+
+
+def test_a_cache_longer_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="exceeds the model's 256 positions"):
+        Decoder(tiny_model("llama"), backend(None), max_length=257)
