@@ -7,6 +7,10 @@
 or, in ordinary PyTorch code (KV-cache generation included):
 
     model = compile_model(model, SparsityConfig(pattern="8:16"))   # torch.compile backend "actprune"
+
+or greedy decoding at full speed (a static KV cache, one compiled single-token step):
+
+    tokens = generate(model, input_ids, 32, SparsityConfig(pattern="8:16")).tokens
 """
 
 # First, before the seconds of imports below: a command's process (actprune, actprune-lm-eval) handles
@@ -17,10 +21,13 @@ handle_signals_if_command()
 
 from actprune_compiler import ops  # noqa: E402,F401  (registers actprune::nm_linear)
 from actprune_compiler.api import (  # noqa: E402
+    Decoder,
+    Generation,
     SparsifiedProgram,
     compile_model,
     compile_program,
     count_ops,
+    generate,
     load_model,
     sparsify,
 )
@@ -31,5 +38,5 @@ from actprune_compiler.sparsity.config import SparsityConfig, parse_pattern  # n
 
 register()  # torch.compile(..., backend="actprune")
 
-__all__ = ["SparsityConfig", "SparsifiedProgram", "compile_model", "compile_program", "count_ops", "export_causal_lm",
-           "load_model", "parse_pattern", "sparsify", "__version__"]
+__all__ = ["Decoder", "Generation", "SparsityConfig", "SparsifiedProgram", "compile_model", "compile_program",
+           "count_ops", "export_causal_lm", "generate", "load_model", "parse_pattern", "sparsify", "__version__"]

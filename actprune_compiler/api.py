@@ -4,6 +4,8 @@
     sparsify(model, config)           -> SparsifiedProgram: the exported program, rewritten
     compile_program(program)          -> the program compiled by Inductor with actprune's lowering
     compile_model(model, config)      -> model.forward compiled by the torch.compile backend (KV cache)
+    generate(model, ids, n, config)   -> greedy tokens from the decode loop: a static KV cache and one compiled
+                                         single-token step (decode/)
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import fx, nn
+from torch import Tensor, fx, nn
 from torch.export import ExportedProgram
+from torch.utils.weak import WeakIdKeyDictionary
 
 from actprune_compiler.backends.dynamo import compile_model
 from actprune_compiler.backends.inductor import compile_program
+from actprune_compiler.decode.loop import Decoder, Generation
 from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
 from actprune_compiler.models.load import load_model
 from actprune_compiler.passes import run_passes
@@ -30,8 +34,9 @@ from actprune_compiler.sparsity.decision import LayerDecision
 from actprune_compiler.sparsity.rotation import rotation_cost
 from actprune_compiler.sparsity.stats import LayerStats
 
-__all__ = ["SparsifiedProgram", "compile_model", "compile_program", "count_ops", "layer_totals", "load_model",
-           "sparsify"]
+__all__ = ["Decoder", "Generation", "SparsifiedProgram", "compile_model", "compile_program", "count_ops", "generate",
+           "layer_totals", "load_model", "sparsify"]
+CACHE_STEP = 256  # a decoder's cache length is a multiple of this: nearby lengths share one compiled step
 
 
 def count_ops(graph: fx.Graph) -> dict[str, int]:
@@ -100,3 +105,30 @@ def sparsify(model_or_program: nn.Module | ExportedProgram, config: SparsityConf
               "recovery": prepared.recovery, "rotation": rotation_cost(layers) if config.rotation != "none" else None,
               "excluded_as_sensitive": prepared.keep_dense, "timings": timer.seconds, "layers": layers}
     return SparsifiedProgram(program, config, layers, report)
+
+
+def _identity(value: Any) -> Any:
+    """A value as part of a dictionary key: itself when it is a plain value, else the object's identity."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else id(value)
+
+
+_decoders: WeakIdKeyDictionary = WeakIdKeyDictionary()  # model -> {(config, options, length): Decoder}
+
+
+def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, config: SparsityConfig | None = None,
+             *, eos_token_id: int | None = None, **options: Any) -> Generation:
+    """Greedy continuation of one prompt ([1, P] token ids) by the decode loop: the model pruned by `config`
+    (None: dense), with a static KV cache and one compiled single-token step. The step is compiled on the
+    first call and kept with the model, so later calls with the same config reuse it (a generation longer
+    than the cache compiles a step for a longer one). options: as compile_model takes them (tokenizer,
+    calib_text, stats, ...). Stops early only at eos_token_id, when given."""
+    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    needed = input_ids.shape[-1] + max_new_tokens
+    length = -(-needed // CACHE_STEP) * CACHE_STEP
+    if limit is not None:
+        length = min(length, limit)  # a request beyond the model's positions is refused by generate, in a sentence
+    key = (config, tuple(sorted((name, _identity(value)) for name, value in options.items())), length)
+    decoders = _decoders.setdefault(model, {})
+    if key not in decoders:
+        decoders[key] = Decoder(model, config, max_length=length, **options)
+    return decoders[key].generate(input_ids, max_new_tokens, eos_token_id=eos_token_id)

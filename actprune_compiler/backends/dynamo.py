@@ -217,6 +217,31 @@ def config_of(config: SparsityConfig | dict[str, Any] | None) -> SparsityConfig:
     return SparsityConfig.from_dict(config)
 
 
+def backend_options(model: nn.Module, config: SparsityConfig | dict[str, Any] | None, *, tokenizer=None,
+                    calib_text: str | None = None, freeze: bool = DEFAULT_FREEZE, regional: bool = False,
+                    device: str | torch.device | None = None, inner_backend: str = "inductor",
+                    stats: dict[str, LayerStats] | None = None, keep_dense: list[str] | None = None,
+                    learned: dict[str, LearnedLayer] | None = None) -> dict[str, Any]:
+    """The backend's options for `config` on this model, with what the backend cannot gather from a traced
+    graph gathered here from the eager model: calibration statistics (calibrated criteria and corrections),
+    the sensitivity ranking (skip_sensitive) and a recovery method's learned values, unless given. Everything
+    is checked now, not at the first call. device: the model is moved there first."""
+    config = config_of(config)
+    refuse_regional_freeze(regional, freeze)  # before any calibration or training
+    if device is not None:
+        model.to(resolve_device(device))
+    check_selection(model, config)  # Dynamo's graphs may each hold some layers: the whole model is checked here
+    prepared = prepare(model, tokenizer, config, calib_text, stats=stats, keep_dense=keep_dense, learned=learned)
+    options = {**config.to_dict(), "inner_backend": inner_backend, "stats": prepared.stats,
+               "keep_dense": prepared.keep_dense, "learned": prepared.learned, "freeze": freeze,
+               "regional": regional, "device": device}
+    parsed = parse_options(options)
+    linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if unknown := sorted(parsed.keep_dense - linears):
+        raise ValueError(f"keep_dense names {unknown}, which are not linear layers of this model")
+    return options
+
+
 def compile_model(model: nn.Module, config: SparsityConfig | dict[str, Any] | None = None, *, tokenizer=None,
                   calib_text: str | None = None, freeze: bool = DEFAULT_FREEZE, regional: bool = False,
                   device: str | torch.device | None = None, inner_backend: str = "inductor",
@@ -227,11 +252,11 @@ def compile_model(model: nn.Module, config: SparsityConfig | dict[str, Any] | No
 
     Inference only. Calibrated criteria/corrections and skip_sensitive run the eager model over
     `calib_text` once, here, and hand the statistics to the backend (or give `stats`, `keep_dense` and a
-    recovery method's `learned` values gathered before). freeze=False (the default, backends/freeze.py)
-    keeps the weights as graph inputs, so Inductor's FX graph cache holds the compiled graphs and a
-    second process with the same model and config starts warm (its CPU GEMMs take weights packed once
-    in actprune's weight cache, as fast as frozen ones); freeze=True folds them as constants and
-    Inductor caches nothing.
+    recovery method's `learned` values gathered before; see backend_options). freeze=False (the default,
+    backends/freeze.py) keeps the weights as graph inputs, so Inductor's FX graph cache holds the compiled
+    graphs and a second process with the same model and config starts warm (its CPU GEMMs take weights
+    packed once in actprune's weight cache, as fast as frozen ones); freeze=True folds them as constants
+    and Inductor caches nothing.
     dynamic=True: prompt and cache lengths are symbolic from the first compile; left to Dynamo's
     automatic detection they are not (a prompt length is followed by decode's length 1, which is
     always specialised), and every new prompt length recompiles.
@@ -240,19 +265,9 @@ def compile_model(model: nn.Module, config: SparsityConfig | dict[str, Any] | No
     device: move the model there first; the backend then refuses inputs elsewhere. inner_backend: inductor,
     or eager (the rewritten graph run as it is).
     """
-    config = config_of(config)
-    refuse_regional_freeze(regional, freeze)  # before any calibration or training
-    if device is not None:
-        model.to(resolve_device(device))
-    check_selection(model, config)  # Dynamo's graphs may each hold some layers: the whole model is checked here
-    prepared = prepare(model, tokenizer, config, calib_text, stats=stats, keep_dense=keep_dense, learned=learned)
-    options = {**config.to_dict(), "inner_backend": inner_backend, "stats": prepared.stats,
-               "keep_dense": prepared.keep_dense, "learned": prepared.learned, "freeze": freeze,
-               "regional": regional, "device": device}
-    parsed = parse_options(options)  # fail now, not at the first call
-    linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    if unknown := sorted(parsed.keep_dense - linears):
-        raise ValueError(f"keep_dense names {unknown}, which are not linear layers of this model")
+    options = backend_options(model, config, tokenizer=tokenizer, calib_text=calib_text, freeze=freeze,
+                              regional=regional, device=device, inner_backend=inner_backend, stats=stats,
+                              keep_dense=keep_dense, learned=learned)
     compiled = torch.compile(model.forward, backend="actprune", options=options, dynamic=dynamic, **compile_kwargs)
     model.forward = inference_call(compiled, freeze)
     return model

@@ -1,7 +1,7 @@
 """Greedy generation with a static KV cache and one compiled single-token step (gpt-fast's design, on the CPU).
 
-    decoder = Decoder(model, backend)          # backend: the actprune backend for a config, or dense Inductor
-    result = decoder.generate(input_ids, 32)   # the step compiles on the first call, once
+    decoder = Decoder(model, SparsityConfig("8:16"))   # or Decoder(model) for the dense model
+    result = decoder.generate(input_ids, 32)           # the step compiles on the first call, once
 
 The prompt goes through the same step one token at a time, so a generation compiles one graph in all.
 """
@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from actprune_compiler.backends.dynamo import actprune_backend, backend_options
+from actprune_compiler.backends.inductor import inductor_with_nm_lowering
 from actprune_compiler.decode import cache as kv
 from actprune_compiler.decode.step import Backend, CompiledStep
+from actprune_compiler.sparsity.config import SparsityConfig
 
 # Inductor's checks of every buffer's size and alignment cost about 2% of a SmolLM2 decode step; the step's
 # shapes are static and were checked when it was traced.
@@ -34,12 +37,30 @@ class Generation:
     step_times_s: list[float] = field(default_factory=list, repr=False)
 
 
+def step_backend(model: nn.Module, config: SparsityConfig | None, **options) -> Backend:
+    """How the step's graph is compiled: actprune's backend for a config (options as compile_model takes
+    them: tokenizer, calib_text, stats, ...; the weights stay graph inputs), Inductor for the dense model."""
+    if config is None:
+        if options:
+            raise ValueError(f"{', '.join(sorted(options))} apply to a sparsity config; the dense model takes none")
+        return inductor_with_nm_lowering
+    options = backend_options(model, config, **options)
+    return lambda gm, example_inputs: actprune_backend(gm, example_inputs, options)
+
+
 class Decoder:
-    def __init__(self, model: nn.Module, backend: Backend, *, max_length: int = 512) -> None:
+    """Greedy generation for one model: `config` None is the dense model; options go to step_backend.
+    max_length: positions of the static cache, prompt and new tokens together (a longer generation needs
+    another decoder, whose step is compiled for its length)."""
+
+    def __init__(self, model: nn.Module, config: SparsityConfig | None = None, *, max_length: int = 512,
+                 backend: Backend | None = None, **options) -> None:
         limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
         if limit is not None and max_length > limit:
             raise ValueError(f"max_length {max_length} exceeds the model's {limit} positions; use at most {limit}")
-        self.model, self.backend, self.max_length = model, backend, max_length
+        if backend is None:
+            backend = step_backend(model, config, **options)
+        self.model, self.config, self.backend, self.max_length = model, config, backend, max_length
         self.cache = kv.static_cache(model, max_length)
         self.step: CompiledStep | None = None
 

@@ -6,18 +6,15 @@ from conftest import PROMPT, tiny_model
 from reference import hooked
 
 from actprune_compiler.backends.dynamo import actprune_backend
-from actprune_compiler.backends.inductor import inductor_with_nm_lowering
 from actprune_compiler.decode.loop import Decoder
+from actprune_compiler.sparsity.config import SparsityConfig
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 TOKENS = 20  # past the tiny Gemma's sliding window of 8
 
 
-def backend(pattern: str | None, inner: str = "inductor"):
-    if pattern is None:
-        return inductor_with_nm_lowering
-    return lambda gm, example_inputs: actprune_backend(gm, example_inputs, {"pattern": pattern, "freeze": False,
-                                                                            "inner_backend": inner})
+def config(pattern: str | None) -> SparsityConfig | None:
+    return SparsityConfig(pattern) if pattern else None
 
 
 def without_eos(model):
@@ -47,7 +44,7 @@ def expected_tokens(model, pattern: str | None) -> list[int]:
 def test_greedy_tokens_equal_hugging_face_greedy_float64(family, pattern):
     model = without_eos(tiny_model(family)).double()
     expected = expected_tokens(model, pattern)
-    decoder = Decoder(model, backend(pattern), max_length=64)
+    decoder = Decoder(model, config(pattern), max_length=64)
     assert decoder.generate(PROMPT, TOKENS).tokens == expected
 
 
@@ -55,7 +52,7 @@ def test_greedy_tokens_equal_hugging_face_greedy_float32():
     model = without_eos(tiny_model("llama"))
     expected = expected_tokens(model, "8:16")
     assert expected != expected_tokens(model, None)  # pruning changes the continuation: the test can fail
-    assert Decoder(model, backend("8:16"), max_length=64).generate(PROMPT, TOKENS).tokens == expected
+    assert Decoder(model, config("8:16"), max_length=64).generate(PROMPT, TOKENS).tokens == expected
 
 
 def test_the_step_compiles_once_for_every_prompt_and_call():
@@ -64,9 +61,9 @@ def test_the_step_compiles_once_for_every_prompt_and_call():
 
     def counting(gm, example_inputs):
         graphs.append(gm)
-        return backend("8:16", inner="eager")(gm, example_inputs)
+        return actprune_backend(gm, example_inputs, {"pattern": "8:16", "inner_backend": "eager"})
 
-    decoder = Decoder(model, counting, max_length=64)
+    decoder = Decoder(model, backend=counting, max_length=64)
     first = decoder.generate(PROMPT, TOKENS)
     step = decoder.step
     for length in (1, 5, 30):
@@ -80,7 +77,7 @@ def test_the_step_compiles_once_for_every_prompt_and_call():
 
 def test_a_replaced_parameter_makes_the_step_trace_again():
     model = without_eos(tiny_model("llama")).double()
-    decoder = Decoder(model, backend(None), max_length=64)
+    decoder = Decoder(model, max_length=64)
     decoder.generate(PROMPT, 4)
     layer = model.model.layers[0].mlp.down_proj
     layer.weight = torch.nn.Parameter(layer.weight.detach() * 3)  # a new object: the old graph would read the old one
@@ -91,7 +88,7 @@ def test_eos_stops_the_generation():
     model = without_eos(tiny_model("llama")).double()
     tokens = greedy(model)
     eos = tokens[5]
-    got = Decoder(model, backend(None), max_length=64).generate(PROMPT, TOKENS, eos_token_id=eos).tokens
+    got = Decoder(model, max_length=64).generate(PROMPT, TOKENS, eos_token_id=eos).tokens
     assert got == tokens[: tokens.index(eos) + 1]
 
 
@@ -102,7 +99,7 @@ def test_eos_stops_the_generation():
     (torch.zeros(1, 3, dtype=torch.long), 0, "at least 1"),
 ])
 def test_bad_generation_requests_are_refused_in_a_sentence(prompt, new, message):
-    decoder = Decoder(copy.deepcopy(tiny_model("llama")), backend(None), max_length=64)
+    decoder = Decoder(copy.deepcopy(tiny_model("llama")), max_length=64)
     with pytest.raises(ValueError, match=message):
         decoder.generate(prompt, new)
     assert decoder.step is None  # refused before anything was compiled
@@ -110,4 +107,15 @@ def test_bad_generation_requests_are_refused_in_a_sentence(prompt, new, message)
 
 def test_a_cache_longer_than_the_model_is_refused():
     with pytest.raises(ValueError, match="exceeds the model's 256 positions"):
-        Decoder(tiny_model("llama"), backend(None), max_length=257)
+        Decoder(tiny_model("llama"), max_length=257)
+
+
+def test_the_front_door_keeps_one_decoder_per_model_and_config():
+    from actprune_compiler import generate
+
+    model = without_eos(tiny_model("gemma3")).double()
+    first = generate(model, PROMPT, TOKENS, config("8:16"))
+    again = generate(model, PROMPT[:, :3], 5, config("8:16"))
+    assert first.compile_s > 0 and again.compile_s == 0  # the same compiled step, another prompt
+    assert first.tokens == expected_tokens(model, "8:16")
+    assert generate(model, PROMPT, TOKENS).tokens == expected_tokens(model, None)  # dense: a decoder of its own
