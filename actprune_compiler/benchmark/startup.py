@@ -23,7 +23,8 @@ PROMPT = "The quick brown fox jumps over the lazy dog because"
 
 def measure(model_spec: str, pattern: str | None, cache_dir: str | Path, *, dtype: str = "default",
             device: str | None = None, new_tokens: int = 8, regional: bool = False) -> dict[str, Any]:
-    """One start of `actprune generate` in a fresh process with the given Inductor cache folder: what it
+    """One start of `actprune generate` (regional: `--hf-generate --regional`, Hugging Face's generate with each
+    kind of layer compiled once) in a fresh process with the given Inductor cache folder: what it
     wrote with --json-out (stage times, first token from the process start, decode tokens/s, cache hits and
     misses), and process_s, the process's wall time as this one saw it."""
     with tempfile.TemporaryDirectory(prefix="actprune-start-") as folder:
@@ -32,7 +33,7 @@ def measure(model_spec: str, pattern: str | None, cache_dir: str | Path, *, dtyp
                    "--pattern", pattern or "none", "--dtype", dtype, "--max-new-tokens", str(new_tokens),
                    "--prompt", PROMPT, "--json-out", str(out)]
         command += ["--device", device] if device else []
-        command += ["--regional"] if regional else []
+        command += ["--hf-generate", "--regional"] if regional else []
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}
         start = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True)

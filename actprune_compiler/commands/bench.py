@@ -69,30 +69,29 @@ def timing_rows(rows: list[dict], kind: str) -> list[dict[str, Any]]:
     return out
 
 
-def startup_rows(startup: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
-    """One row per (variant, cold/warm): where the seconds of a fresh process went, and the ratio of the
-    sparse model's compile (setup + first generate) to the dense model's in the same kind of start and
-    the same compile mode (variants are named '<config> whole' or '<config> regional')."""
+STARTS = {"decode loop": False, "hf-generate regional": True}  # how each start generates -> regional
+
+
+def startup_rows(startup: dict[str, dict[str, dict[str, dict]]]) -> list[dict[str, Any]]:
+    """One row per (mode, variant, cold/warm) from {mode: {variant: {"cold": ..., "warm": ...}}}: where the
+    seconds of a fresh process went, and the sparse start's compile (setup + the first generate) against the
+    dense one's in the same mode and kind of start."""
     def compile_s(run: dict) -> float:  # setup, then the first generate (compiles, or loads from the cache)
         return run["times"]["setup_s"] + run["times"]["compile_s"]
 
-    def dense_of(variant: str) -> dict:  # the dense start compiled the same way (whole or regional)
-        return startup["dense " + variant.rsplit(" ", 1)[-1]]
-
-    # decode speed against the dense model compiled as one graph, in the same kind of start
-    whole_dense = {kind: run["decode_tokens_per_s"] for kind, run in startup["dense whole"].items()}
     rows = []
-    for variant, starts in startup.items():
-        for kind, run in starts.items():
-            t, cache = run["times"], run["inductor_cache"]
-            hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
-            rows.append({"variant": variant, "start": kind, "imports (s)": f"{t['imports_s']:.1f}",
-                         "load (s)": f"{t['load_s']:.1f}", "compile + generate (s)": f"{compile_s(run):.1f}",
-                         "vs dense": f"{compile_s(run) / compile_s(dense_of(variant)[kind]):.2f}x",
-                         "first token (s)": f"{run['first_token_s']:.1f}", "process (s)": f"{run['process_s']:.1f}",
-                         "cache hits/misses": f"{hits}/{misses}",
-                         "decode tokens/s": f"{run['decode_tokens_per_s']:.1f}",
-                         "decode vs dense whole": f"{run['decode_tokens_per_s'] / whole_dense[kind]:.2f}x"})
+    for mode, variants in startup.items():
+        dense = variants["dense"]
+        for variant, starts in variants.items():
+            for kind, run in starts.items():
+                t, cache = run["times"], run["inductor_cache"]
+                hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
+                rows.append({"mode": mode, "variant": variant, "start": kind, "imports (s)": f"{t['imports_s']:.1f}",
+                             "load (s)": f"{t['load_s']:.1f}", "compile + generate (s)": f"{compile_s(run):.1f}",
+                             "vs dense": f"{compile_s(run) / compile_s(dense[kind]):.2f}x",
+                             "first token (s)": f"{run['first_token_s']:.1f}",
+                             "process (s)": f"{run['process_s']:.1f}", "cache hits/misses": f"{hits}/{misses}",
+                             "decode tokens/s": f"{run['decode_tokens_per_s']:.1f}"})
     return rows
 
 
@@ -160,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             place = {"dtype": args.dtype, "device": args.device}
             variants = (("dense", None), (config.label, config.pattern))
             result["startup"] = {
-                f"{name} {mode}": cold_and_warm(args.model, pattern, folder, regional=mode == "regional", **place)
-                for mode in ("whole", "regional") for name, pattern in variants}
+                mode: {name: cold_and_warm(args.model, pattern, folder, regional=regional, **place)
+                       for name, pattern in variants} for mode, regional in STARTS.items()}
     how = (f"Medians of {args.repeats} interleaved repeats" if "prefill" in result
            else "Each start is one fresh process")
     text = [f"# actprune bench: {args.model} {config.pattern} ({result['date']}, {result['machine']})", "",
@@ -178,14 +177,14 @@ def run(args: argparse.Namespace) -> int:
     if "startup" in result:
         text += ["", "## cold and warm starts (fresh processes, no freezing)", "",
                  "Each start is `actprune generate` in a fresh process, generating "
-                 f"{result['startup']['dense whole']['cold']['new_tokens']} tokens twice (the first generate "
-                 "compiles). Cold: an empty Inductor cache; warm: a second process with the cache the cold one filled. "
-                 "Both load the model from actprune's dequantised copy. first token: from the process start (the "
-                 "interpreter's start and the imports included) to the first generated token. whole: model.forward "
-                 "compiled as one graph; "
-                 "regional: model.forward traced as one graph, each kind of decoder layer compiled once "
-                 "(backends/regional_graph.py); vs dense: against the dense start compiled the same way. decode: "
-                 "tokens/s of the second generation.", "",
+                 f"{result['startup']['decode loop']['dense']['cold']['new_tokens']} tokens. decode loop: the "
+                 "default command (one compiled single-token step over a static KV cache); hf-generate regional: "
+                 "`--hf-generate --regional` (Hugging Face's generate, its prefill and decode graphs traced whole "
+                 "and compiled one kind of decoder layer at a time), which generates twice and times the second. "
+                 "Cold: an empty Inductor cache; warm: a second process with the cache the cold one filled. Both "
+                 "load the model from actprune's dequantised copy. first token: from the process start (the "
+                 "interpreter's start and the imports included) to the first generated token. vs dense: against "
+                 "the dense start in the same mode.", "",
                  format_table(startup_rows(result["startup"]), list(startup_rows(result["startup"])[0]),
                               markdown=True)]
     print("\n".join(text))

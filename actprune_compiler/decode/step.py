@@ -22,6 +22,15 @@ from actprune_compiler.decode.attention import decode_attention_while_tracing
 Backend = Callable[[fx.GraphModule, Sequence[torch.Tensor]], Callable]
 
 
+def greedy_step(model: nn.Module, cache, token: torch.Tensor, position: torch.Tensor) -> None:
+    """Feed `token` at `position`; write the greedy next token into `token` and the next position into
+    `position`. The model is an argument so that Dynamo spells its modules as the model does
+    (L['model'].model.layers[0] -> model.layers.0), which is how the passes find their per-layer values."""
+    logits = model(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True).logits
+    token.copy_(logits[:, -1].argmax(-1, keepdim=True))
+    position.add_(1)
+
+
 class CompiledStep:
     def __init__(self, model: nn.Module, cache, backend: Backend) -> None:
         device = next(model.parameters()).device
@@ -36,18 +45,13 @@ class CompiledStep:
             graphs.append((compiled, list(example_inputs)))
             return compiled
 
-        traced = torch.compile(self._step, backend=capture, fullgraph=True, dynamic=False)
+        traced = torch.compile(greedy_step, backend=capture, fullgraph=True, dynamic=False)
         with torch.no_grad(), decode_attention_while_tracing(model):
-            traced()  # traces and compiles; also runs the step once, which the caller undoes by resetting
+            # traces and compiles; also runs the step once, which the caller undoes by resetting
+            traced(model, cache, self.token, self.position)
         if len(graphs) != 1:
             raise RuntimeError(f"the decode step compiled into {len(graphs)} graphs; one was expected")
         self._graph, self._inputs = graphs[0]
-
-    def _step(self) -> None:
-        logits = self.model(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,
-                            use_cache=True).logits
-        self.token.copy_(logits[:, -1].argmax(-1, keepdim=True))
-        self.position.add_(1)
 
     def _model_state(self) -> list[int]:
         return [id(t) for t in (*self.model.parameters(), *self.model.buffers())]

@@ -119,3 +119,25 @@ def test_the_front_door_keeps_one_decoder_per_model_and_config():
     assert first.compile_s > 0 and again.compile_s == 0  # the same compiled step, another prompt
     assert first.tokens == expected_tokens(model, "8:16")
     assert generate(model, PROMPT, TOKENS).tokens == expected_tokens(model, None)  # dense: a decoder of its own
+
+
+def test_calibrated_and_learned_values_reach_the_step_by_their_module_paths(monkeypatch):
+    """The step traces the model as an argument, so its layers keep their own paths: the statistics of a
+    calibrated criterion and a recovery method's learned values are found for every layer, and the tokens are
+    those of compile_model's graphs, which the backend has rewritten since before the decode loop."""
+    from conftest import char_tokenizer
+
+    from actprune_compiler import compile_model
+    from actprune_compiler.backends import dynamo
+
+    monkeypatch.setenv("ACTPRUNE_NO_RECOVERY_CACHE", "1")  # train here, not into the user's store
+    text = "Calibration text for a tiny model, with some variety: 0123456789. " * 40
+    config = SparsityConfig("8:16", criterion="clact_static", recovery="offset", recovery_steps=2,
+                            calib_samples=2, calib_seqlen=64)
+    model = without_eos(tiny_model("llama")).double()
+    options = {"tokenizer": char_tokenizer(), "calib_text": text}
+    reference = compile_model(copy.deepcopy(model), config, **options)
+    expected = greedy(reference)
+    dynamo.LOG.reset()
+    assert Decoder(model, config, max_length=64, **options).generate(PROMPT, TOKENS).tokens == expected
+    assert dynamo.report(model)["ran_outside_rewritten_graphs"] == []
