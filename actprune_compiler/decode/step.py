@@ -12,6 +12,7 @@ when a parameter or buffer was replaced (load_state_dict copies in place and kee
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Sequence
 
 import torch
@@ -45,7 +46,10 @@ class CompiledStep:
             graphs.append((compiled, list(example_inputs)))
             return compiled
 
-        traced = torch.compile(greedy_step, backend=capture, fullgraph=True, dynamic=False)
+        # A code object of its own: Dynamo counts compilations per code object (recompile_limit, 8), and a
+        # process that makes many decoders (a bench, a test suite) would otherwise run the ninth one eagerly.
+        own = types.FunctionType(greedy_step.__code__.replace(), greedy_step.__globals__, greedy_step.__name__)
+        traced = torch.compile(own, backend=capture, fullgraph=True, dynamic=False)
         with torch.no_grad(), decode_attention_while_tracing(model):
             # traces and compiles; also runs the step once, which the caller undoes by resetting
             traced(model, cache, self.token, self.position)

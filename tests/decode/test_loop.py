@@ -141,3 +141,13 @@ def test_calibrated_and_learned_values_reach_the_step_by_their_module_paths(monk
     dynamo.LOG.reset()
     assert Decoder(model, config, max_length=64, **options).generate(PROMPT, TOKENS).tokens == expected
     assert dynamo.report(model)["ran_outside_rewritten_graphs"] == []
+
+
+def test_more_decoders_than_dynamo_recompiles_a_function(monkeypatch):
+    """Each step is a code object of its own: the tenth decoder in a process still compiles its step."""
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    model = without_eos(tiny_model("llama")).double()
+    expected = expected_tokens(model, "8:16")
+    for _ in range(torch._dynamo.config.recompile_limit + 2):
+        decoder = Decoder(model, config("8:16"), max_length=64, inner_backend="eager")
+        assert decoder.generate(PROMPT, TOKENS).tokens == expected
