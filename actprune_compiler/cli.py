@@ -14,7 +14,7 @@ import sys
 
 from actprune_compiler.commands.errors import INTERRUPTED, run_command
 
-SUBCOMMANDS = ("compile", "inspect", "eval", "sweep", "generate", "bench", "sensitivity")
+SUBCOMMANDS = ("compile", "inspect", "eval", "sweep", "generate", "bench", "compare", "sensitivity")
 __all__ = ["INTERRUPTED", "build_parser", "main"]
 
 

@@ -76,6 +76,10 @@ class LlamaCpp:
         self.model = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads,
                                      n_ctx=context, n_batch=512, logits_all=logits, verbose=False)
 
+    def close(self) -> None:
+        """Free llama.cpp's model and context now (a process that loads several would hold them all)."""
+        self.model.close()
+
     def decode(self, prompt: list[int], new_tokens: int) -> dict[str, Any]:
         """Greedy generation of new_tokens tokens (no stop at end-of-sequence), timed like actprune's loop."""
         llm = self.model

@@ -168,13 +168,16 @@ def add_model_args(p: argparse.ArgumentParser, *, artifact: bool = False) -> Non
 CONFIG_DEFAULTS = SparsityConfig()
 
 
-def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = CONFIG_DEFAULTS.pattern) -> None:
+def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = CONFIG_DEFAULTS.pattern, *,
+                    pattern: bool = True) -> None:
+    """The SparsityConfig flags; pattern=False leaves --pattern to the command (compare takes several)."""
     # --pattern, --criterion and --correction are checked together by SparsityConfig (the criteria
     # depend on --target); config_from_args builds it first thing in every run().
     d = CONFIG_DEFAULTS
-    p.add_argument("--pattern", default=pattern_default,
-                   help="N:M (e.g. 8:16) or an unstructured ratio (50%%)" +
-                   ("; 'none' for the dense model" if pattern_default is None else ""))
+    if pattern:
+        p.add_argument("--pattern", default=pattern_default,
+                       help="N:M (e.g. 8:16) or an unstructured ratio (50%%)" +
+                       ("; 'none' for the dense model" if pattern_default is None else ""))
     p.add_argument("--target", default=d.target, choices=list(TARGETS))
     p.add_argument("--criterion", default=d.criterion,
                    help=f"activation: {', '.join(CRITERIA)}; weight: {', '.join(WEIGHT_CRITERIA)}")

@@ -15,7 +15,8 @@ from actprune_compiler.cli import INTERRUPTED, build_parser, main
 
 # Every module that imports load_model by name: replacing it there replaces every load a command makes.
 LOADERS = [importlib.import_module(f"actprune_compiler.{name}") for name in (
-    "commands.bench", "commands.compile", "commands.generate", "commands.inspect", "commands.sensitivity",
+    "commands.bench", "commands.compare", "commands.compile", "commands.generate", "commands.inspect",
+    "commands.sensitivity",
     "eval.runner", "eval.sweep")]
 
 # A report.json of the shape actprune compile writes (artifact.REPORT_SHAPE), with one layer.
@@ -259,7 +260,8 @@ def test_building_the_parser_does_not_import_lm_eval():
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("command", ["compile --out art", "eval", "generate", "bench", "sensitivity", "inspect model"])
+@pytest.mark.parametrize("command", ["compile --out art", "eval", "generate", "bench", "compare", "sensitivity",
+                                     "inspect model"])
 @pytest.mark.parametrize("device, fragment", [
     ("mps", "argument --device: device 'mps' is not supported; use cpu, cuda or cuda:N"),
     ("gpu0", "argument --device: device 'gpu0' is not a device name"),
@@ -297,6 +299,9 @@ BAD_TYPED = {
     "device_name": [("gpu0", "is not a device name"), ("mps", "is not supported"), ("", "is not a device name")],
     "model_spec": [("", "the model is empty"), ("no-such-model", "unknown model 'no-such-model'"),
                    ("./missing", "unknown model './missing'"), ("file.txt", "is a file, not a model folder")],
+    "pattern_list": [("", "no pattern given"), ("2:x", "--pattern '2:x' is not understood"),
+                     ("8:16,4:2", "--pattern '4:2' is invalid")],
+    "llamacpp_list": [("Q3", "Q3 is not a llama.cpp weight type"), ("", "no llama.cpp weight type given")],
     "worker_count": [("two", WHOLE), ("0", "is too small"), ("100000", "is more than this machine holds"),
                      ("", WHOLE)],
 }

@@ -1,0 +1,113 @@
+"""actprune compare: perplexity and decode speed of the dense model, its pruned (and quantised) variants and
+llama.cpp, in one run, as a table, JSON and a plot of tokens/s against perplexity."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actprune_compiler.benchmark import compare
+from actprune_compiler.benchmark.llamacpp import WEIGHTS
+from actprune_compiler.commands.common import (
+    add_config_args,
+    add_model_args,
+    calibration_input,
+    check_loaded,
+    config_from_args,
+    existing_folder,
+    positive_int,
+)
+from actprune_compiler.eval.runner import EvalOptions
+from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.files import atomic_write, check_output_folder, write_json
+from actprune_compiler.reporting.runinfo import versions
+from actprune_compiler.reporting.tables import format_table
+
+LLAMACPP_CHOICES = ("file", *WEIGHTS)
+
+
+def pattern_list(text: str) -> list[str]:
+    """'8:16,16:32' -> ['8:16', '16:32'] (each is checked as a SparsityConfig pattern when the configs are built)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("no pattern given; give comma-separated patterns such as 8:16,16:32")
+    return items
+
+
+def llamacpp_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    allowed = f"give comma-separated ones of {', '.join(LLAMACPP_CHOICES)} (file: the GGUF file's own)"
+    if not items:
+        raise argparse.ArgumentTypeError(f"no llama.cpp weight type given; {allowed}")
+    if bad := [i for i in items if i not in LLAMACPP_CHOICES]:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad)} is not a llama.cpp weight type; {allowed}")
+    return items
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("compare", help="perplexity and decode speed of dense, pruned and llama.cpp in one table")
+    add_model_args(p)
+    add_config_args(p, pattern=False)
+    p.add_argument("--pattern", type=pattern_list, default=["8:16"], dest="patterns",
+                   help="comma-separated N:M patterns (or ratios) to compare with the dense model")
+    p.add_argument("--llamacpp", type=llamacpp_list, default=[],
+                   help="also run llama.cpp on the model's GGUF file: 'file' (its own weights) and/or the same "
+                        f"weights converted to {', '.join(WEIGHTS)} (needs llama-cpp-python)")
+    p.add_argument("--max-windows", type=positive_int, default=4, help="WikiText-2 test windows scored")
+    p.add_argument("--seqlen", type=positive_int, default=2048)
+    p.add_argument("--new-tokens", type=positive_int, default=32, help="tokens generated per decode run")
+    p.add_argument("--repeats", type=positive_int, default=3, help="decode runs per variant, variants in turn")
+    p.add_argument("--data-dir", type=existing_folder, default=None, help="where the evaluation data lies")
+    p.add_argument("--out", default="out/compare", help="folder for compare.json, compare.md and compare.png")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = [config_from_args(argparse.Namespace(**{**vars(args), "pattern": pattern}))
+               for pattern in args.patterns]
+    configs = [c for c in configs if c is not None]
+    check_output_folder(args.out, force=True, flag="--out", replaced=False)  # writes its three files, one by one
+    out = Path(args.out)
+    calib_text, source = calibration_input(args, configs[0]) if configs else (None, "")
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    for config in configs:
+        check_loaded(model, tokenizer, config, (calib_text, source))
+    threads = torch.get_num_threads()
+    variants = [compare.Variant.actprune(c) for c in (None, *configs)]
+    variants += [compare.Variant.llama(w, compare.gguf_for(args.model, w)) for w in args.llamacpp]
+    options = EvalOptions(tasks=("wikitext2",), seqlen=args.seqlen, max_windows=args.max_windows, regional=True,
+                          data_dir=args.data_dir, calib_data=args.calib_data)
+    result: dict[str, Any] = {"model": args.model, "configs": [c.to_dict() for c in configs],
+                              "variants": [v.name for v in variants], "windows": args.max_windows,
+                              "threads": threads, "date": time.strftime("%Y-%m-%d"), "versions": versions(),
+                              "command": "actprune " + shlex.join(sys.argv[1:])}
+    # a weight target prunes the parameters in place: the speed runs get a model the quality runs left alone
+    pristine = copy.deepcopy(model) if any(c.target == "weight" for c in configs) else model
+    result["quality"] = compare.quality(args.model, model, tokenizer, variants, options, threads)
+    result["speed"] = compare.speed(args.model, pristine, tokenizer, variants, new_tokens=args.new_tokens,
+                                    repeats=args.repeats, threads=threads, calib_text=calib_text)
+    rows = compare.table_rows(result)
+    machine = result["speed"]["machine"]
+    note = ("quiet machine" if machine["quiet"] else "NOT a quiet machine: " + "; ".join(machine["not_quiet_because"]))
+    text = [f"# actprune compare: {args.model} ({result['date']}, {threads} threads)", "",
+            f"`{result['command']}`", "",
+            f"WikiText-2 perplexity on the first {args.max_windows} windows of {args.seqlen} tokens; greedy decode of "
+            f"{args.new_tokens} tokens after a {result['speed']['prompt_tokens']}-token prompt, batch 1, medians of "
+            f"{args.repeats} runs with the variants in turn; first token: the prompt and the first new token, the "
+            f"step already compiled; step compile: tracing and compiling the decode step (cold or from Inductor's "
+            f"cache). Load average {machine['load_average_before']} before, {machine['load_average_after']} after; "
+            f"other processes busy on {machine['other_processes_cores']} cores meanwhile ({note}).", "",
+            format_table(rows, list(rows[0]), markdown=True)]
+    print("\n".join(text))
+    write_json(out / "compare.json", result)
+    atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text("\n".join(text) + "\n"))
+    compare.plot(result, out / "compare.png")
+    print(f"\nwrote {out}/compare.json, compare.md, compare.png")
+    return 0
