@@ -7,6 +7,9 @@ actprune::packed_linear, the prefill GEMM on CPU in float32: oneDNN's GEMM with 
 once, from the same cache. Inductor packs weights only when it freezes them; a graph whose weights
 are inputs (regional compilation, warm starts from the FX graph cache) gets the same GEMM this way.
 
+actprune::quant_rows_linear, the decode kernel over quantised rows of W^T (quant_rows.cpp): int8 or int4
+rows derived from the float weight and kept in the same cache; formats and reference in kernels/quant.py.
+
 actprune::nm_select_cpu, the N:M mask on CPU (nm_select.cpp): actprune::nm_select's rule, compiled once
 here rather than generated into every graph by Inductor.
 
@@ -30,10 +33,13 @@ from torch.utils.cpp_extension import load
 
 from actprune_compiler.ops.select import select_groups
 
-SOURCES = [Path(__file__).with_name(name) for name in ("sparse_rows.cpp", "nm_select.cpp", "decode_attention.cpp")]
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("sparse_rows.cpp", "quant_rows.cpp", "nm_select.cpp", "decode_attention.cpp")]
+HEADERS = [Path(__file__).with_name("weight_cache.h")]
 
 torch.library.define("actprune::sparse_rows_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::packed_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+torch.library.define("actprune::quant_rows_linear", "(Tensor x, Tensor weight, Tensor? bias, str fmt) -> Tensor")
 torch.library.define("actprune::nm_select_cpu", "(Tensor groups, Tensor values, int n) -> Tensor")
 torch.library.define("actprune::decode_attention", "(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor")
 
@@ -42,7 +48,7 @@ torch.library.define("actprune::decode_attention", "(Tensor q, Tensor k, Tensor 
 def _extension():
     # The source's hash in the name: two checkouts (or versions) of actprune share the build folder,
     # and under one name each would rebuild it with its own source, under the other's feet.
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES + HEADERS)).hexdigest()[:12]
     return load(name=f"actprune_sparse_rows_{digest}", sources=[str(source) for source in SOURCES],
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
 
@@ -106,7 +112,8 @@ def cache_stats() -> dict[str, int]:
 
 
 def clear_cache() -> None:
-    """Forget every cached W^T and packed W (needed after a weight changed through `.data`); no build if none ran."""
+    """Forget every cached W^T, packed W and quantised rows (needed after a weight changed through `.data`);
+    no build if none ran."""
     if _extension.cache_info().currsize:
         _extension().clear_cache()
 
@@ -129,6 +136,11 @@ def _linear_shape(x, weight, bias):
 def _attention_shape(q, k, v, mask, scale):
     batch, heads, tokens, width = q.shape
     return q.new_empty((batch, tokens, heads, width))
+
+
+@torch.library.register_fake("actprune::quant_rows_linear")
+def _quant_linear_shape(x, weight, bias, fmt):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 @torch.library.register_fake("actprune::nm_select_cpu")

@@ -13,6 +13,8 @@
 // registered with the dispatcher from C++: a model makes one call per rewritten linear per token
 // (210 for smollm2-135m), and a Python kernel costs about 20 us a call, a quarter of the time the
 // GEMV itself takes.
+#include "weight_cache.h"
+
 #include <torch/extension.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -66,9 +68,10 @@ void token_rows(const scalar_t* x, const scalar_t* wt, const scalar_t* bias, sca
   });
 }
 
-// W^T (and the packed W), made once per weight and reused while the weight is unchanged: the
-// decode kernel reads rows of W^T, and transposing on every call would copy the whole weight,
-// costing more than the GEMV saves; packing costs more than a prefill GEMM. An entry holds its
+// W^T (and the packed W, and the quantised rows of W^T), made once per weight and reused while the
+// weight is unchanged: the decode kernel reads rows of W^T, and transposing on every call would copy
+// the whole weight, costing more than the GEMV saves; packing costs more than a prefill GEMM, and
+// quantising more still. An entry holds its
 // weight weakly (it dies with the weight, and the weak reference keeps
 // the address from being reused meanwhile) and is checked against the weight's data pointer,
 // layout and version counter, so an in-place update (load_state_dict, copy_ under no_grad) is
@@ -80,9 +83,6 @@ int64_t version_of(const at::Tensor& tensor) {  // -1 for an inference tensor, w
   return counter.enabled() ? static_cast<int64_t>(counter.current_version()) : -1;
 }
 
-// The two forms a weight is cached in: W^T for the decode kernel, oneDNN's packed W for the prefill.
-enum class Form { transposed, packed };
-
 struct Derived {
   WeakTensor weight;
   const void* data;
@@ -92,8 +92,8 @@ struct Derived {
   at::Tensor value;
 
   bool describes(const at::Tensor& w) const {
-    return !weight.expired() && data == w.const_data_ptr() && w.sizes().vec() == sizes &&
-           w.strides().vec() == strides && w.scalar_type() == dtype && version_of(w) == version;
+    return !weight.expired() && data == w.const_data_ptr() && w.sizes() == c10::IntArrayRef(sizes) &&
+           w.strides() == c10::IntArrayRef(strides) && w.scalar_type() == dtype && version_of(w) == version;
   }
 };
 
@@ -109,12 +109,15 @@ at::Tensor call_boxed(const c10::OperatorHandle& op, torch::jit::Stack stack) {
 at::Tensor make_form(const at::Tensor& weight, Form form) {
   at::NoGradGuard no_grad;
   if (form == Form::transposed) return weight.detach().t().contiguous();
-  static const auto reorder = mkldnn_op("mkldnn::_reorder_linear_weight");
-  return call_boxed(reorder, {weight.detach().contiguous(), c10::IValue()});  // no batch-size hint
+  if (form == Form::packed) {
+    static const auto reorder = mkldnn_op("mkldnn::_reorder_linear_weight");
+    return call_boxed(reorder, {weight.detach().contiguous(), c10::IValue()});  // no batch-size hint
+  }
+  return quantize_rows(weight, form);
 }
 
 std::mutex cache_mutex;  // two threads at once must not both copy a large weight
-std::unordered_map<const c10::TensorImpl*, Derived> caches[2];  // by Form
+std::unordered_map<const c10::TensorImpl*, Derived> caches[kForms];  // by Form
 int64_t hits = 0, misses = 0;
 
 }  // namespace
@@ -202,6 +205,9 @@ TORCH_LIBRARY_IMPL(actprune, CPU, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("transposed", &transposed, "weight [N, K] -> a cached row-major [K, N] copy");
-  m.def("cache_stats", &cache_stats, "(hits, misses) of the weight cache (W^T and packed W)");
-  m.def("clear_cache", &clear_cache, "forget every cached W^T and packed W");
+  m.def("quantized_rows", [](const at::Tensor& weight, const std::string& fmt) { return cached(weight, quant_form(fmt)); },
+        "weight [N, K] -> its cached quantised rows in format fmt (the tensor the decode kernel reads, not a copy)");
+  m.def("quant_format_names", &quant_format_names, "the formats actprune::quant_rows_linear accepts");
+  m.def("cache_stats", &cache_stats, "(hits, misses) of the weight cache (W^T, packed W and quantised rows)");
+  m.def("clear_cache", &clear_cache, "forget every cached W^T, packed W and quantised rows");
 }
