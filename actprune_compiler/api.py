@@ -26,7 +26,7 @@ from actprune_compiler.export import WRAPPER_PREFIX, export_causal_lm
 from actprune_compiler.models.load import load_model
 from actprune_compiler.passes import run_passes
 from actprune_compiler.passes.graph_host import ExportedProgramHost
-from actprune_compiler.passes.select_linears import check_selection, is_linear, is_nm_linear
+from actprune_compiler.passes.select_linears import check_selection, is_linear, is_nm_linear, is_quant_linear
 from actprune_compiler.recovery.prepare import prepare
 from actprune_compiler.reporting.runinfo import Timer
 from actprune_compiler.sparsity.config import SparsityConfig
@@ -40,9 +40,12 @@ CACHE_STEP = 256  # a decoder's cache length is a multiple of this: nearby lengt
 
 
 def count_ops(graph: fx.Graph) -> dict[str, int]:
-    """How many nm_linear and plain linear nodes a graph holds."""
+    """How many nm_linear, plain linear and quantised dense linear nodes a graph holds."""
     nodes = list(graph.nodes)
-    return {"nm_linear": sum(map(is_nm_linear, nodes)), "linear": sum(map(is_linear, nodes))}
+    counts = {"nm_linear": sum(map(is_nm_linear, nodes)), "linear": sum(map(is_linear, nodes))}
+    if quantized := sum(map(is_quant_linear, nodes)):
+        counts["quant_linear"] = quantized
+    return counts
 
 
 def layer_totals(layers: list[dict[str, Any]]) -> dict[str, int]:
@@ -50,7 +53,8 @@ def layer_totals(layers: list[dict[str, Any]]) -> dict[str, int]:
     reasons = Counter(d.reason for d in decisions if not d.is_sparse)
     return {"linears": len(layers), "replaced": sum(d.is_sparse for d in decisions),
             "dense_not_matched": reasons["not matched by modules"], "dense_excluded": reasons["excluded"],
-            "dense_sensitive": reasons["sensitive"], "decisions": dict(Counter(str(d) for d in decisions))}
+            "dense_sensitive": reasons["sensitive"], "quantized": sum("quant" in row for row in layers),
+            "decisions": dict(Counter(str(d) for d in decisions))}
 
 
 @dataclass

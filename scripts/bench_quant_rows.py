@@ -32,14 +32,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from actprune_compiler.kernels import cpu, quant
+from actprune_compiler.kernels import cpu
 from actprune_compiler.sparsity.masks import prune_sorted
+from actprune_compiler.sparsity.quant import QUANT_FORMATS
 
 PROJECTIONS = {"q": (576, 576), "k": (576, 192), "v": (576, 192), "o": (576, 576), "gate": (576, 1536),
                "up": (576, 1536), "down": (1536, 576)}  # (in_features, out_features)
 LAYERS = 30
 LM_HEAD = (576, 49152)
-KERNELS = ["F.linear", "f32 rows", *quant.QUANT_FORMATS]
+KERNELS = ["F.linear", "f32 rows", *QUANT_FORMATS]
 
 # Calls timed from C++ (through the dispatcher, as a compiled graph's C++ would call them), one clock
 # reading around each: Python's per-call cost (a few us, more than some of these kernels take) stays out.
@@ -86,7 +87,7 @@ def bytes_needed(kernel: str, kept: int, k: int, n: int) -> float:
         return 4.0 * n * k
     if kernel == "f32 rows":
         return 4.0 * kept * n
-    group = quant.QUANT_FORMATS[kernel].group
+    group = QUANT_FORMATS[kernel].group
     if group is None:
         return kept * n + 4.0 * n
     return kept * (n / 2 + 4 * n / group)

@@ -19,7 +19,7 @@ from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message 
 from actprune_compiler.models.devices import DEVICE_CHOICES, resolve_device
 from actprune_compiler.models.load import ALIASES, DEFAULT_MODEL, DTYPE_CHOICES, spec_problem
 from actprune_compiler.passes.select_linears import check_selection
-from actprune_compiler.sparsity.config import TARGETS, SparsityConfig
+from actprune_compiler.sparsity.config import QUANT, TARGETS, SparsityConfig
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA
 from actprune_compiler.sparsity.recovery_methods import BATCH, DEFAULT_LR, RECOVERY, WEIGHT_LR_RATIO
@@ -164,13 +164,29 @@ def add_model_args(p: argparse.ArgumentParser, *, artifact: bool = False) -> Non
     add_placement_args(p)
 
 
+QUANT_HELP = ("quantise every linear layer's weight as rows of W^T: int8 (per output channel), int4 (groups of 64 "
+              "outputs) or int4g32; decode steps read only the kept rows' codes (float32, CPU)")
+
+
+def quant_list(text: str) -> list[str]:
+    """'none,int8,int4' -> each a SparsityConfig quant format ('none': float32 weights)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    allowed = f"give comma-separated ones of {', '.join(QUANT)}"
+    if not items:
+        raise argparse.ArgumentTypeError(f"no quantisation format given; {allowed}")
+    if bad := [i for i in items if i not in QUANT]:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad)} is not a quantisation format; {allowed}")
+    return items
+
+
 # The flags' defaults are SparsityConfig's, read from the class so that the two never disagree.
 CONFIG_DEFAULTS = SparsityConfig()
 
 
 def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = CONFIG_DEFAULTS.pattern, *,
-                    pattern: bool = True) -> None:
-    """The SparsityConfig flags; pattern=False leaves --pattern to the command (compare takes several)."""
+                    pattern: bool = True, quant: bool = True) -> None:
+    """The SparsityConfig flags; pattern=False and quant=False leave --pattern and --quant to the command
+    (compare and bench take several)."""
     # --pattern, --criterion and --correction are checked together by SparsityConfig (the criteria
     # depend on --target); config_from_args builds it first thing in every run().
     d = CONFIG_DEFAULTS
@@ -204,6 +220,8 @@ def add_config_args(p: argparse.ArgumentParser, pattern_default: str | None = CO
                    help="pca: mask each input in the principal directions of its calibration inputs, interleaved "
                         "across groups (W Q folded; x @ Q, K*K multiply-adds per token, runs at run time and is "
                         "reported); pca_contiguous: the same in rank order (the ablation)")
+    if quant:
+        p.add_argument("--quant", default=d.quant, choices=list(QUANT), help=QUANT_HELP)
     p.add_argument("--calib-samples", type=positive_int, default=d.calib_samples, help="calibration sequences")
     p.add_argument("--calib-seqlen", type=positive_int, default=d.calib_seqlen, help="tokens per calibration sequence")
 
@@ -212,7 +230,14 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
     """The config the flags describe; None for --pattern none (the dense model). SparsityConfig's sentences
     start with the field they are about; here it is spelled as its flag ("--pattern '3:2' is invalid")."""
     if args.pattern is None or str(args.pattern).lower() in ("none", "dense"):
+        if getattr(args, "quant", "none") != "none":
+            raise ValueError(f"--quant {args.quant} quantises the rows a pruned model keeps, and --pattern none is the "
+                             "dense float model; give an N:M --pattern with it")
         return None
+    if getattr(args, "quant", "none") != "none" and (str(args.device or "").startswith("cuda")
+                                                     or args.dtype not in ("default", "float32", "auto")):
+        raise ValueError(f"--quant {args.quant} runs on actprune's float32 CPU kernels; use it with --device cpu and "
+                         f"--dtype float32 (given: --device {args.device or 'default'}, --dtype {args.dtype})")
     try:
         return SparsityConfig(pattern=args.pattern, target=args.target, criterion=args.criterion,
                               correction=args.correction, modules=args.modules,
@@ -220,7 +245,7 @@ def config_from_args(args: argparse.Namespace) -> SparsityConfig | None:
                               skip_sensitive=args.skip_sensitive, calib_samples=args.calib_samples,
                               calib_seqlen=args.calib_seqlen, drop_bias=args.seed_compat, recovery=args.recovery,
                               recovery_steps=args.recovery_steps, recovery_lr=args.recovery_lr,
-                              rotation=args.rotation)
+                              rotation=args.rotation, quant=args.quant)
     except ValueError as error:
         field, _, rest = str(error).partition(" ")
         if field in {f.name for f in dataclasses.fields(SparsityConfig)}:

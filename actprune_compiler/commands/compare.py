@@ -23,12 +23,14 @@ from actprune_compiler.commands.common import (
     config_from_args,
     existing_folder,
     positive_int,
+    quant_list,
 )
 from actprune_compiler.eval.runner import EvalOptions
 from actprune_compiler.models.load import load_model
 from actprune_compiler.reporting.files import atomic_write, check_output_folder, write_json
 from actprune_compiler.reporting.runinfo import versions
 from actprune_compiler.reporting.tables import format_table
+from actprune_compiler.sparsity.config import QUANT
 
 LLAMACPP_CHOICES = ("file", *WEIGHTS)
 
@@ -54,9 +56,12 @@ def llamacpp_list(text: str) -> list[str]:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="perplexity and decode speed of dense, pruned and llama.cpp in one table")
     add_model_args(p)
-    add_config_args(p, pattern=False)
+    add_config_args(p, pattern=False, quant=False)
     p.add_argument("--pattern", type=pattern_list, default=["8:16"], dest="patterns",
                    help="comma-separated N:M patterns (or ratios) to compare with the dense model")
+    p.add_argument("--quant", type=quant_list, default=["none"], dest="quants",
+                   help=f"comma-separated weight formats, each pattern run in each: {', '.join(QUANT)} (none: "
+                        "float32 weights)")
     p.add_argument("--llamacpp", type=llamacpp_list, default=[],
                    help="also run llama.cpp on the model's GGUF file: 'file' (its own weights) and/or the same "
                         f"weights converted to {', '.join(WEIGHTS)} (needs llama-cpp-python)")
@@ -70,8 +75,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    configs = [config_from_args(argparse.Namespace(**{**vars(args), "pattern": pattern}))
-               for pattern in args.patterns]
+    configs = [config_from_args(argparse.Namespace(**{**vars(args), "pattern": pattern, "quant": quant}))
+               for pattern in args.patterns for quant in args.quants]
     configs = [c for c in configs if c is not None]
     check_output_folder(args.out, force=True, flag="--out", replaced=False)  # writes its three files, one by one
     out = Path(args.out)

@@ -95,12 +95,14 @@ def use_decode_kernel(x: Tensor, correction: str) -> bool:
 
 def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int, m: int,
                          criterion: str = "magnitude", correction: str = "none",
-                         score_scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+                         score_scale: Tensor | None = None, shift: Tensor | None = None, quant: str = "none") -> Tensor:
     decode = use_decode_kernel(x, correction)
     fused_gpu = x.device.type == "cuda" and not decode and gpu_path_supports(m, criterion, correction, x.dtype)
     packed = not decode and uses_packed_gemm(x)
     prune = prune_sorted if m > MAX_PAIRWISE_GROUP else cpu.prune_native if native_mask(x) else prune_by_rank
     gemm = "decode kernel over kept rows" if decode else "packed GEMM" if packed else "dense GEMM"
+    if quant != "none":
+        gemm += f" ({quant} rows)" if decode else " (dequantised weight)"
     mask = {prune_sorted: "sort", cpu.prune_native: "native rank", prune_by_rank: "rank loop"}[prune]
     kernel = "triton masked GEMM (or cuSPARSELt)" if fused_gpu else f"{mask} mask + {gemm}"
     record_lowering(x, n, m, criterion, correction, kernel, decode_sized(x))
@@ -109,21 +111,37 @@ def nm_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, n: int,
         return torch.ops.actprune.nm_matmul(x, weight, bias, n, m, score_scale)
     x_sparse = sparsify_activation(x, n, m, criterion, correction, score_scale, shift, prune)
     if decode:
-        # The kernel reads only the rows of W^T under kept inputs.
+        # The kernel reads only the rows of W^T under kept inputs, as float32 or as quantised codes.
+        if quant != "none":
+            return torch.ops.actprune.quant_rows_linear(x_sparse, weight, bias, quant)
         return torch.ops.actprune.sparse_rows_linear(x_sparse, weight, bias)
+    return dense_gemm(x_sparse, weight, bias, packed)
+
+
+def dense_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, packed: bool) -> Tensor:
+    """The prefill's GEMM: on a weight packed once in the native cache, or torch's."""
     if packed:
-        return torch.ops.actprune.packed_linear(x_sparse, weight, bias)
-    return F.linear(x_sparse, weight, bias)
+        return torch.ops.actprune.packed_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
-def _register_nm_linear_decomposition() -> None:
-    """nm_linear's expansion goes into Inductor's own table rather than a `decompositions=` argument:
-    Inductor cannot hash a custom table (it holds pybind functions), so it would bypass its FX graph
+def quant_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, quant: str) -> Tensor:
+    """A dense layer's quantised weight: decode steps read every row's codes; the prefill multiplies by the
+    dequantised weight the graph holds (quantised once more, exactly, by the kernel's cache)."""
+    if decode_sized(x) and x.device.type == "cpu" and native_kernels():
+        return torch.ops.actprune.quant_rows_linear(x, weight, bias, quant)
+    return dense_gemm(x, weight, bias, uses_packed_gemm(x))
+
+
+def _register_decompositions() -> None:
+    """nm_linear's and quant_linear's expansions go into Inductor's own table rather than a `decompositions=`
+    argument: Inductor cannot hash a custom table (it holds pybind functions), so it would bypass its FX graph
     cache for every graph and each process would compile from scratch."""
-    target = torch.ops.actprune.nm_linear.default
-    if target not in decomposition.decompositions:
+    table = decomposition.decompositions
+    if torch.ops.actprune.nm_linear.default not in table:
         # looked up at each expansion, so that a replaced nm_linear_decomposed (a test's fault injection) is used
-        decomposition.decompositions[target] = lambda *args, **kwargs: nm_linear_decomposed(*args, **kwargs)
+        table[torch.ops.actprune.nm_linear.default] = lambda *args, **kwargs: nm_linear_decomposed(*args, **kwargs)
+        table[torch.ops.actprune.quant_linear.default] = quant_linear_decomposed
         decomposition.fast_random_decomps.cache_clear()  # a cached copy of the table
 
 
@@ -215,4 +233,4 @@ def _register_select_lowering() -> None:
 
 
 _register_select_lowering()
-_register_nm_linear_decomposition()
+_register_decompositions()

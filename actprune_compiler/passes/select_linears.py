@@ -13,6 +13,7 @@ import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear, whic
 from actprune_compiler.passes.graph_host import GraphHost, fake_value
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig, matches
 from actprune_compiler.sparsity.decision import LayerDecision
+from actprune_compiler.sparsity.quant import check_quantizable, quant_format
 
 # aten.linear in exported graphs (rewrite before decomposing); torch-level linear in Dynamo graphs.
 LINEAR_TARGETS = (torch.ops.aten.linear.default, torch._C._nn.linear, torch.nn.functional.linear)
@@ -26,6 +27,11 @@ def is_linear(node: fx.Node) -> bool:
 def is_nm_linear(node: fx.Node) -> bool:
     """A linear layer the passes rewrote: one actprune.nm_linear node."""
     return node.op == "call_function" and node.target is torch.ops.actprune.nm_linear.default
+
+
+def is_quant_linear(node: fx.Node) -> bool:
+    """A linear layer left dense whose weight the passes quantised: one actprune.quant_linear node."""
+    return node.op == "call_function" and node.target is torch.ops.actprune.quant_linear.default
 
 
 @dataclass
@@ -122,9 +128,17 @@ def check_selection(model: nn.Module, config: SparsityConfig, name: Callable[[st
     layers meant to stay dense), a pattern whose M does not divide a pruned layer's input features, or a
     skip_sensitive that would keep every pruned layer dense. The default modules need only match some
     layers (a model may lack a kind). name: how a message spells a config field (the CLI: --exclude)."""
-    layers = {path: module.in_features for path, module in model.named_modules() if isinstance(module, nn.Linear)}
-    if not layers:
+    linears = {path: module for path, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if not linears:
         return
+    if config.quant != "none":
+        check_quantizable(next(iter(linears.values())).weight, config.quant, name("quant"))
+        for path, module in linears.items():
+            try:
+                quant_format(config.quant, module.out_features)
+            except ValueError as error:
+                raise ValueError(f"{name('quant')} {config.quant} cannot hold layer {path}: {error}") from None
+    layers = {path: module.in_features for path, module in linears.items()}
     names = ", ".join(sorted({path.rsplit(".", 1)[-1] for path in layers}))
     given = config.modules if config.modules != DEFAULT_MODULES else ()
     for pattern in given:

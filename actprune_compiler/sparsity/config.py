@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA, WEIGHT_CRITERIA, criteria_for
+from actprune_compiler.sparsity.quant import QUANT_FORMATS
 from actprune_compiler.sparsity.recovery_methods import RECOVERY
 from actprune_compiler.sparsity.rotation import ROTATIONS
 
@@ -20,6 +21,7 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
 )
 TARGETS = ("activation", "weight")
+QUANT = ("none", *QUANT_FORMATS)
 MAX_M = 256
 RECOVERY_STEPS = 100  # optimiser steps of a recovery method when the config gives none
 T = TypeVar("T")
@@ -118,6 +120,10 @@ class SparsityConfig:
     rotation:   "pca": mask each input in the basis of its calibration inputs' principal directions,
                 interleaved across groups; W Q is folded, x @ Q runs at run time (sparsity/rotation.py).
                 "pca_contiguous": the same, directions in rank order (the ablation).
+    quant:      "int8", "int4" (groups of 64 outputs) or "int4g32": every pruned layer's weight quantised as
+                rows of W^T (sparsity/quant.py), after recovery and rotation are folded in, and the layers left
+                dense (lm_head) in int8; decode steps read only the kept rows' codes (kernels/quant_rows.cpp),
+                the prefill multiplies by the dequantised weight. float32 models on the CPU only.
     """
 
     pattern: str = "8:16"
@@ -134,6 +140,7 @@ class SparsityConfig:
     recovery_steps: int = RECOVERY_STEPS
     recovery_lr: float | None = None
     rotation: str = "none"
+    quant: str = "none"
 
     def __post_init__(self) -> None:
         # Normalise first so that equal configs compare (and serialise) equal.
@@ -157,6 +164,10 @@ class SparsityConfig:
                              "keeps the bias, so use drop_bias with target 'activation' only")
         self._check_recovery()
         self._check_rotation()
+        _choice("quant", self.quant, QUANT)
+        if self.quant != "none" and self.target == "weight":
+            raise ValueError(f"quant {self.quant!r} quantises the rows of W^T that the activation mask skips; use it "
+                             "with target 'activation' (weight pruning keeps the float weights)")
         if not isinstance(self.skip_sensitive, int) or self.skip_sensitive < 0:
             raise ValueError(f"skip_sensitive must be a non-negative integer, got {self.skip_sensitive!r}")
         if self.skip_sensitive and self.target == "weight":
@@ -229,6 +240,8 @@ class SparsityConfig:
             parts.append(self.rotation)
         if self.drop_bias:
             parts.append("seed-compat (no bias)")
+        if self.quant != "none":
+            parts.append(self.quant)
         return " ".join(parts)
 
     def replace(self, **changes: Any) -> SparsityConfig:

@@ -1,5 +1,5 @@
 """actprune::quant_rows_linear against the dequantised GEMV in float64, and its quantised rows against the
-plain-torch quantiser in kernels/quant.py.
+plain-torch quantiser in sparsity/quant.py.
 
 Tolerance: the kernel sums in float32, in the factored form (x * scale) * q + x * min, so its rounding
 error is a few float32 ulps (2^-24) of E_j = sum_k |x_k| (|scale * q| + |min|) times about sqrt(K)
@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from actprune_compiler.kernels import cpu, quant
+from actprune_compiler.sparsity import quant as formats
 from actprune_compiler.sparsity.masks import prune_sorted
 
-FORMATS = list(quant.QUANT_FORMATS)
+FORMATS = list(formats.QUANT_FORMATS)
 SMOLLM2_SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576)]  # (in_features, out_features)
 ODD_SHAPES = [(37, 64), (100, 96), (33, 7), (1, 32)]
 SPARSITY = ["8:16", "2:4", "dense"]
@@ -32,7 +33,7 @@ def native_kernel():
 
 def fitting(shapes):
     """(fmt, k, n) for each format and each shape whose out_features it can quantise (int4: whole groups)."""
-    return [(fmt, k, n) for fmt, f in quant.QUANT_FORMATS.items() for k, n in shapes
+    return [(fmt, k, n) for fmt, f in formats.QUANT_FORMATS.items() for k, n in shapes
             if f.group is None or n % f.group == 0]
 
 
@@ -58,13 +59,13 @@ def sparse_input(tokens, k, sparsity, seed):
 
 def reference_and_bound(x, weight, bias, fmt):
     """(float64 x @ dequantized(W)^T + b, the tolerance 2^-14 * E) for x [T, K]."""
-    q = quant.quantize(weight, fmt)
-    dense = quant.dequantized_rows(q).double()  # [K, N]
+    q = formats.quantize(weight, fmt)
+    dense = formats.dequantized_rows(q).double()  # [K, N]
     if q.min is None:
         terms = dense.abs()
     else:
         group = weight.shape[0] // q.scale.shape[1]
-        terms = (quant.dequantized_rows(quant.Quantized(q.codes, q.scale, torch.zeros_like(q.min))).abs()
+        terms = (formats.dequantized_rows(formats.Quantized(q.codes, q.scale, torch.zeros_like(q.min))).abs()
                  + q.min.float().abs().repeat_interleave(group, dim=1)).double()
     expected = x.double() @ dense + (bias.double() if bias is not None else 0)
     return expected, 2.0**-14 * (x.double().abs() @ terms) + 1e-30
@@ -110,7 +111,7 @@ def test_dense_lm_head_shape(fmt):
 def poison_rows(packed, fmt, n, k, rows):
     """Overwrites rows of the cache's packed bytes in place: int8 codes 127; int4 codes 15 and NaN scales
     and minimums (float16 0x7E00)."""
-    f = quant.QUANT_FORMATS[fmt]
+    f = formats.QUANT_FORMATS[fmt]
     if f.group is None:
         packed[: k * n].view(k, n)[rows] = 127
         return
@@ -192,7 +193,7 @@ def special_weight(n, k):
 def test_the_packer_and_the_reference_quantiser_agree_code_for_code(fmt, k, n):
     weight = special_weight(n, k)
     got = quant.unpack(quant.packed_rows(weight, fmt), fmt, n, k)
-    want = quant.quantize(weight, fmt)
+    want = formats.quantize(weight, fmt)
     assert torch.equal(got.codes.to(torch.int16), want.codes.to(torch.int16))
     assert torch.equal(got.scale, want.scale)
     assert (got.min is None and want.min is None) or torch.equal(got.min, want.min)
@@ -213,24 +214,24 @@ def test_quantisation_is_idempotent(fmt, k, n):
     """The prefill multiplies by dequantized(W) folded into the model, and the decode cache quantises
     that folded weight again: the same codes and scales come back, so both use the same values."""
     weight = layer(k, n)[0]
-    folded = quant.dequantized(weight, fmt)
-    first, again = quant.quantize(weight, fmt), quant.quantize(folded, fmt)
+    folded = formats.dequantized(weight, fmt)
+    first, again = formats.quantize(weight, fmt), formats.quantize(folded, fmt)
     assert torch.equal(again.codes, first.codes)
     assert torch.equal(again.scale, first.scale)
     assert (first.min is None) or torch.equal(again.min, first.min)
-    assert torch.equal(quant.dequantized(folded, fmt), folded)
+    assert torch.equal(formats.dequantized(folded, fmt), folded)
     packed = quant.unpack(quant.packed_rows(folded, fmt), fmt, n, k)  # the decode cache's view of it
     assert torch.equal(packed.codes.to(torch.int16), first.codes.to(torch.int16))
 
 
 def test_the_format_names_are_the_kernels():
-    assert cpu._extension().quant_format_names() == list(quant.QUANT_FORMATS)
+    assert cpu._extension().quant_format_names() == list(formats.QUANT_FORMATS)
 
 
 def test_bits_per_weight():
-    assert quant.bits_per_weight("int4", 576, 576) == 4.5
-    assert quant.bits_per_weight("int4g32", 576, 576) == 5.0
-    assert quant.bits_per_weight("int8", 576, 576) == 8 + 32 / 576
+    assert formats.bits_per_weight("int4", 576, 576) == 4.5
+    assert formats.bits_per_weight("int4g32", 576, 576) == 5.0
+    assert formats.bits_per_weight("int8", 576, 576) == 8 + 32 / 576
 
 
 def test_bad_input_fails_loudly():
@@ -253,6 +254,6 @@ def test_bad_input_fails_loudly():
     with pytest.raises(RuntimeError, match="cannot quantise a weight .* NaN, inf"):
         quant.quant_rows_linear(x, bad, None, "int4")
     with pytest.raises(ValueError, match="unknown quantisation format 'int3'; allowed: int8, int4, int4g32"):
-        quant.dequantized(weight, "int3")
+        formats.dequantized(weight, "int3")
     with pytest.raises(ValueError, match="must be a multiple of 64, but the layer has 100"):
-        quant.dequantized(weight, "int4")
+        formats.dequantized(weight, "int4")

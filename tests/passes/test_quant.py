@@ -1,0 +1,102 @@
+"""--quant: every linear layer's weight as int8 or int4 rows of W^T, against an independent reference: the
+eager model whose weights are replaced by their dequantised values (sparsity/quant.py's quantiser, checked
+against the C++ packer in tests/kernels/test_quant_rows.py), masked by tests/reference.py's hooks.
+
+Tolerance of the logits: the compiled program sums in float32 in its own order (and the decode kernel in the
+factored form (x * scale) * q + x * min), the reference in float64; over two tiny layers that is a few
+float32 ulps of the logits' magnitude (about 1), so 1e-4 absolute is 100 times that and far below what one
+wrong code changes."""
+
+import copy
+import re
+
+import pytest
+import torch
+from conftest import PROMPT, tiny_model
+from reference import hooked
+
+from actprune_compiler import compile_model, count_ops, sparsify
+from actprune_compiler.decode.loop import Decoder
+from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.sparsity.quant import dequantized
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+FORMATS = ("int8", "int4g32")  # the tiny models' k/v projections have 32 outputs: int4 needs groups of 64
+
+
+def dequantized_model(model, quant: str):
+    """A copy whose every linear layer multiplies by its dequantised weight (lm_head, left dense, in int8); a tied
+    embedding keeps its rows."""
+    model = copy.deepcopy(model)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            fmt = "int8" if name == "lm_head" else quant
+            module.weight = torch.nn.Parameter(dequantized(module.weight.detach(), fmt), requires_grad=False)
+    return model
+
+
+def reference_logits(model, quant: str, ids) -> torch.Tensor:
+    reference = dequantized_model(model, quant).double()
+    with torch.no_grad(), hooked(reference, 8, 16):
+        return reference(input_ids=ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("quant", FORMATS)
+def test_the_program_holds_quantised_weights_on_every_linear(family, quant):
+    model = tiny_model(family)
+    pruned = sparsify(model, SparsityConfig("8:16", quant=quant))
+    ops = count_ops(pruned.program.graph)
+    assert ops == {"nm_linear": 14, "linear": 0, "quant_linear": 1}  # 2 layers x 7 projections; lm_head
+    assert pruned.report["totals"]["quantized"] == 15
+    assert [row["quant"] for row in pruned.layers] == [quant] * 14 + ["int8"]  # lm_head, left dense, in int8
+    nm = [n for n in pruned.program.graph.nodes if n.target is torch.ops.actprune.nm_linear.default]
+    assert all(n.kwargs["quant"] == quant for n in nm)
+    torch.testing.assert_close(pruned.module()(PROMPT).double(), reference_logits(model, quant, PROMPT),
+                               rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("quant", FORMATS)
+@pytest.mark.parametrize("tokens", [1, 7])  # a decode step (the quantised-rows kernel) and a prefill
+def test_compiled_logits_match_the_dequantised_reference(family, quant, tokens):
+    model = compile_model(copy.deepcopy(tiny_model(family)), SparsityConfig("8:16", quant=quant))
+    ids = PROMPT[:, :tokens]
+    with torch.no_grad():
+        got = model(input_ids=ids, use_cache=False).logits
+    expected = reference_logits(tiny_model(family), quant, ids)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-4)
+    # the quantisation is really there: the float weights' logits lie further away than the tolerance
+    float_model = copy.deepcopy(tiny_model(family)).double()
+    with torch.no_grad(), hooked(float_model, 8, 16):
+        float_logits = float_model(input_ids=ids, use_cache=False).logits
+    assert (float_logits - expected).abs().max() > 1e-3
+
+
+def test_decode_loop_tokens_equal_greedy_of_the_dequantised_model():
+    model = copy.deepcopy(tiny_model("llama"))
+    model.generation_config.eos_token_id = None
+    reference = dequantized_model(model, "int4g32")
+    with torch.no_grad(), hooked(reference, 8, 16):
+        expected = reference.generate(PROMPT, max_new_tokens=20, do_sample=False, pad_token_id=0)[0, 7:].tolist()
+    got = Decoder(model, SparsityConfig("8:16", quant="int4g32"), max_length=64).generate(PROMPT, 20).tokens
+    assert got == expected
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"quant": "int3"}, "quant 'int3' is unknown; allowed: none, int8, int4, int4g32"),
+    ({"quant": "int4", "target": "weight"}, "quant 'int4' quantises the rows of W^T that the activation mask skips"),
+])
+def test_a_bad_quant_config_is_one_sentence(changes, fragment):
+    with pytest.raises(ValueError, match="^" + re.escape(fragment)):
+        SparsityConfig("8:16", **changes)
+
+
+def test_a_format_whose_groups_do_not_fit_a_layer_is_refused_before_the_export():
+    with pytest.raises(ValueError, match=r"quant int4 cannot hold layer model.layers.0.self_attn.k_proj: format int4 "
+                                         "quantises groups of 64 outputs"):
+        sparsify(tiny_model("llama"), SparsityConfig("8:16", quant="int4"))
+
+
+def test_a_model_that_is_not_float32_is_refused():
+    with pytest.raises(ValueError, match="quant 'int8' runs on actprune's float32 CPU kernels, and this model is "
+                                         "float64 on cpu"):
+        sparsify(copy.deepcopy(tiny_model("llama")).double(), SparsityConfig("8:16", quant="int8"))
