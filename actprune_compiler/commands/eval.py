@@ -48,7 +48,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-windows", type=positive_int, default=None, help="score only the first N windows")
     p.add_argument("--batch-size", type=positive_int, default=1,
                    help="windows (ppl) or requests (lm-eval) per forward")
-    p.add_argument("--bos", default="auto", choices=BOS_MODES, help="see README: perplexity")
+    p.add_argument("--bos", default="auto", choices=BOS_MODES,
+                   help="where BOS tokens go in the perplexity windows (docs/evaluation.md, Perplexity)")
     p.add_argument("--limit", type=example_limit, default=None,
                    help="examples per zero-shot task (lm-eval --limit): a fraction below 1 or a count")
     p.add_argument("--num-fewshot", type=non_negative_int, default=None)

@@ -58,7 +58,8 @@ def describe(sweep, results: list[dict[str, Any]], source: str) -> str:
               "excluded, reported per run in results.jsonl); 'vs dense' divides by the dense run of this sweep."
               if o.compile else
               "Scored through the uncompiled exported program (reference kernels; the same masks as the "
-              f"compiled program up to float32 rounding), so that {len(results)} configurations fit one session.")
+              f"compiled program up to float32 rounding), which spares compiling each of the {len(results)} "
+              "configurations.")
     total = sum(r["total_s"] for r in results) / 60
     return (f"Sweep `{source}`, rerun with `actprune sweep {source}`.\n\n{limits}. {scored} "
             f"Calibration (where a method needs it): WikiText-2 validation, 16 x 512 tokens. "

@@ -43,7 +43,8 @@ MAX_PAIRWISE_GROUP = 64
 
 
 # At most this many tokens per call take the decode kernel (more tokens share the dense GEMM's
-# single pass over W better than they each read their own kept rows). Measured: see README.
+# single pass over W better than they each read their own kept rows). Measured per layer at 1, 4 and 8 tokens:
+# results/bench-smollm2-135m-8-16/bench.md (docs/performance.md says how).
 DECODE_MAX_TOKENS = 4
 
 

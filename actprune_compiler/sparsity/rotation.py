@@ -1,4 +1,4 @@
-"""A per-input orthogonal rotation before the activation mask (the methods issue, method 3).
+"""A per-input orthogonal rotation before the activation mask (docs/methods.md, "Rotation").
 
     y = W x + b = (W Q) (Qᵀ x) + b
 
