@@ -22,7 +22,9 @@ from tqdm import tqdm
 from actprune_compiler.api import compile_program, sparsify
 from actprune_compiler.backends.dynamo import compile_dense, compile_model
 from actprune_compiler.backends.inductor import inductor_with_nm_lowering, inference_call
+from actprune_compiler.benchmark import compare
 from actprune_compiler.benchmark.generation import several_compiled_models, timed_generate
+from actprune_compiler.benchmark.machine import Window, quietness
 from actprune_compiler.calibration import selected_linears
 from actprune_compiler.export import export_causal_lm
 from actprune_compiler.models.devices import model_device, synchronize
@@ -149,19 +151,33 @@ def bench_prefill(model: nn.Module, config: SparsityConfig, shapes: list[tuple[i
     return rows
 
 
-def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int,
-                 repeats: int) -> dict[str, dict]:
-    """Greedy generation with the KV cache, batch 1: decode tokens per second.
+def bench_decode(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int, repeats: int, *,
+                 model_spec: str = "", llamacpp: list[compare.Variant] | None = None
+                 ) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Greedy generation with the KV cache, batch 1: decode tokens per second of each variant, and how quiet
+    the machine was while they ran (in turn, `repeats` times).
 
     actprune is timed through both documented calls: compile_model (dynamic shapes, freezing; and
-    regional) and the plain model.forward = torch.compile(model.forward, backend="actprune", options=...).
+    regional) and the plain model.forward = torch.compile(model.forward, backend="actprune", options=...),
+    with Hugging Face's generate, and through actprune's decode loop (the dense model, the config, and the
+    config in float32 when it quantises). llamacpp: llama.cpp's variants (compare.llamacpp_variants), run on
+    the same prompt ids, new tokens and threads.
     """
     with several_compiled_models():
-        return _decode_timings(model, config, prompt_len, new_tokens, repeats)
+        return _decode_timings(model, config, prompt_len, new_tokens, repeats, model_spec, llamacpp or [])
+
+
+def _decode_loop_runs(model: nn.Module, config: SparsityConfig, ids: torch.Tensor, new_tokens: int,
+                      model_spec: str, llamacpp: list[compare.Variant]) -> dict[str, Callable[[], dict]]:
+    configs = [None, config] + ([config.replace(quant="none")] if config.quant != "none" else [])
+    variants = [compare.Variant.actprune(c) for c in configs] + llamacpp
+    loops = compare.decoders(model_spec, model, variants, ids[0].tolist(), new_tokens, torch.get_num_threads())
+    return {(name if name.startswith("llama.cpp") else f"{name} decode loop"):
+            (lambda run=run: {"decode_tokens_per_s": run()["tokens_per_s"]}) for name, (run, _) in loops.items()}
 
 
 def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, new_tokens: int,
-                    repeats: int) -> dict[str, dict]:
+                    repeats: int, model_spec: str, llamacpp: list[compare.Variant]) -> tuple[dict[str, dict], dict]:
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=model_device(model))
     dense_c, pruned_c, plain_c, regional_c = (copy.deepcopy(model) for _ in range(4))
     compile_dense(dense_c, freeze=True)
@@ -177,16 +193,19 @@ def _decode_timings(model: nn.Module, config: SparsityConfig, prompt_len: int, n
             "dense compiled": lambda: timed_generate(dense_c, ids, new_tokens),
             "actprune compile_model": lambda: timed_generate(pruned_c, ids, new_tokens),
             "actprune plain torch.compile": lambda: timed_generate(plain_c, ids, new_tokens),
-            "actprune compile_model regional": lambda: timed_generate(regional_c, ids, new_tokens)}
+            "actprune compile_model regional": lambda: timed_generate(regional_c, ids, new_tokens),
+            **_decode_loop_runs(model, config, ids, new_tokens, model_spec, llamacpp)}
     for fn in runs.values():  # compile prefill and decode graphs
         fn()
     rates: dict[str, list[float]] = {name: [] for name in runs}
+    window = Window.start()
     for _ in tqdm(range(repeats), desc="decode"):
         for name, fn in runs.items():
             rates[name].append(fn()["decode_tokens_per_s"])
+    window.stop()
     out = {name: {"tokens_per_s": statistics.median(r), "samples": r} for name, r in rates.items()}
     for name, r in out.items():
         for base in ("dense compiled", "seed eager mask", "dense eager"):
             if base != name:
                 r[f"speed-up vs {base}"] = r["tokens_per_s"] / out[base]["tokens_per_s"]
-    return out
+    return out, quietness(window, rates)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from actprune_compiler.benchmark import llamacpp
@@ -26,7 +27,9 @@ from actprune_compiler.eval.data import load_wikitext2
 from actprune_compiler.eval.perplexity import perplexity, resolve_bos
 from actprune_compiler.eval.runner import EvalOptions, evaluate
 from actprune_compiler.models.load import gguf_file
-from actprune_compiler.sparsity.config import SparsityConfig
+from actprune_compiler.passes.quantize_weights import DENSE_FORMAT
+from actprune_compiler.sparsity.config import SparsityConfig, matches
+from actprune_compiler.sparsity.quant import bits_per_weight
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 
@@ -50,11 +53,39 @@ class Variant:
         return cls(f"llama.cpp {shown}", llamacpp=weights)
 
 
+def llamacpp_variants(model_spec: str, weights: list[str] | tuple[str, ...]) -> list[Variant]:
+    """llama.cpp's variants, checked before any model loads: llama-cpp-python is installed, the model has a
+    GGUF file, and each conversion is made (once; they are cached)."""
+    if weights:
+        llamacpp.require()
+    return [Variant.llama(w, gguf_for(model_spec, w)) for w in weights]
+
+
 def gguf_for(model_spec: str, weights: str) -> Path:
     source = gguf_file(model_spec)
     if source is None:
         raise ValueError(f"llama.cpp runs GGUF files; model {model_spec!r} is not an alias or a .gguf file")
     return source if weights == "file" else llamacpp.converted(source, weights)
+
+
+def weights_read_per_token(model: nn.Module, variant: Variant, model_spec: str) -> int:
+    """Bytes of weights one decode step reads: each linear layer's kept fraction of its rows, in its format
+    (float32, or the quantised codes with their scales); llama.cpp: every tensor of its GGUF file but the
+    token embedding, of which a token reads one row, unless the file has no output matrix and multiplies by
+    the embedding instead (tied)."""
+    if variant.llamacpp is not None:
+        return llamacpp.weights_read_per_token(gguf_for(model_spec, variant.llamacpp))
+    config, total = variant.config, 0.0
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        out_features, in_features = module.weight.shape
+        pruned = config is not None and matches(path, config.modules) and not matches(path, config.exclude)
+        keep, group = config.parsed_pattern.group(in_features) if pruned else (1, 1)
+        fmt = "none" if config is None or config.quant == "none" else config.quant if pruned else DENSE_FORMAT
+        bits = 32 if fmt == "none" else bits_per_weight(fmt, out_features, in_features)
+        total += out_features * in_features * keep / group * bits / 8
+    return round(total)
 
 
 def llamacpp_perplexity(model_spec: str, weights: str, tokenizer, options: EvalOptions, threads: int) -> dict:
@@ -81,16 +112,17 @@ def quality(model_spec: str, model, tokenizer, variants: list[Variant], options:
     return out
 
 
-def _decoders(model_spec: str, model, variants: list[Variant], prompt: list[int], new_tokens: int,
-              threads: int, **options: Any) -> dict[str, tuple[Callable[[], dict], dict]]:
+def decoders(model_spec: str, model, variants: list[Variant], prompt: list[int], new_tokens: int,
+              threads: int, cpp_wrapper: bool = False, **options: Any) -> dict[str, tuple[Callable[[], dict], dict]]:
     """Each variant's generation as a function of no arguments, after a first generation that compiles the
-    step (its compile and first-token times are returned beside it)."""
+    step (its compile and first-token times are returned beside it). cpp_wrapper: as Decoder takes it."""
     ids = torch.tensor([prompt], device=next(model.parameters()).device)
     runs = {}
     for variant in tqdm(variants, desc="compile the decode steps"):
         if variant.llamacpp is None:
             extra = options if variant.config is not None else {}
-            decoder = Decoder(model, variant.config, max_length=len(prompt) + new_tokens, **extra)
+            decoder = Decoder(model, variant.config, max_length=len(prompt) + new_tokens, cpp_wrapper=cpp_wrapper,
+                              **extra)
             first = decoder.generate(ids, new_tokens)
 
             def run(decoder=decoder) -> dict:
@@ -114,13 +146,14 @@ def _decoders(model_spec: str, model, variants: list[Variant], prompt: list[int]
 
 
 def speed(model_spec: str, model, tokenizer, variants: list[Variant], *, new_tokens: int, repeats: int,
-          threads: int, prompt: str = PROMPT, calib_text: str | None = None) -> dict[str, Any]:
+          threads: int, prompt: str = PROMPT, calib_text: str | None = None, cpp_wrapper: bool = False
+          ) -> dict[str, Any]:
     """Greedy decode of `new_tokens` tokens after `prompt`, every variant in turn, `repeats` times: the median
     tokens/s and first-token time of each, its samples, and whether the machine was quiet. calib_text: for
     configs that calibrate (as compile_model takes it)."""
     ids = tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
-    runs = _decoders(model_spec, model, variants, ids, new_tokens, threads, tokenizer=tokenizer,
-                     calib_text=calib_text)
+    runs = decoders(model_spec, model, variants, ids, new_tokens, threads, cpp_wrapper, tokenizer=tokenizer,
+                    calib_text=calib_text)
     samples: dict[str, list[dict]] = {name: [] for name in runs}
     window = Window.start()
     for _ in tqdm(range(repeats), desc="decode, variants in turn"):
@@ -149,8 +182,16 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
                      "decode tokens/s": f"{d['tokens_per_s']:.1f}",
                      "vs dense": f"{d['tokens_per_s'] / dense:.2f}x" if dense else "",
                      "first token (ms)": f"{d['first_token_s'] * 1e3:.0f}",
-                     "step compile (s)": f"{compile_s:.1f}" if compile_s is not None else "n/a (llama.cpp)"})
+                     "step compile (s)": f"{compile_s:.1f}" if compile_s is not None else "n/a (llama.cpp)",
+                     **_bytes_columns(result.get("weights_read_mb", {}).get(name), d["tokens_per_s"])})
     return rows
+
+
+def _bytes_columns(mb: float | None, tokens_per_s: float) -> dict[str, str]:
+    """Weights read per token, and the read bandwidth that speed stands for (its distance from the machine's)."""
+    if mb is None:
+        return {}
+    return {"weights read (MB/token)": f"{mb:.1f}", "weight GB/s": f"{mb * tokens_per_s / 1e3:.1f}"}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -20,12 +20,13 @@ import torch
 
 from actprune_compiler.reporting.files import CACHE_DIR, atomic_write
 
-INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
+INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python (the llamacpp extra)'
 # The weights llama.cpp can be asked to run besides the file's own: its types, by llama.cpp's ftype number.
 WEIGHTS = {"F32": 0, "F16": 1, "Q8_0": 7}
 
 
-def _llama_cpp():
+def require():
+    """The llama_cpp module, or one sentence saying how to install it."""
     try:
         import llama_cpp
     except ImportError as error:
@@ -41,7 +42,7 @@ def converted(gguf: Path, weights: str) -> Path:
     target = CACHE_DIR / "llamacpp" / f"{gguf.stem}-{weights}.gguf"
     if target.exists():
         return target
-    llama_cpp = _llama_cpp()
+    llama_cpp = require()
     target.parent.mkdir(parents=True, exist_ok=True)
 
     def write(partial: str) -> None:
@@ -54,6 +55,16 @@ def converted(gguf: Path, weights: str) -> Path:
 
     atomic_write(target, write)
     return target
+
+
+def weights_read_per_token(gguf: Path) -> int:
+    """Bytes of the file's tensors a decode step reads: all but the token embedding, which it reads whole only
+    when the file has no output matrix of its own (tied) and multiplies by the embedding instead."""
+    from gguf import GGUFReader
+
+    sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(gguf)).tensors}
+    untied = "output.weight" in sizes
+    return sum(size for name, size in sizes.items() if not (untied and name == "token_embd.weight"))
 
 
 def file_type(gguf: Path) -> str:
@@ -71,7 +82,7 @@ class LlamaCpp:
 
     def __init__(self, gguf: Path, threads: int, context: int = 2048, *, logits: bool = False) -> None:
         """logits=True keeps every position's logits (for perplexity); decode needs only the last one's."""
-        llama_cpp = _llama_cpp()
+        llama_cpp = require()
         self.path, self.threads = gguf, threads
         self.model = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads,
                                      n_ctx=context, n_batch=512, logits_all=logits, verbose=False)

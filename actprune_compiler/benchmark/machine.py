@@ -82,3 +82,10 @@ def quietness(window: Window, samples: dict[str, list[float]]) -> dict[str, Any]
             "other_processes_cores": round(window.others_cores, 3), "cores": cores(),
             "spread": {k: round(v, 3) for k, v in spreads.items()}, "quiet": not reasons,
             "not_quiet_because": reasons}
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """quietness()'s verdict as the sentence a results file prints above its timings."""
+    note = ("quiet machine" if machine["quiet"] else "NOT a quiet machine: " + "; ".join(machine["not_quiet_because"]))
+    return (f"Load average {machine['load_average_before']} before, {machine['load_average_after']} after; other "
+            f"processes busy on {machine['other_processes_cores']} cores meanwhile ({note}).")

@@ -13,13 +13,16 @@ from typing import Any
 
 import torch
 
-from actprune_compiler.benchmark import bench
+from actprune_compiler.benchmark import bench, compare
+from actprune_compiler.benchmark.llamacpp import WEIGHTS
+from actprune_compiler.benchmark.machine import machine_line
 from actprune_compiler.benchmark.startup import cold_and_warm
 from actprune_compiler.commands.common import (
     add_config_args,
     add_model_args,
     check_loaded,
     config_from_args,
+    llamacpp_list,
     non_negative_int,
     positive_int,
     positive_int_list,
@@ -44,6 +47,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="tokens generated per decode run (0: skip)")
     p.add_argument("--prompt-len", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--vs-llamacpp", nargs="?", type=llamacpp_list, const=["file"], default=[], metavar="WEIGHTS",
+                   help="also decode with llama.cpp on the model's GGUF file, interleaved with actprune's variants: "
+                        f"'file' (the default: its own weights) and/or converted to {', '.join(WEIGHTS)}, "
+                        "comma-separated (needs llama-cpp-python)")
     p.add_argument("--startup", action="store_true",
                    help="also time cold and warm starts (fresh processes: load, compile, first token) of the "
                         "dense and the sparse model, without freezing (Inductor caches no frozen graph)")
@@ -143,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(default if args.out is None else args.out)
     # files in it are replaced one by one; a file there, or a folder that cannot be written, fails now
     check_output_folder(default if args.out is None else args.out, force=True, inputs=(args.model,), replaced=False)
+    llama = compare.llamacpp_variants(args.model, args.vs_llamacpp)
     model, _ = load_model(args.model, args.dtype, args.device)
     check_loaded(model, None, config)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -153,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
         result["layers"] = bench.bench_layers(model, config, args.layer_tokens, args.repeats)
         result["prefill"] = bench.bench_prefill(model, config, args.prefill, args.repeats)
         if args.decode_tokens:
-            result["decode"] = bench.bench_decode(model, config, args.prompt_len, args.decode_tokens, args.repeats)
+            result["decode"], result["decode_machine"] = bench.bench_decode(
+                model, config, args.prompt_len, args.decode_tokens, args.repeats, model_spec=args.model,
+                llamacpp=llama)
     if args.startup or args.startup_only:
         with tempfile.TemporaryDirectory(prefix="actprune-startup-") as folder:
             place = {"dtype": args.dtype, "device": args.device}
@@ -172,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
                               markdown=True)]
     if "decode" in result:
         text += ["", f"## greedy decode, batch 1, prompt {args.prompt_len}, {args.decode_tokens} new tokens", "",
+                 machine_line(result["decode_machine"]), "",
                  format_table(decode_rows(result["decode"]), ["variant", "tokens/s", "vs dense compiled",
                                                               "vs seed eager mask"], markdown=True)]
     if "startup" in result:

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from actprune_compiler.benchmark.llamacpp import WEIGHTS
 from actprune_compiler.calibration.hooks import check_calibration_text
 from actprune_compiler.eval.data import CALIB_SOURCES, calibration_text
 from actprune_compiler.eval.harness import unknown_tasks, unknown_tasks_message  # lm_eval only if needed
@@ -164,19 +165,26 @@ def add_model_args(p: argparse.ArgumentParser, *, artifact: bool = False) -> Non
     add_placement_args(p)
 
 
-QUANT_HELP = ("quantise every linear layer's weight as rows of W^T: int8 (per output channel), int4 (groups of 64 "
-              "outputs) or int4g32; decode steps read only the kept rows' codes (float32, CPU)")
+LLAMACPP_WEIGHTS = ("file", *WEIGHTS)  # 'file': the GGUF file's own weights
+QUANT_HELP = ("quantise every pruned layer's weight as rows of W^T: int8 (per output channel), int4 (groups of 64 "
+              "outputs) or int4g32, and lm_head in int8; decode steps read only the kept rows' codes (float32, CPU)")
 
 
-def quant_list(text: str) -> list[str]:
-    """'none,int8,int4' -> each a SparsityConfig quant format ('none': float32 weights)."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    allowed = f"give comma-separated ones of {', '.join(QUANT)}"
-    if not items:
-        raise argparse.ArgumentTypeError(f"no quantisation format given; {allowed}")
-    if bad := [i for i in items if i not in QUANT]:
-        raise argparse.ArgumentTypeError(f"{', '.join(bad)} is not a quantisation format; {allowed}")
-    return items
+def choice_list(what: str, choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """A type= for comma-separated choices ('none,int8,int4'), each one of `choices`."""
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        allowed = f"give comma-separated ones of {', '.join(choices)}"
+        if not items:
+            raise argparse.ArgumentTypeError(f"no {what} given; {allowed}")
+        if bad := [item for item in items if item not in choices]:
+            raise argparse.ArgumentTypeError(f"{', '.join(bad)} is not a {what}; {allowed}")
+        return items
+    return parse
+
+
+quant_list = choice_list("quantisation format", QUANT)
+llamacpp_list = choice_list("llama.cpp weight type ('file': the GGUF file's own)", LLAMACPP_WEIGHTS)
 
 
 # The flags' defaults are SparsityConfig's, read from the class so that the two never disagree.

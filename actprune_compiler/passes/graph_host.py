@@ -131,7 +131,16 @@ class ExportedProgramHost(GraphHost):
     def finish(self) -> None:
         eliminate_dead_code(self.graph)
         self.graph.lint()
+        self._name_outputs()
         self.program.graph_module.recompile()
+
+    def _name_outputs(self) -> None:
+        """The signature names each output by its node: a pass that replaced an output's node (lm_head turned
+        into quant_linear) renames it there too."""
+        outputs = self.graph.output_node().args[0]
+        for spec, node in zip(self.program.graph_signature.output_specs, outputs, strict=True):
+            if isinstance(spec.arg, TensorArgument) and isinstance(node, fx.Node):
+                spec.arg.name = node.name
 
 
 class GraphModuleHost(GraphHost):

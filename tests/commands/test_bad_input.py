@@ -301,8 +301,7 @@ BAD_TYPED = {
                    ("./missing", "unknown model './missing'"), ("file.txt", "is a file, not a model folder")],
     "pattern_list": [("", "no pattern given"), ("2:x", "--pattern '2:x' is not understood"),
                      ("8:16,4:2", "--pattern '4:2' is invalid")],
-    "quant_list": [("int3", "int3 is not a quantisation format"), ("", "no quantisation format given")],
-    "llamacpp_list": [("Q3", "Q3 is not a llama.cpp weight type"), ("", "no llama.cpp weight type given")],
+    "choice_list.<locals>.parse": [("int3", "int3 is not a "), ("", " given; give comma-separated ones of ")],
     "worker_count": [("two", WHOLE), ("0", "is too small"), ("100000", "is more than this machine holds"),
                      ("", WHOLE)],
 }

@@ -151,3 +151,11 @@ def test_more_decoders_than_dynamo_recompiles_a_function(monkeypatch):
     for _ in range(torch._dynamo.config.recompile_limit + 2):
         decoder = Decoder(model, config("8:16"), max_length=64, inner_backend="eager")
         assert decoder.generate(PROMPT, TOKENS).tokens == expected
+
+
+def test_the_step_with_its_calls_in_cpp_gives_the_same_tokens():
+    model = without_eos(tiny_model("llama"))
+    expected = expected_tokens(model, "8:16")
+    decoder = Decoder(model, config("8:16"), max_length=64, cpp_wrapper=True)
+    assert decoder.generate(PROMPT, TOKENS).tokens == expected
+    assert decoder.inductor_config["cpp_wrapper"]

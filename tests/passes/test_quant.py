@@ -8,6 +8,7 @@ float32 ulps of the logits' magnitude (about 1), so 1e-4 absolute is 100 times t
 wrong code changes."""
 
 import copy
+import json
 import re
 
 import pytest
@@ -100,3 +101,19 @@ def test_a_model_that_is_not_float32_is_refused():
     with pytest.raises(ValueError, match="quant 'int8' runs on actprune's float32 CPU kernels, and this model is "
                                          "float64 on cpu"):
         sparsify(copy.deepcopy(tiny_model("llama")).double(), SparsityConfig("8:16", quant="int8"))
+
+
+def test_a_quantised_artifact_passes_its_check_and_reloads(tiny_dir, tmp_path):
+    from actprune_compiler.artifact.folder import load_program
+    from actprune_compiler.cli import main
+
+    out = tmp_path / "art"
+    args = ["compile", "--model", str(tiny_dir), "--pattern", "8:16", "--quant", "int4g32", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["check"]["passed"] and report["config"]["quant"] == "int4g32"
+    assert report["graph_ops"]["quant_linear"] == 1 and "actprune.quant_linear" in (out / "graph.txt").read_text()
+    with torch.no_grad():
+        got = load_program(out).module()(PROMPT)
+    torch.testing.assert_close(got.double(), reference_logits(tiny_model("llama"), "int4g32", PROMPT), rtol=0,
+                               atol=1e-4)
