@@ -204,14 +204,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     from actprune_compiler.reporting.files import atomic_write
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    llama = 0
     for name, d in result["speed"]["decode"].items():
         ppl = result["quality"][name]["ppl"]
-        style = {"marker": "s", "color": "tab:gray"} if name.startswith("llama.cpp") else \
-            {"marker": "o", "color": "tab:blue" if name.startswith("dense") else "tab:green"}
+        if name.startswith("llama.cpp"):  # its points share actprune dense's perplexity: labels below, staggered
+            style, offset, llama = {"marker": "s", "color": "tab:gray"}, (5, -12 - 10 * (llama % 2)), llama + 1
+        else:
+            style = {"marker": "o", "color": "tab:blue" if name.startswith("dense") else "tab:green"}
+            offset = (5, 4)
         ax.scatter(d["tokens_per_s"], ppl, s=40, **style)
-        ax.annotate(name, (d["tokens_per_s"], ppl), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(name, (d["tokens_per_s"], ppl), textcoords="offset points", xytext=offset, fontsize=8)
+    ax.margins(x=0.1, y=0.15)  # room for the labels at the edges
+    windows = result["windows"]
     ax.set(xlabel="greedy decode tokens/s, batch 1 (higher is better)",
-           ylabel=f"WikiText-2 perplexity, {result['windows']} windows (lower is better)",
+           ylabel=f"WikiText-2 perplexity, {windows} window{'s' if windows != 1 else ''} (lower is better)",
            title=f"{result['model']}: quality and speed ({result['threads']} threads, {result['date']})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
