@@ -20,6 +20,7 @@ from actprune_compiler.benchmark import compare
 from actprune_compiler.benchmark.llamacpp import WEIGHTS
 from actprune_compiler.benchmark.machine import machine_line
 from actprune_compiler.models.load import load_model
+from actprune_compiler.reporting.files import atomic_write, write_json
 from actprune_compiler.reporting.tables import format_table
 from actprune_compiler.sparsity.config import SparsityConfig
 
@@ -45,8 +46,10 @@ def variants_of(result: dict) -> list[compare.Variant]:
         if name.startswith("llama.cpp "):
             shown = name.removeprefix("llama.cpp ")
             out.append(compare.Variant(name, llamacpp=shown if shown in WEIGHTS else "file"))
+        elif name == "dense":
+            out.append(compare.Variant(name))
         else:
-            out.append(compare.Variant(name, configs.get(name)))
+            out.append(compare.Variant(name, configs[name]))
     return out
 
 
@@ -66,11 +69,11 @@ def with_bytes(result: dict) -> dict:
 def goals(result: dict, bandwidth: float) -> list[str]:
     decode, ppl = result["speed"]["decode"], result["quality"]
     rate = {name: d["tokens_per_s"] for name, d in decode.items()}
-    own = next(n for n in rate if n.startswith("llama.cpp") and n.removeprefix("llama.cpp ") not in WEIGHTS)
+    own = [n for n in rate if n.startswith("llama.cpp") and n.removeprefix("llama.cpp ") not in WEIGHTS]
     lines = []
     for name in rate:
-        if name.endswith(("int4", "int4g32")) and name.startswith("8:16"):
-            lines.append(f"- {name} decodes at {rate[name] / rate[own]:.2f}x {own} (goal: 1.3x)")
+        if own and name.endswith(("int4", "int4g32")) and name.startswith("8:16"):
+            lines.append(f"- {name} decodes at {rate[name] / rate[own[0]]:.2f}x {own[0]} (goal: 1.3x)")
     if "llama.cpp F32" in rate:
         lines.append(f"- actprune dense float32 decodes at {rate['dense'] / rate['llama.cpp F32']:.2f}x llama.cpp F32 "
                      "on the same weights (goal: 1x)")
@@ -99,13 +102,13 @@ def main() -> None:
             f"{bandwidth:.1f} GB/s / B.", ""]
     for path in sorted(ROOT.glob("*/compare.json")):
         result = with_bytes(json.loads(path.read_text()))
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(path, result)
         rows = compare.table_rows(result)
         picture = f"![{result['model']}]({path.parent.name}/compare.png)"
         text += [f"## {result['model']} ({result['date']})", "", picture, "",
                  format_table(rows, list(rows[0]), markdown=True), "",
                  machine_line(result["speed"]["machine"]), "", *goals(result, bandwidth), ""]
-    (ROOT / "README.md").write_text("\n".join(text))
+    atomic_write(ROOT / "README.md", lambda tmp: Path(tmp).write_text("\n".join(text)))
     print("\n".join(text))
 
 

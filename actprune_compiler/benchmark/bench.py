@@ -112,7 +112,8 @@ def _layer_timings(k: int, n_out: int, tokens: int, n: int, m: int, repeats: int
 
 
 def bench_layers(model: nn.Module, config: SparsityConfig, tokens: list[int], repeats: int) -> list[dict]:
-    """Each distinct projection shape: dense F.linear, the seed's eager mask, nm_linear compiled."""
+    """Each distinct projection shape: dense F.linear, the seed's eager mask, nm_linear compiled (float32
+    weights: config.quant is timed by the decode rows)."""
     rows = []
     for (k, n_out), t in tqdm([(s, t) for s in layer_shapes(model, config) for t in tokens], desc="layers"):
         n, m = config.parsed_pattern.group(k)

@@ -27,9 +27,8 @@ from actprune_compiler.eval.data import load_wikitext2
 from actprune_compiler.eval.perplexity import perplexity, resolve_bos
 from actprune_compiler.eval.runner import EvalOptions, evaluate
 from actprune_compiler.models.load import gguf_file
-from actprune_compiler.passes.quantize_weights import DENSE_FORMAT
 from actprune_compiler.sparsity.config import SparsityConfig, matches
-from actprune_compiler.sparsity.quant import bits_per_weight
+from actprune_compiler.sparsity.quant import bits_per_weight, layer_format
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 
@@ -70,9 +69,10 @@ def gguf_for(model_spec: str, weights: str) -> Path:
 
 def weights_read_per_token(model: nn.Module, variant: Variant, model_spec: str) -> int:
     """Bytes of weights one decode step reads: each linear layer's kept fraction of its rows, in its format
-    (float32, or the quantised codes with their scales); llama.cpp: every tensor of its GGUF file but the
-    token embedding, of which a token reads one row, unless the file has no output matrix and multiplies by
-    the embedding instead (tied)."""
+    (float32, or the quantised codes with their scales), for the layers the config's modules and exclude
+    select (layers skip_sensitive keeps dense count as pruned, and a rotation's Q is not counted).
+    llama.cpp: every tensor of its GGUF file but the token embedding, of which a token reads one row, unless
+    the file has no output matrix and multiplies by the embedding instead (tied)."""
     if variant.llamacpp is not None:
         return llamacpp.weights_read_per_token(gguf_for(model_spec, variant.llamacpp))
     config, total = variant.config, 0.0
@@ -82,7 +82,7 @@ def weights_read_per_token(model: nn.Module, variant: Variant, model_spec: str) 
         out_features, in_features = module.weight.shape
         pruned = config is not None and matches(path, config.modules) and not matches(path, config.exclude)
         keep, group = config.parsed_pattern.group(in_features) if pruned else (1, 1)
-        fmt = "none" if config is None or config.quant == "none" else config.quant if pruned else DENSE_FORMAT
+        fmt = "none" if config is None else layer_format(config.quant, pruned)
         bits = 32 if fmt == "none" else bits_per_weight(fmt, out_features, in_features)
         total += out_features * in_features * keep / group * bits / 8
     return round(total)

@@ -146,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         # per-layer timings use magnitude, so a different method would be reported under its name but not timed.
         raise ValueError(f"bench times the plain magnitude mask; {config.label!r} is not benchmarked (leave "
                          "--criterion, --correction, --skip-sensitive, --recovery and --rotation at their defaults)")
+    if config.quant != "none" and (args.startup or args.startup_only):
+        raise ValueError(f"--startup times the float32 start of --pattern {config.pattern}; drop --quant "
+                         f"{config.quant} for it (the decode rows time the quantised step)")
     default = f"results/bench-{file_name_part(args.model)}-{config.pattern.replace(':', '-')}"
     out = Path(default if args.out is None else args.out)
     # files in it are replaced one by one; a file there, or a folder that cannot be written, fails now

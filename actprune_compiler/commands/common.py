@@ -179,6 +179,8 @@ def choice_list(what: str, choices: tuple[str, ...]) -> Callable[[str], list[str
             raise argparse.ArgumentTypeError(f"no {what} given; {allowed}")
         if bad := [item for item in items if item not in choices]:
             raise argparse.ArgumentTypeError(f"{', '.join(bad)} is not a {what}; {allowed}")
+        if len(set(items)) < len(items):
+            raise argparse.ArgumentTypeError(f"{text} names a {what} twice; give each once")
         return items
     return parse
 

@@ -40,6 +40,8 @@ def pattern_list(text: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         raise argparse.ArgumentTypeError("no pattern given; give comma-separated patterns such as 8:16,16:32")
+    if len(set(items)) < len(items):
+        raise argparse.ArgumentTypeError(f"{text} names a pattern twice; give each once")
     return items
 
 

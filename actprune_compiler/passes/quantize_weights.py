@@ -17,18 +17,17 @@ import torch
 
 from actprune_compiler.passes.graph_host import GraphHost
 from actprune_compiler.passes.select_linears import LinearSite, format_node
-from actprune_compiler.sparsity.quant import check_quantizable, dequantized
-
-DENSE_FORMAT = "int8"
+from actprune_compiler.sparsity.quant import check_quantizable, dequantized, layer_format
 
 
 def quantize_weights(host: GraphHost, sites: list[LinearSite], quant: str) -> dict[str, str]:
-    """Quantise every site's weight (dense ones in DENSE_FORMAT); return the format per module path."""
+    """Quantise every site's weight (dense ones in int8, sparsity.quant.layer_format); return the format per
+    module path."""
     done = {}
     for site in sites:
         weight = host.value(site.weight)
         check_quantizable(weight, quant)
-        fmt = quant if site.selected else DENSE_FORMAT
+        fmt = layer_format(quant, site.selected)
         weight_node = host.substitute(site.weight, f"{site.path}.quantized_weight", dequantized(weight, fmt))
         site.node.replace_input_with(site.weight, weight_node)
         if site.selected:

@@ -13,7 +13,7 @@ import actprune_compiler.ops  # noqa: F401  (registers actprune::nm_linear, whic
 from actprune_compiler.passes.graph_host import GraphHost, fake_value
 from actprune_compiler.sparsity.config import DEFAULT_MODULES, SparsityConfig, matches
 from actprune_compiler.sparsity.decision import LayerDecision
-from actprune_compiler.sparsity.quant import check_quantizable, quant_format
+from actprune_compiler.sparsity.quant import check_quantizable, layer_format, quant_format
 
 # aten.linear in exported graphs (rewrite before decomposing); torch-level linear in Dynamo graphs.
 LINEAR_TARGETS = (torch.ops.aten.linear.default, torch._C._nn.linear, torch.nn.functional.linear)
@@ -134,8 +134,9 @@ def check_selection(model: nn.Module, config: SparsityConfig, name: Callable[[st
     if config.quant != "none":
         check_quantizable(next(iter(linears.values())).weight, config.quant, name("quant"))
         for path, module in linears.items():
+            pruned = matches(path, config.modules) and not matches(path, config.exclude)
             try:
-                quant_format(config.quant, module.out_features)
+                quant_format(layer_format(config.quant, pruned), module.out_features)
             except ValueError as error:
                 raise ValueError(f"{name('quant')} {config.quant} cannot hold layer {path}: {error}") from None
     layers = {path: module.in_features for path, module in linears.items()}

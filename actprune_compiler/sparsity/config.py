@@ -168,6 +168,11 @@ class SparsityConfig:
         if self.quant != "none" and self.target == "weight":
             raise ValueError(f"quant {self.quant!r} quantises the rows of W^T that the activation mask skips; use it "
                              "with target 'activation' (weight pruning keeps the float weights)")
+        if self.quant != "none" and CORRECTIONS[self.correction].token_shift is not None:
+            # the token's shift makes its input dense again: no decode kernel reads kept rows for it
+            run_time = ", ".join(n for n, c in CORRECTIONS.items() if c.token_shift is None)
+            raise ValueError(f"quant {self.quant!r} needs the decode kernel over kept rows, which correction "
+                             f"{self.correction!r} (a per-token shift) cannot use; use one of {run_time}")
         if not isinstance(self.skip_sensitive, int) or self.skip_sensitive < 0:
             raise ValueError(f"skip_sensitive must be a non-negative integer, got {self.skip_sensitive!r}")
         if self.skip_sensitive and self.target == "weight":

@@ -22,6 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+DENSE_FORMAT = "int8"  # layers left dense under any format (lm_head): see passes/quantize_weights.py
+
+
+def layer_format(quant: str, pruned: bool) -> str:
+    """The format a layer's weight takes under `quant`: its own when pruned, DENSE_FORMAT when left dense."""
+    return quant if pruned or quant == "none" else DENSE_FORMAT
+
 
 @dataclass(frozen=True)
 class QuantFormat:

@@ -463,3 +463,12 @@ def test_a_report_that_is_not_text_is_named(workdir, capfd):
     (workdir / "art").mkdir()
     (workdir / "art" / "report.json").write_bytes(b"\xff\xfe\x00binary")
     fails_at_once(["inspect", "art"], "art/report.json is not valid JSON (not text); recompile", workdir, capfd)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["compare", "--quant", "int8,int8"], "argument --quant: int8,int8 names a quantisation format twice"),
+    (["compare", "--llamacpp", "F32,F32"], "argument --llamacpp: F32,F32 names a llama.cpp weight type"),
+    (["compare", "--pattern", "8:16,8:16"], "argument --pattern: 8:16,8:16 names a pattern twice"),
+])
+def test_a_list_that_names_a_variant_twice_is_refused(workdir, capfd, argv, fragment):
+    fails_at_once(argv, fragment, workdir, capfd)

@@ -158,4 +158,3 @@ def test_the_step_with_its_calls_in_cpp_gives_the_same_tokens():
     expected = expected_tokens(model, "8:16")
     decoder = Decoder(model, config("8:16"), max_length=64, cpp_wrapper=True)
     assert decoder.generate(PROMPT, TOKENS).tokens == expected
-    assert decoder.inductor_config["cpp_wrapper"]

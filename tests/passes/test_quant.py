@@ -85,6 +85,8 @@ def test_decode_loop_tokens_equal_greedy_of_the_dequantised_model():
 @pytest.mark.parametrize("changes, fragment", [
     ({"quant": "int3"}, "quant 'int3' is unknown; allowed: none, int8, int4, int4g32"),
     ({"quant": "int4", "target": "weight"}, "quant 'int4' quantises the rows of W^T that the activation mask skips"),
+    ({"quant": "int8", "correction": "shift_mean"},
+     "quant 'int8' needs the decode kernel over kept rows, which correction 'shift_mean' (a per-token shift)"),
 ])
 def test_a_bad_quant_config_is_one_sentence(changes, fragment):
     with pytest.raises(ValueError, match="^" + re.escape(fragment)):
@@ -95,6 +97,15 @@ def test_a_format_whose_groups_do_not_fit_a_layer_is_refused_before_the_export()
     with pytest.raises(ValueError, match=r"quant int4 cannot hold layer model.layers.0.self_attn.k_proj: format int4 "
                                          "quantises groups of 64 outputs"):
         sparsify(tiny_model("llama"), SparsityConfig("8:16", quant="int4"))
+
+
+def test_layers_left_dense_are_checked_in_their_own_format():
+    # k_proj and v_proj have 32 outputs: too few for int4's groups of 64, and left dense they take int8
+    config = SparsityConfig("8:16", modules=("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), quant="int4")
+    pruned = sparsify(tiny_model("llama"), config)
+    formats = {row["module"].rsplit(".", 1)[-1]: row["quant"] for row in pruned.layers}
+    assert formats == {"q_proj": "int4", "k_proj": "int8", "v_proj": "int8", "o_proj": "int4", "gate_proj": "int4",
+                       "up_proj": "int4", "down_proj": "int4", "lm_head": "int8"}
 
 
 def test_a_model_that_is_not_float32_is_refused():
