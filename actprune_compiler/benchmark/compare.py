@@ -27,7 +27,7 @@ from actprune_compiler.eval.data import load_wikitext2
 from actprune_compiler.eval.perplexity import perplexity, resolve_bos
 from actprune_compiler.eval.runner import EvalOptions, evaluate
 from actprune_compiler.models.load import gguf_file
-from actprune_compiler.sparsity.config import SparsityConfig, matches
+from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.quant import bits_per_weight, layer_format
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
@@ -80,7 +80,7 @@ def weights_read_per_token(model: nn.Module, variant: Variant, model_spec: str) 
         if not isinstance(module, nn.Linear):
             continue
         out_features, in_features = module.weight.shape
-        pruned = config is not None and matches(path, config.modules) and not matches(path, config.exclude)
+        pruned = config is not None and config.selects(path)
         keep, group = config.parsed_pattern.group(in_features) if pruned else (1, 1)
         fmt = "none" if config is None else layer_format(config.quant, pruned)
         bits = 32 if fmt == "none" else bits_per_weight(fmt, out_features, in_features)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from actprune_compiler.sparsity.config import SparsityConfig, matches
+from actprune_compiler.sparsity.config import SparsityConfig
 
 # (module path, the layer, its input) -> None
 Observer = Callable[[str, nn.Linear, torch.Tensor], None]
@@ -51,7 +51,7 @@ def token_batches(tokenizer, text: str, samples: int, seqlen: int) -> torch.Tens
 def selected_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Linear]:
     """The nn.Linear modules the config selects (its modules, minus its exclusions), by path."""
     return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and matches(name, config.modules) and not matches(name, config.exclude)}
+            if isinstance(module, nn.Linear) and config.selects(name)}
 
 
 @contextlib.contextmanager

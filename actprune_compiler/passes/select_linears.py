@@ -134,9 +134,8 @@ def check_selection(model: nn.Module, config: SparsityConfig, name: Callable[[st
     if config.quant != "none":
         check_quantizable(next(iter(linears.values())).weight, config.quant, name("quant"))
         for path, module in linears.items():
-            pruned = matches(path, config.modules) and not matches(path, config.exclude)
             try:
-                quant_format(layer_format(config.quant, pruned), module.out_features)
+                quant_format(layer_format(config.quant, config.selects(path)), module.out_features)
             except ValueError as error:
                 raise ValueError(f"{name('quant')} {config.quant} cannot hold layer {path}: {error}") from None
     layers = {path: module.in_features for path, module in linears.items()}
@@ -152,7 +151,7 @@ def check_selection(model: nn.Module, config: SparsityConfig, name: Callable[[st
             raise ValueError(f"{name('exclude')} pattern {pattern!r} matches none of the {len(selected)} linear layers "
                              f"that {name('modules')} selects, so it would keep nothing dense; their names are "
                              f"{', '.join(sorted({p.rsplit('.', 1)[-1] for p in selected})) or 'none'}")
-    pruned = {path: features for path, features in selected.items() if not matches(path, config.exclude)}
+    pruned = {path: features for path, features in layers.items() if config.selects(path)}
     for path, features in pruned.items():
         keep, group = config.parsed_pattern.group(features)
         if features % group:

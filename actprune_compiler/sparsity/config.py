@@ -220,6 +220,10 @@ class SparsityConfig:
             raise ValueError(f"rotation {self.rotation!r} spreads the principal directions over groups of M; use it "
                              f"with an N:M pattern, not {self.pattern!r}")
 
+    def selects(self, path: str) -> bool:
+        """Whether the layer at this module path is pruned by modules and exclude (skip_sensitive aside)."""
+        return matches(path, self.modules) and not matches(path, self.exclude)
+
     @property
     def parsed_pattern(self) -> Pattern:
         return parse_pattern(self.pattern)
