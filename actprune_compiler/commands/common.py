@@ -104,11 +104,20 @@ def calib_source(text: str) -> str:
     return text
 
 
+def comma_items(text: str, what: str, allowed: str, *, once: bool = False) -> list[str]:
+    """The non-empty items of a comma-separated value, or one sentence: none given, or (once) one given twice."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"no {what} given; {allowed}")
+    if once and len(set(items)) < len(items):
+        raise argparse.ArgumentTypeError(f"{text} names a {what} twice; give each once")
+    return items
+
+
 def task_list(text: str) -> tuple[str, ...]:
     """Comma-separated tasks, checked now so that a typo does not surface after perplexity has run."""
-    tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # ordered, de-duplicated
-    if not tasks:
-        raise argparse.ArgumentTypeError("no task given; give wikitext2 or any lm-eval task or group")
+    items = comma_items(text, "task", "give wikitext2 or any lm-eval task or group")
+    tasks = tuple(dict.fromkeys(items))  # ordered, de-duplicated
     if unknown := unknown_tasks(tasks):
         raise argparse.ArgumentTypeError(unknown_tasks_message(unknown))
     return tasks
@@ -116,9 +125,7 @@ def task_list(text: str) -> tuple[str, ...]:
 
 def positive_int_list(text: str) -> list[int]:
     """'1,4,8,512' -> [1, 4, 8, 512]."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("no value given; give comma-separated positive integers such as 1,4,8")
+    items = comma_items(text, "value", "give comma-separated positive integers such as 1,4,8")
     bad = next((item for item in items if not item.isdigit() or int(item) < 1), None)
     if bad is not None:
         raise argparse.ArgumentTypeError(f"{bad!r} in {text!r} is not a positive integer; "
@@ -129,9 +136,7 @@ def positive_int_list(text: str) -> list[int]:
 def shape_list(text: str) -> list[tuple[int, int]]:
     """'1x512,8x512' -> [(1, 512), (8, 512)]: batch x sequence length."""
     allowed = "give comma-separated BATCHxSEQLEN shapes of positive integers such as 1x512,8x512"
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"no shape given; {allowed}")
+    items = comma_items(text, "shape", allowed)
     shapes = []
     for item in items:
         parts = [p.strip() for p in item.lower().split("x")]
@@ -172,16 +177,13 @@ QUANT_HELP = ("quantise every pruned layer's weight as rows of W^T: int8 (per ou
 
 def choice_list(what: str, choices: tuple[str, ...]) -> Callable[[str], list[str]]:
     """A type= for comma-separated choices ('none,int8,int4'), each one of `choices`."""
+    allowed = f"give comma-separated ones of {', '.join(choices)}"
+
     def parse(text: str) -> list[str]:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        allowed = f"give comma-separated ones of {', '.join(choices)}"
-        if not items:
-            raise argparse.ArgumentTypeError(f"no {what} given; {allowed}")
+        items = comma_items(text, what, allowed)
         if bad := [item for item in items if item not in choices]:
             raise argparse.ArgumentTypeError(f"{', '.join(bad)} is not a {what}; {allowed}")
-        if len(set(items)) < len(items):
-            raise argparse.ArgumentTypeError(f"{text} names a {what} twice; give each once")
-        return items
+        return comma_items(text, what, allowed, once=True)
     return parse
 
 

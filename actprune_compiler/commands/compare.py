@@ -21,6 +21,7 @@ from actprune_compiler.commands.common import (
     add_model_args,
     calibration_input,
     check_loaded,
+    comma_items,
     config_from_args,
     existing_folder,
     llamacpp_list,
@@ -37,12 +38,7 @@ from actprune_compiler.sparsity.config import QUANT
 
 def pattern_list(text: str) -> list[str]:
     """'8:16,16:32' -> ['8:16', '16:32'] (each is checked as a SparsityConfig pattern when the configs are built)."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("no pattern given; give comma-separated patterns such as 8:16,16:32")
-    if len(set(items)) < len(items):
-        raise argparse.ArgumentTypeError(f"{text} names a pattern twice; give each once")
-    return items
+    return comma_items(text, "pattern", "give comma-separated patterns such as 8:16,16:32", once=True)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
