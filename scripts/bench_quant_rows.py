@@ -15,7 +15,8 @@ the same way from TorchScript (the per-call overhead, reported); the whole-token
 a TorchScript loop (about 0.5 us a call, close to a compiled graph's C++ call), not summed.
 
 GB/s counts the bytes a call needs: the kept rows' codes (int8: N bytes, int4: N/2) with their int4
-scales and minimums, plus the int8 scales; float32: kept rows x N x 4; F.linear: the whole weight.
+scales and minimums (int4k32: every block's), plus the int8 scales; float32: kept rows x N x 4;
+F.linear: the whole weight.
 
 Run it under the shared lock, e.g.
     flock /tmp/actprune-heavy.lock python scripts/bench_quant_rows.py --threads 2
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from actprune_compiler.kernels import cpu
 from actprune_compiler.sparsity.masks import prune_sorted
-from actprune_compiler.sparsity.quant import QUANT_FORMATS
+from actprune_compiler.sparsity.quant import QUANT_FORMATS, bits_read_per_weight
 
 PROJECTIONS = {"q": (576, 576), "k": (576, 192), "v": (576, 192), "o": (576, 576), "gate": (576, 1536),
                "up": (576, 1536), "down": (1536, 576)}  # (in_features, out_features)
@@ -87,10 +88,7 @@ def bytes_needed(kernel: str, kept: int, k: int, n: int) -> float:
         return 4.0 * n * k
     if kernel == "f32 rows":
         return 4.0 * kept * n
-    group = QUANT_FORMATS[kernel].group
-    if group is None:
-        return kept * n + 4.0 * n
-    return kept * (n / 2 + 4 * n / group)
+    return bits_read_per_weight(kernel, n, k, kept / k) * n * k / 8
 
 
 def token_inputs(calls: list[tuple[str, torch.Tensor]], g: torch.Generator) -> list[torch.Tensor]:

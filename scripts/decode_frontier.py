@@ -72,7 +72,7 @@ def goals(result: dict, bandwidth: float) -> list[str]:
     own = [n for n in rate if n.startswith("llama.cpp") and n.removeprefix("llama.cpp ") not in WEIGHTS]
     lines = []
     for name in rate:
-        if own and name.endswith(("int4", "int4g32")) and name.startswith("8:16"):
+        if own and name.endswith(("int4", "int4g32", "int4k32")) and name.startswith("8:16"):
             lines.append(f"- {name} decodes at {rate[name] / rate[own[0]]:.2f}x {own[0]} (goal: 1.3x)")
     if "llama.cpp F32" in rate:
         lines.append(f"- actprune dense float32 decodes at {rate['dense'] / rate['llama.cpp F32']:.2f}x llama.cpp F32 "

@@ -28,7 +28,7 @@ from actprune_compiler.eval.perplexity import perplexity, resolve_bos
 from actprune_compiler.eval.runner import EvalOptions, evaluate
 from actprune_compiler.models.load import gguf_file
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.sparsity.quant import bits_per_weight, layer_format
+from actprune_compiler.sparsity.quant import bits_read_per_weight, layer_format
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 
@@ -83,8 +83,9 @@ def weights_read_per_token(model: nn.Module, variant: Variant, model_spec: str) 
         pruned = config is not None and config.selects(path)
         keep, group = config.parsed_pattern.group(in_features) if pruned else (1, 1)
         fmt = "none" if config is None else layer_format(config.quant, pruned)
-        bits = 32 if fmt == "none" else bits_per_weight(fmt, out_features, in_features)
-        total += out_features * in_features * keep / group * bits / 8
+        bits = 32 * keep / group if fmt == "none" else bits_read_per_weight(fmt, out_features, in_features,
+                                                                            keep / group)
+        total += out_features * in_features * bits / 8
     return round(total)
 
 

@@ -14,7 +14,8 @@
 //
 // The kernel factors the int4 product per group: x_k * w = (x_k * scale) * q + x_k * min, so its inner
 // loop is widen + convert + one FMA per weight, and the x_k * min terms are summed per group and
-// added once at the end. Threads split the kept rows (small N: each reads whole rows, and their
+// added once at the end. int4k32 factors per block instead: y_j += scale_j * (sum_k x_k q_kj) +
+// min_j * (sum_k x_k) over the block's kept rows k, its sums held in registers across those rows. Threads split the kept rows (small N: each reads whole rows, and their
 // partial sums are added at the end) or the outputs (large N, as for lm_head).
 //
 // Measured on one core of the development machine, reading a kept row costs about as much as
@@ -44,10 +45,12 @@ namespace {
 struct Format {
   const char* name;
   Form form;
-  int group;  // outputs per scale/minimum along a row; 0: one scale per output channel (int8)
+  int group;  // weights per scale/minimum; 0: one scale per output channel (int8)
+  bool along_inputs;  // a group is `group` rows of one output, not `group` outputs of one row
+  int lanes() const { return along_inputs ? 32 : group; }  // out_features must be a multiple (0: any)
 };
-constexpr Format kFormats[] = {{"int8", Form::int8_rows, 0}, {"int4", Form::int4_rows, 64},
-                               {"int4g32", Form::int4g32_rows, 32}};
+constexpr Format kFormats[] = {{"int8", Form::int8_rows, 0, false}, {"int4", Form::int4_rows, 64, false},
+                               {"int4g32", Form::int4g32_rows, 32, false}, {"int4k32", Form::int4k32_rows, 32, true}};
 
 const Format& format_of(Form form) {
   for (const auto& f : kFormats) {
@@ -86,6 +89,26 @@ struct Int4Rows {
   const uint8_t* codes(int64_t k) const { return data + k * stride; }
   const uint16_t* scales(int64_t k) const { return reinterpret_cast<const uint16_t*>(codes(k) + N / 2); }
   const uint16_t* mins(int64_t k) const { return scales(k) + groups; }
+};
+
+struct Int4KRows {
+  static constexpr int64_t kBlock = 32;  // rows sharing a scale and minimum per output
+  const uint8_t* data;
+  int64_t K, N, stride;  // stride: bytes per block, its codes then scales then minimums
+
+  static int64_t block_bytes(int64_t N) { return kBlock * N / 2 + 4 * N; }
+  Int4KRows(const at::Tensor& packed, int64_t K, int64_t N)
+      : data(packed.const_data_ptr<uint8_t>()), K(K), N(N), stride(block_bytes(N)) {}
+  const uint8_t* codes(int64_t k) const { return data + k / kBlock * stride + k % kBlock * (N / 2); }
+  const uint16_t* scales(int64_t block) const {
+    return reinterpret_cast<const uint16_t*>(data + block * stride + kBlock * N / 2);
+  }
+  const uint16_t* mins(int64_t block) const { return scales(block) + N; }
+  // Code q[k, j]: 32 outputs per 16 bytes, byte i holding output i (low nibble) and i + 16 (high).
+  int code(int64_t k, int64_t j) const {
+    const uint8_t b = codes(k)[j / 32 * 16 + j % 16];
+    return j % 32 < 16 ? b & 15 : b >> 4;
+  }
 };
 
 float half_to_float(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
@@ -145,6 +168,26 @@ at::Tensor pack_int8(const at::Tensor& weight) {  // weight [N, K] float32
   return packed;
 }
 
+// One group's codes: min16 = min(w), scale16 = (max - min) / 15, q = round((w - min) / scale) in [0, 15]
+// (all 0 for a constant group, or a range below float16's). Returns false if a value is not finite.
+bool quantize_group(const float* w, int64_t G, uint8_t* q, c10::Half& scale16, c10::Half& min16) {
+  bool finite = true;
+  float lo = w[0], hi = w[0];
+  for (int64_t i = 0; i < G; ++i) {
+    const float v = w[i];
+    if (!(std::fabs(v) <= 65504.0f)) finite = false;  // NaN fails this too
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  min16 = c10::Half(lo);
+  scale16 = c10::Half((hi - lo) / 15.0f);
+  const float m = min16, s = scale16;
+  for (int64_t i = 0; i < G; ++i) {
+    q[i] = s > 0.0f ? static_cast<uint8_t>(std::clamp(std::nearbyint((w[i] - m) / s), 0.0f, 15.0f)) : 0;
+  }
+  return finite;
+}
+
 at::Tensor pack_int4(const at::Tensor& weight, int64_t G) {  // weight [N, K] float32
   const int64_t N = weight.size(0), K = weight.size(1), groups = N / G;
   auto wt = weight.t().contiguous();  // rows of W^T: a group is G consecutive floats
@@ -160,26 +203,45 @@ at::Tensor pack_int4(const at::Tensor& weight, int64_t G) {  // weight [N, K] fl
       c10::Half* scales = reinterpret_cast<c10::Half*>(codes + N / 2);
       c10::Half* mins = scales + groups;
       for (int64_t g = 0; g < groups; ++g) {
-        const float* w = src + k * N + g * G;
-        float lo = w[0], hi = w[0];
-        for (int64_t i = 0; i < G; ++i) {
-          if (!(std::fabs(w[i]) <= 65504.0f)) finite[k] = 0;  // NaN fails this too
-          lo = std::min(lo, w[i]);
-          hi = std::max(hi, w[i]);
-        }
-        const c10::Half min16(lo), scale16((hi - lo) / 15.0f);
-        const float m = min16, s = scale16;
-        for (int64_t i = 0; i < G; ++i) {  // a constant group (or a range below float16's): all codes 0
-          q[i] = s > 0.0f ? static_cast<uint8_t>(std::clamp(std::nearbyint((w[i] - m) / s), 0.0f, 15.0f)) : 0;
-        }
+        if (!quantize_group(src + k * N + g * G, G, q.data(), scales[g], mins[g])) finite[k] = 0;
         for (int64_t i = 0; i < G / 2; ++i) codes[g * G / 2 + i] = static_cast<uint8_t>(q[i] | (q[i + G / 2] << 4));
-        scales[g] = scale16;
-        mins[g] = min16;
       }
     }
   });
   check_finite(std::all_of(finite.begin(), finite.end(), [](char c) { return c; }), weight,
                format_of(G == 64 ? Form::int4_rows : Form::int4g32_rows));
+  return packed;
+}
+
+at::Tensor pack_int4k(const at::Tensor& weight) {  // weight [N, K] float32
+  constexpr int64_t B = Int4KRows::kBlock;
+  const int64_t N = weight.size(0), K = weight.size(1), blocks = K / B;
+  auto w = weight.contiguous();  // a group is B consecutive floats of one output's row of W
+  auto packed = at::empty({blocks * Int4KRows::block_bytes(N)}, weight.options().dtype(at::kByte));
+  const float* src = w.const_data_ptr<float>();
+  uint8_t* data = packed.data_ptr<uint8_t>();
+  const int64_t stride = Int4KRows::block_bytes(N);
+  std::vector<char> finite(N / 32, 1);
+  // A thread takes whole runs of 32 outputs: outputs i and i + 16 share their code bytes.
+  at::parallel_for(0, N / 32, 1, [&](int64_t begin, int64_t end) {
+    uint8_t low[B], high[B];
+    for (int64_t run = begin; run < end; ++run) {
+      for (int64_t b = 0; b < blocks; ++b) {
+        uint8_t* block = data + b * stride;
+        c10::Half* scales = reinterpret_cast<c10::Half*>(block + B * N / 2);
+        c10::Half* mins = scales + N;
+        for (int64_t i = 0; i < 16; ++i) {
+          const int64_t j = run * 32 + i;
+          bool ok = quantize_group(src + j * K + b * B, B, low, scales[j], mins[j]);
+          ok &= quantize_group(src + (j + 16) * K + b * B, B, high, scales[j + 16], mins[j + 16]);
+          if (!ok) finite[run] = 0;
+          for (int64_t r = 0; r < B; ++r) block[r * (N / 2) + run * 16 + i] = static_cast<uint8_t>(low[r] | (high[r] << 4));
+        }
+      }
+    }
+  });
+  check_finite(std::all_of(finite.begin(), finite.end(), [](char c) { return c; }), weight,
+               format_of(Form::int4k32_rows));
   return packed;
 }
 
@@ -373,6 +435,87 @@ void int4_exact(const Int4Rows& w, const Kept& kept, float* y) {
   }
 }
 
+#ifdef ACTPRUNE_QUANT_AVX512
+// sum[j] += sum over the R rows of v[i] * q[i][j] for j < width (a multiple of 32): each row read front
+// to back (the prefetchers follow R streams), the sums loaded and stored once per R rows.
+template <int R>
+inline void int4k_pass(const uint8_t* const* q, const float* v, int64_t width, float* sum) {
+  const __m512i low_nibble = _mm512_set1_epi32(15);
+  __m512 a[R];
+  for (int i = 0; i < R; ++i) a[i] = _mm512_set1_ps(v[i]);
+  for (int64_t j = 0; j < width; j += 32) {
+    __m512 lo = _mm512_load_ps(sum + j), hi = _mm512_load_ps(sum + j + 16);
+    for (int i = 0; i < R; ++i) {
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q[i] + j / 2)));
+      lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, low_nibble)), a[i], lo);
+      hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), a[i], hi);
+    }
+    _mm512_store_ps(sum + j, lo);
+    _mm512_store_ps(sum + j + 16, hi);
+  }
+}
+#endif
+
+// acc[j] += sum over the blocks of the kept rows i in [r0, r1) of scale[b, j0 + j] * sum_i values[i] *
+// q[rows[i], j0 + j] + min[b, j0 + j] * sum_i values[i], for j < width (a multiple of 32). Kept rows come
+// in increasing order, so a block's rows are one run of them; its sums are kept in `sum` (kChunk floats,
+// 64-byte aligned) until the block's scales and minimums apply.
+void int4k_rows(const Int4KRows& w, const Kept& kept, int64_t r0, int64_t r1, int64_t j0, int64_t width, float* acc,
+                float* sum) {
+  const int32_t* rows = kept.rows.data();
+  const float* values = kept.values.data();
+  for (int64_t r = r0, e = r0; r < r1; r = e) {
+    const int64_t block = rows[r] / Int4KRows::kBlock;
+    float xsum = 0.0f;
+    for (; e < r1 && rows[e] / Int4KRows::kBlock == block; ++e) xsum += values[e];
+    std::fill(sum, sum + width, 0.0f);
+    int64_t i = r;
+#ifdef ACTPRUNE_QUANT_AVX512
+    for (; i + kRows <= e; i += kRows) {
+      const uint8_t* q[kRows];
+      for (int h = 0; h < kRows; ++h) {
+        q[h] = w.codes(rows[i + h]) + j0 / 2;
+        prefetch_range(w.codes(rows[std::min(i + kAhead + h, r1 - 1)]) + j0 / 2, width / 2);
+      }
+      int4k_pass<kRows>(q, values + i, width, sum);
+    }
+    for (; i < e; ++i) {
+      const uint8_t* q = w.codes(rows[i]) + j0 / 2;
+      int4k_pass<1>(&q, values + i, width, sum);
+    }
+    if (e < r1) {  // the next block's parameters
+      prefetch_range(w.scales(rows[e] / Int4KRows::kBlock) + j0, width * 2);
+      prefetch_range(w.mins(rows[e] / Int4KRows::kBlock) + j0, width * 2);
+    }
+    const __m512 xs = _mm512_set1_ps(xsum);
+    for (int64_t j = 0; j < width; j += 16) {
+      const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.scales(block) + j0 + j)));
+      const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.mins(block) + j0 + j)));
+      _mm512_storeu_ps(acc + j, _mm512_fmadd_ps(scale, _mm512_load_ps(sum + j), _mm512_fmadd_ps(min, xs, _mm512_loadu_ps(acc + j))));
+    }
+    continue;
+#endif
+    for (; i < e; ++i) {
+      for (int64_t j = 0; j < width; ++j) sum[j] += values[i] * static_cast<float>(w.code(rows[i], j0 + j));
+    }
+    for (int64_t j = 0; j < width; ++j) {
+      acc[j] += half_to_float(w.scales(block)[j0 + j]) * sum[j] + half_to_float(w.mins(block)[j0 + j]) * xsum;
+    }
+  }
+}
+
+// A token with a NaN or inf input: y = x @ dequantised W^T element by element (see int4_exact).
+void int4k_exact(const Int4KRows& w, const Kept& kept, float* y) {
+  std::fill(y, y + w.N, 0.0f);
+  for (int64_t r = 0; r < kept.count; ++r) {
+    const int64_t k = kept.rows[r], block = k / Int4KRows::kBlock;
+    const float v = kept.values[r];
+    for (int64_t j = 0; j < w.N; ++j) {
+      y[j] += v * (half_to_float(w.scales(block)[j]) * static_cast<float>(w.code(k, j)) + half_to_float(w.mins(block)[j]));
+    }
+  }
+}
+
 // ---- the op ----------------------------------------------------------------------------------------
 
 // Threads split the kept rows while a token's accumulators fit in one block (each thread then reads
@@ -409,9 +552,13 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
   TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
               "quant_rows_linear: x [..., K] and weight [N, K] expected, got ", x.sizes(), " and ", weight.sizes());
   const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(f.group == 0 || N % f.group == 0, "quant_rows_linear: format ", f.name, " quantises groups of ", f.group,
-              " outputs, so out_features must be a multiple of ", f.group, ", but this layer (", K, " -> ", N,
-              ") has ", N, "; allowed: ", f.name, " for multiples of ", f.group, ", int4g32 for multiples of 32, int8 for any");
+  TORCH_CHECK(f.lanes() == 0 || N % f.lanes() == 0, "quant_rows_linear: format ", f.name, " packs its codes in runs of ",
+              f.lanes(), " outputs, so out_features must be a multiple of ", f.lanes(), ", but this layer (", K, " -> ", N,
+              ") has ", N, "; allowed: ", f.name, " for multiples of ", f.lanes(), ", int4g32 and int4k32 for multiples of 32, "
+              "int8 for any");
+  TORCH_CHECK(!f.along_inputs || K % f.group == 0, "quant_rows_linear: format ", f.name, " quantises groups of ", f.group,
+              " inputs, so in_features must be a multiple of ", f.group, ", but this layer (", K, " -> ", N, ") has ", K,
+              "; allowed: int4g32 or int8 for any");
   at::Tensor b;
   if (bias.has_value()) {
     b = bias->contiguous();
@@ -445,22 +592,23 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
   const Plan p = plan(work, N);
   if (p.split_rows) partial.resize((p.parts - 1) * T * N);  // parts 1.. of the row split
 
-  if (form == Form::int8_rows) {
-    const Int8Rows w(packed, K, N);
-    auto finish = [&](float* out, int64_t j0, int64_t width) {  // out holds the raw sums of outputs j0..
-      for (int64_t j = 0; j < width; ++j) out[j] = w.scales[j0 + j] * out[j] + (bs ? bs[j0 + j] : 0.0f);
-    };
+  // int8 and int4k32: each part adds its kept rows' products into its outputs, and `finish` turns a
+  // token's summed outputs j0.. into y (int8: the per-channel scale; both: the bias). Tokens with a NaN
+  // or inf input are left to an exact path when `exact_apart` (int8 needs none: scale * sum of x * q is
+  // the dense product, inf * 0 = NaN included).
+  auto by_rows = [&](bool exact_apart, auto&& rows, auto&& finish) {
     at::parallel_for(0, p.parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; ++part) {
-        const auto [j0, j1] = p.split_rows ? std::pair<int64_t, int64_t>{0, N} : share(N, part, p.parts, 16);
+        const auto [j0, j1] = p.split_rows ? std::pair<int64_t, int64_t>{0, N} : share(N, part, p.parts, 32);
         for (int64_t t = 0; t < T; ++t) {
+          if (exact_apart && !kept[t].finite) continue;
           const auto [r0, r1] = p.split_rows ? share(kept[t].count, part, p.parts, kRows)
                                              : std::pair<int64_t, int64_t>{0, kept[t].count};
           float* out = (p.split_rows && part > 0) ? partial.data() + ((part - 1) * T + t) * N : ys + t * N;
           for (int64_t j = j0; j < j1; j += kChunk) {
             const int64_t width = std::min(kChunk, j1 - j);
             std::fill(out + j, out + j + width, 0.0f);
-            int8_rows(w, kept[t], r0, r1, j, width, out + j);
+            rows(kept[t], r0, r1, j, width, out + j);
             if (!p.split_rows) finish(out + j, j, width);
           }
         }
@@ -468,6 +616,7 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
     });
     if (p.split_rows) {
       for (int64_t t = 0; t < T; ++t) {
+        if (exact_apart && !kept[t].finite) continue;
         float* out = ys + t * N;
         for (int64_t part = 1; part < p.parts; ++part) {
           const float* add = partial.data() + ((part - 1) * T + t) * N;
@@ -475,6 +624,33 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
         }
         finish(out, 0, N);
       }
+    }
+  };
+  auto add_bias = [&](float* out, int64_t j0, int64_t width) {
+    if (bs) {
+      for (int64_t j = 0; j < width; ++j) out[j] += bs[j0 + j];
+    }
+  };
+
+  if (form == Form::int8_rows) {
+    const Int8Rows w(packed, K, N);
+    by_rows(false, [&](const Kept& k, int64_t r0, int64_t r1, int64_t j, int64_t width, float* acc) {
+      int8_rows(w, k, r0, r1, j, width, acc);
+    }, [&](float* out, int64_t j0, int64_t width) {
+      for (int64_t j = 0; j < width; ++j) out[j] = w.scales[j0 + j] * out[j] + (bs ? bs[j0 + j] : 0.0f);
+    });
+    return y;
+  }
+  if (form == Form::int4k32_rows) {
+    const Int4KRows w(packed, K, N);
+    by_rows(true, [&](const Kept& k, int64_t r0, int64_t r1, int64_t j, int64_t width, float* acc) {
+      alignas(64) float sum[kChunk];  // on each thread's own stack
+      int4k_rows(w, k, r0, r1, j, width, acc, sum);
+    }, add_bias);
+    for (int64_t t = 0; t < T; ++t) {
+      if (kept[t].finite) continue;
+      int4k_exact(w, kept[t], ys + t * N);
+      add_bias(ys + t * N, 0, N);
     }
     return y;
   }
@@ -541,11 +717,14 @@ at::Tensor quantize_rows(const at::Tensor& weight, Form form) {
   const Format& f = format_of(form);
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat,
               "quant_rows_linear: a float32 weight [N, K] expected, got ", weight.scalar_type(), " ", weight.sizes());
-  TORCH_CHECK(f.group == 0 || weight.size(0) % f.group == 0, "quant_rows_linear: format ", f.name,
-              " needs out_features divisible by ", f.group, ", got weight ", weight.sizes());
+  TORCH_CHECK(f.lanes() == 0 || weight.size(0) % f.lanes() == 0, "quant_rows_linear: format ", f.name,
+              " needs out_features divisible by ", f.lanes(), ", got weight ", weight.sizes());
+  TORCH_CHECK(!f.along_inputs || weight.size(1) % f.group == 0, "quant_rows_linear: format ", f.name,
+              " needs in_features divisible by ", f.group, ", got weight ", weight.sizes());
   at::NoGradGuard no_grad;
   auto w = weight.detach();
-  return f.group == 0 ? pack_int8(w) : pack_int4(w, f.group);
+  if (f.group == 0) return pack_int8(w);
+  return f.along_inputs ? pack_int4k(w) : pack_int4(w, f.group);
 }
 
 // The schema is defined in kernels/cpu.py, with the others.

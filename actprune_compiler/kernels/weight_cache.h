@@ -14,8 +14,9 @@ enum class Form {
   int8_rows,   // W^T quantised to int8 rows (quant_rows.cpp)
   int4_rows,   // W^T quantised to int4 rows, groups of 64 outputs
   int4g32_rows,  // the same, groups of 32 outputs
+  int4k32_rows,  // W^T quantised to int4, groups of 32 inputs (blocks of 32 rows)
 };
-constexpr int kForms = 5;
+constexpr int kForms = 6;
 
 // The weight's copy in that form, made on the first call and reused while the weight is unchanged.
 at::Tensor cached(const at::Tensor& weight, Form form);

@@ -23,7 +23,7 @@ from actprune_compiler.sparsity.quant import quant_format
 
 def check_quant_arg(weight: Tensor, quant: str) -> None:
     if quant != "none":
-        quant_format(quant, weight.shape[0])  # a known format whose groups fit the outputs, or one sentence
+        quant_format(quant, *weight.shape)  # a known format whose groups fit the layer, or one sentence
 
 
 def check_nm_linear_args(x: Tensor, weight: Tensor, n: int, m: int, criterion: str, correction: str,

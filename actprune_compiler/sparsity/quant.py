@@ -13,6 +13,11 @@ Formats (rows of W^T):
 - int4 (groups of 64 outputs) and int4g32 (groups of 32): asymmetric, per group of G consecutive
   outputs within a row a float16 scale (max - min) / 15 and a float16 minimum; codes in [0, 15];
   w = float(scale) * q + float(min). 4 + 32 / G bits per weight: 4.5 for int4, 5 for int4g32.
+- int4k32: the same codes, but each scale and minimum covers 32 consecutive *inputs* of one output
+  (32 rows of W^T), as GGUF's Q4_0/Q4_1/Q4_K blocks do. A weight that came from such a file is then
+  represented exactly (its groups are the file's), where grouping along the outputs would quantise it a
+  second time. A token reads its kept rows' codes and, for each block of 32 rows with a kept row, the
+  block's N scales and minimums: at 8:16, 4 * 8/16 + 1 bits per weight, against 5 * 8/16 for int4g32.
 """
 
 from __future__ import annotations
@@ -33,44 +38,65 @@ def layer_format(quant: str, pruned: bool) -> str:
 @dataclass(frozen=True)
 class QuantFormat:
     bits: int
-    group: int | None  # outputs sharing an int4 scale and minimum; None: one scale per output channel (int8)
+    group: int | None  # weights sharing an int4 scale and minimum; None: one scale per output channel (int8)
+    along_inputs: bool = False  # the group runs along the inputs (rows of W^T), not within a row
+
+    @property
+    def code_lanes(self) -> int:
+        """Outputs whose codes are interleaved in one run of bytes: out_features must be a multiple."""
+        return 32 if self.along_inputs else self.group or 1
 
 
 QUANT_FORMATS: dict[str, QuantFormat] = {
     "int8": QuantFormat(8, None),
     "int4": QuantFormat(4, 64),
     "int4g32": QuantFormat(4, 32),
+    "int4k32": QuantFormat(4, 32, along_inputs=True),
 }
 
 
 @dataclass
 class Quantized:
     """A weight [N, K] quantised as rows of W^T: codes [K, N] (row k: input feature k); int8: scale [N]
-    float32 and no min; int4: scale and min [K, N / G] float16."""
+    float32 and no min; int4: scale and min [K, N / G] float16; int4k32: scale and min [K / 32, N]."""
 
     codes: Tensor
     scale: Tensor
     min: Tensor | None
 
 
-def quant_format(fmt: str, out_features: int) -> QuantFormat:
-    """The format named fmt, checked against the layer's out_features (int4 needs whole groups)."""
+def quant_format(fmt: str, out_features: int, in_features: int) -> QuantFormat:
+    """The format named fmt, checked against the layer's shape (int4 needs whole groups)."""
     if fmt not in QUANT_FORMATS:
         raise ValueError(f"unknown quantisation format {fmt!r}; allowed: {', '.join(QUANT_FORMATS)}")
     f = QUANT_FORMATS[fmt]
-    if f.group and out_features % f.group:
-        raise ValueError(f"format {fmt} quantises groups of {f.group} outputs, so out_features must be a multiple "
-                         f"of {f.group}, but the layer has {out_features}; allowed: int4g32 for multiples of 32, "
-                         "int8 for any")
+    if out_features % f.code_lanes:
+        why = (f"packs the codes of {f.code_lanes} outputs together" if f.along_inputs
+               else f"quantises groups of {f.group} outputs")
+        raise ValueError(f"format {fmt} {why}, so out_features must be a multiple of {f.code_lanes}, but the "
+                         f"layer has {out_features}; allowed: int4g32 and int4k32 for multiples of 32, int8 for any")
+    if f.along_inputs and in_features % f.group:
+        raise ValueError(f"format {fmt} quantises groups of {f.group} inputs, so in_features must be a multiple "
+                         f"of {f.group}, but the layer has {in_features}; allowed: int4g32 or int8 for any")
     return f
 
 
 def bits_per_weight(fmt: str, out_features: int, in_features: int) -> float:
     """Stored bits per weight, scales and minimums included."""
-    f = quant_format(fmt, out_features)
+    f = quant_format(fmt, out_features, in_features)
     if f.group is None:
         return f.bits + 32 / in_features  # one float32 scale per output channel
     return f.bits + 32 / f.group  # a float16 scale and minimum per group
+
+
+def bits_read_per_weight(fmt: str, out_features: int, in_features: int, kept: float) -> float:
+    """Bits a token reads per weight of the layer when it keeps a fraction `kept` of the inputs (spread over
+    the layer, as an N:M pattern spreads them): the kept rows' codes, and their scales, or for a format
+    grouped along the inputs every block's scales (an N:M token keeps a row in each block of 32)."""
+    f = quant_format(fmt, out_features, in_features)
+    if f.along_inputs:
+        return f.bits * kept + 32 / f.group
+    return bits_per_weight(fmt, out_features, in_features) * kept
 
 
 def int8_scale(amax: Tensor) -> Tensor:
@@ -82,20 +108,30 @@ def int8_scale(amax: Tensor) -> Tensor:
 
 def quantize(weight: Tensor, fmt: str) -> Quantized:
     """The reference quantiser: weight [N, K] -> codes of the rows of W^T, with their scales."""
-    n = weight.shape[0]
-    f = quant_format(fmt, n)
+    n, k = weight.shape
+    f = quant_format(fmt, n, k)
     w = weight.detach().float()
     if f.group is None:
         scale = int8_scale(w.abs().amax(dim=1))
         codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
         return Quantized(codes.t().contiguous(), scale, None)
-    groups = w.t().reshape(w.shape[1], n // f.group, f.group)  # [K, N / G, G]
+    if f.along_inputs:  # [K / G, N, G]: a group is G consecutive inputs of one output
+        groups = w.reshape(n, k // f.group, f.group).transpose(0, 1)
+    else:  # [K, N / G, G]: a group is G consecutive outputs of one row of W^T
+        groups = w.t().reshape(k, n // f.group, f.group)
     lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
     min16, scale16 = lo.half(), ((hi - lo) / 15).half()
     scale, low = scale16.float()[..., None], min16.float()[..., None]
     q = torch.round((groups - low) / scale).clamp(0, 15)
     codes = torch.where(scale > 0, q, torch.zeros_like(q)).to(torch.uint8)  # a constant group: all codes 0
-    return Quantized(codes.reshape(w.shape[1], n), scale16, min16)
+    codes = codes.permute(0, 2, 1).reshape(k, n) if f.along_inputs else codes.reshape(k, n)
+    return Quantized(codes, scale16, min16)
+
+
+def per_weight(params: Tensor, rows: int, cols: int) -> Tensor:
+    """Per-group scales or minimums [K / a, N / b], each repeated over its group: [K, N] float32."""
+    return params.float().repeat_interleave(rows // params.shape[0], dim=0).repeat_interleave(
+        cols // params.shape[1], dim=1)
 
 
 def dequantized_rows(quantized: Quantized) -> Tensor:
@@ -103,9 +139,7 @@ def dequantized_rows(quantized: Quantized) -> Tensor:
     q = quantized.codes.float()
     if quantized.min is None:
         return quantized.scale * q
-    group = q.shape[1] // quantized.scale.shape[1]
-    scale = quantized.scale.float().repeat_interleave(group, dim=1)
-    return scale * q + quantized.min.float().repeat_interleave(group, dim=1)
+    return per_weight(quantized.scale, *q.shape) * q + per_weight(quantized.min, *q.shape)
 
 
 def dequantized(weight: Tensor, fmt: str) -> Tensor:

@@ -31,10 +31,14 @@ def native_kernel():
         pytest.fail(f"the native CPU kernels do not build: {cpu.build_error()}", pytrace=False)
 
 
+def fits(fmt, k, n):
+    f = formats.QUANT_FORMATS[fmt]
+    return n % f.code_lanes == 0 and (not f.along_inputs or k % f.group == 0)
+
+
 def fitting(shapes):
-    """(fmt, k, n) for each format and each shape whose out_features it can quantise (int4: whole groups)."""
-    return [(fmt, k, n) for fmt, f in formats.QUANT_FORMATS.items() for k, n in shapes
-            if f.group is None or n % f.group == 0]
+    """(fmt, k, n) for each format and each shape it can quantise (int4: whole groups)."""
+    return [(fmt, k, n) for fmt in formats.QUANT_FORMATS for k, n in shapes if fits(fmt, k, n)]
 
 
 @functools.cache
@@ -64,9 +68,8 @@ def reference_and_bound(x, weight, bias, fmt):
     if q.min is None:
         terms = dense.abs()
     else:
-        group = weight.shape[0] // q.scale.shape[1]
         terms = (formats.dequantized_rows(formats.Quantized(q.codes, q.scale, torch.zeros_like(q.min))).abs()
-                 + q.min.float().abs().repeat_interleave(group, dim=1)).double()
+                 + formats.per_weight(q.min, *q.codes.shape).abs()).double()
     expected = x.double() @ dense + (bias.double() if bias is not None else 0)
     return expected, 2.0**-14 * (x.double().abs() @ terms) + 1e-30
 
@@ -109,11 +112,17 @@ def test_dense_lm_head_shape(fmt):
 
 
 def poison_rows(packed, fmt, n, k, rows):
-    """Overwrites rows of the cache's packed bytes in place: int8 codes 127; int4 codes 15 and NaN scales
-    and minimums (float16 0x7E00)."""
+    """Overwrites rows of the cache's packed bytes in place: int8 codes 127; int4 codes 15 and, where the
+    scales and minimums belong to the row alone, NaN (float16 0x7E00)."""
     f = formats.QUANT_FORMATS[fmt]
     if f.group is None:
         packed[: k * n].view(k, n)[rows] = 127
+        return
+    if f.along_inputs:  # a block's scales serve its other rows too: only the row's codes are its own
+        blocks = packed.view(k // f.group, f.group * n // 2 + 4 * n)
+        for row in rows.tolist():
+            block, i = divmod(row, f.group)
+            blocks[block, i * n // 2: (i + 1) * n // 2] = 0xFF
         return
     groups = n // f.group
     layout = packed.view(k, n // 2 + 4 * groups)
@@ -121,8 +130,9 @@ def poison_rows(packed, fmt, n, k, rows):
     layout[rows, n // 2:] = torch.tensor([0x00, 0x7E], dtype=torch.uint8).repeat(2 * groups)  # little-endian NaN
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("k,n,tokens", [(576, 576, 1), (576, 1536, 3), (1536, 576, 2), (576, 8192, 1), (37, 64, 2)])
+@pytest.mark.parametrize("fmt,k,n,tokens", [(fmt, k, n, t) for fmt in FORMATS for k, n, t in
+                                            [(576, 576, 1), (576, 1536, 3), (1536, 576, 2), (576, 8192, 1), (37, 64, 2)]
+                                            if fits(fmt, k, n)])
 def test_only_the_kept_rows_are_read(fmt, k, n, tokens):
     """Rows whose input is zero for every token are poisoned in the cached quantised copy after it was
     built: the output is bit-for-bit the same. Poisoning one kept row does change it (the poison is seen)."""
@@ -184,12 +194,14 @@ def special_weight(n, k):
     w[3] = 0.0  # output channel 3
     w[:, 5] = 0.0  # input row 5
     w[:64, 6] = 0.25  # a constant group
+    w[n // 2, 32:64] = 0.5  # a constant group along the inputs (int4k32), where k >= 64
     w[:, 7] = torch.arange(n) % 16 * 0.125 - 1.0  # codes land exactly on integers
     w[:, 8] = 1.0 + torch.randn(n, generator=g) * 1e-6  # a range far below the minimum's float16 spacing
     return w
 
 
-@pytest.mark.parametrize("fmt,k,n", fitting([(576, 576), (576, 192), (1536, 576), (37, 64), (40, 96), (33, 7)]))
+@pytest.mark.parametrize("fmt,k,n", fitting([(576, 576), (576, 192), (1536, 576), (37, 64), (40, 96), (33, 7),
+                                             (64, 64)]))
 def test_the_packer_and_the_reference_quantiser_agree_code_for_code(fmt, k, n):
     weight = special_weight(n, k)
     got = quant.unpack(quant.packed_rows(weight, fmt), fmt, n, k)
@@ -232,12 +244,15 @@ def test_bits_per_weight():
     assert formats.bits_per_weight("int4", 576, 576) == 4.5
     assert formats.bits_per_weight("int4g32", 576, 576) == 5.0
     assert formats.bits_per_weight("int8", 576, 576) == 8 + 32 / 576
+    assert formats.bits_per_weight("int4k32", 576, 576) == 5.0
+    assert formats.bits_read_per_weight("int4g32", 576, 576, 0.5) == 2.5  # half the rows, each with its scales
+    assert formats.bits_read_per_weight("int4k32", 576, 576, 0.5) == 3.0  # half the codes, every block's scales
 
 
 def test_bad_input_fails_loudly():
     weight = torch.zeros(100, 64)
     x = torch.zeros(1, 64)
-    with pytest.raises(RuntimeError, match="unknown format 'int3'; allowed: int8, int4, int4g32"):
+    with pytest.raises(RuntimeError, match="unknown format 'int3'; allowed: int8, int4, int4g32, int4k32"):
         quant.quant_rows_linear(x, weight, None, "int3")
     with pytest.raises(RuntimeError, match="float32 x and weight expected, got Double"):
         quant.quant_rows_linear(x.double(), weight, None, "int8")
@@ -245,6 +260,8 @@ def test_bad_input_fails_loudly():
         quant.quant_rows_linear(x, weight, None, "int4")
     with pytest.raises(RuntimeError, match="multiple of 32"):
         quant.quant_rows_linear(x, weight, None, "int4g32")
+    with pytest.raises(RuntimeError, match=r"in_features must be a multiple of 32, but this layer \(100 -> 64\)"):
+        quant.quant_rows_linear(torch.zeros(1, 100), torch.zeros(64, 100), None, "int4k32")
     with pytest.raises(RuntimeError, match=r"x \[..., K\] and weight \[N, K\] expected"):
         quant.quant_rows_linear(torch.zeros(1, 63), weight, None, "int8")
     with pytest.raises(RuntimeError, match="a float32 bias of 100 values expected"):
@@ -253,7 +270,9 @@ def test_bad_input_fails_loudly():
     bad[1, 2] = math.nan
     with pytest.raises(RuntimeError, match="cannot quantise a weight .* NaN, inf"):
         quant.quant_rows_linear(x, bad, None, "int4")
-    with pytest.raises(ValueError, match="unknown quantisation format 'int3'; allowed: int8, int4, int4g32"):
+    with pytest.raises(ValueError, match="unknown quantisation format 'int3'; allowed: int8, int4, int4g32, int4k32"):
         formats.dequantized(weight, "int3")
     with pytest.raises(ValueError, match="must be a multiple of 64, but the layer has 100"):
         formats.dequantized(weight, "int4")
+    with pytest.raises(ValueError, match="in_features must be a multiple of 32, but the layer has 100"):
+        formats.dequantized(torch.zeros(64, 100), "int4k32")

@@ -22,7 +22,7 @@ from actprune_compiler.sparsity.config import SparsityConfig
 from actprune_compiler.sparsity.quant import dequantized
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
-FORMATS = ("int8", "int4g32")  # the tiny models' k/v projections have 32 outputs: int4 needs groups of 64
+FORMATS = ("int8", "int4g32", "int4k32")  # the tiny models' k/v projections have 32 outputs: int4 needs groups of 64
 
 
 def dequantized_model(model, quant: str):
@@ -83,7 +83,7 @@ def test_decode_loop_tokens_equal_greedy_of_the_dequantised_model():
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"quant": "int3"}, "quant 'int3' is unknown; allowed: none, int8, int4, int4g32"),
+    ({"quant": "int3"}, "quant 'int3' is unknown; allowed: none, int8, int4, int4g32, int4k32"),
     ({"quant": "int4", "target": "weight"}, "quant 'int4' quantises the rows of W^T that the activation mask skips"),
     ({"quant": "int8", "correction": "shift_mean"},
      "quant 'int8' needs the decode kernel over kept rows, which correction 'shift_mean' (a per-token shift)"),
