@@ -1,6 +1,7 @@
 """Decode microbenchmark of actprune::quant_rows_linear on smollm2-135m's shapes, one token a call.
 
-Kernels: torch's dense F.linear (float32), actprune::sparse_rows_linear (float32 kept rows) and
+Kernels: torch's dense F.linear (float32), actprune::packed_linear (oneDNN on the packed weight: what a dense
+linear of a compiled step calls), actprune::sparse_rows_linear (float32 kept rows) and
 actprune::quant_rows_linear in each quantised format. Inputs: 8:16-sparse for the 210 projections
 (30 layers x q, k, v, o, gate, up, down) and dense for lm_head (576 -> 49152); each shape is also
 timed with a dense input.
@@ -41,7 +42,7 @@ PROJECTIONS = {"q": (576, 576), "k": (576, 192), "v": (576, 192), "o": (576, 576
                "up": (576, 1536), "down": (1536, 576)}  # (in_features, out_features)
 LAYERS = 30
 LM_HEAD = (576, 49152)
-KERNELS = ["F.linear", "f32 rows", *QUANT_FORMATS]
+KERNELS = ["F.linear", "packed", "f32 rows", *QUANT_FORMATS]
 
 # Calls timed from C++ (through the dispatcher, as a compiled graph's C++ would call them), one clock
 # reading around each: Python's per-call cost (a few us, more than some of these kernels take) stays out.
@@ -49,18 +50,22 @@ TIMER = r"""
 #include <torch/extension.h>
 #include <chrono>
 
-// kind 0: F.linear, 1: actprune::sparse_rows_linear, 2: actprune::quant_rows_linear in fmt
+// kind 0: F.linear, 1: actprune::sparse_rows_linear, 2: actprune::quant_rows_linear in fmt,
+// 3: actprune::packed_linear (oneDNN on the packed weight)
 std::vector<int64_t> time_calls(int64_t kind, const std::string& fmt, const std::vector<at::Tensor>& xs,
                                 const std::vector<at::Tensor>& weights) {
   static const auto rows = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::sparse_rows_linear", "")
       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
   static const auto quant = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::quant_rows_linear", "")
       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view)>();
+  static const auto packed = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::packed_linear", "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
   std::vector<int64_t> ns(weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto start = std::chrono::steady_clock::now();
     at::Tensor y = kind == 0   ? at::linear(xs[i], weights[i])
                    : kind == 1 ? rows.call(xs[i], weights[i], std::nullopt)
+                   : kind == 3 ? packed.call(xs[i], weights[i], std::nullopt)
                                : quant.call(xs[i], weights[i], std::nullopt, fmt);
     ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   }
@@ -79,12 +84,12 @@ def timer():
 
 def time_calls(kernel: str, xs: list[torch.Tensor], weights: list[torch.Tensor]) -> list[float]:
     """us of each call of kernel on (xs[i], weights[i]), in order."""
-    kind = 0 if kernel == "F.linear" else 1 if kernel == "f32 rows" else 2
+    kind = {"F.linear": 0, "f32 rows": 1, "packed": 3}.get(kernel, 2)
     return [ns / 1e3 for ns in timer().time_calls(kind, kernel if kind == 2 else "", xs, weights)]
 
 
 def bytes_needed(kernel: str, kept: int, k: int, n: int) -> float:
-    if kernel == "F.linear":
+    if kernel in ("F.linear", "packed"):
         return 4.0 * n * k
     if kernel == "f32 rows":
         return 4.0 * kept * n
@@ -103,7 +108,8 @@ def token_inputs(calls: list[tuple[str, torch.Tensor]], g: torch.Generator) -> l
 def python_call(kernel: str, repeats: int = 2000) -> float:
     """us of a call from Python on a 64 x 64 matrix (8:16 input): the per-call cost a Python caller adds."""
     w, x = torch.randn(64, 64), prune_sorted(torch.randn(1, 64), torch.rand(1, 64), 8, 16)
-    ops = {"F.linear": lambda: F.linear(x, w), "f32 rows": lambda: torch.ops.actprune.sparse_rows_linear(x, w, None)}
+    ops = {"F.linear": lambda: F.linear(x, w), "f32 rows": lambda: torch.ops.actprune.sparse_rows_linear(x, w, None),
+           "packed": lambda: torch.ops.actprune.packed_linear(x, w, None)}
     op = ops.get(kernel, lambda: torch.ops.actprune.quant_rows_linear(x, w, None, kernel))
     op()
     times = []

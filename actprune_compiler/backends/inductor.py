@@ -13,7 +13,7 @@ from torch.export import ExportedProgram
 
 from actprune_compiler.backends.freeze import DEFAULT_FREEZE, refuse_regional_freeze
 from actprune_compiler.backends.regional import compile_regions
-from actprune_compiler.lowering.inductor import POST_GRAD_PASS, uses_packed_gemm
+from actprune_compiler.lowering.inductor import POST_GRAD_PASS, uses_packed_gemm, uses_rows_gemv
 from actprune_compiler.passes.graph_host import fake_value
 from actprune_compiler.passes.select_linears import is_linear
 
@@ -21,36 +21,41 @@ from actprune_compiler.passes.select_linears import is_linear
 def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Callable:
     """A torch.compile backend: Inductor, with nm_linear expanded before its lowering (the expansion is
     in Inductor's own decomposition table), and actprune's lowering code in the FX graph cache's key.
-    Without freezing, the dense linears take the packed GEMM too (pack_dense_linears)."""
-    pack_dense_linears(gm)
+    The dense linears take actprune's GEMMs too (route_dense_linears)."""
+    route_dense_linears(gm)
     ours = {} if torch._inductor.config.post_grad_custom_post_pass else {"post_grad_custom_post_pass": POST_GRAD_PASS}
     with torch._inductor.config.patch(ours):
         return compile_fx(gm, example_inputs)
 
 
-def pack_dense_linears(gm: fx.GraphModule) -> int:
-    """Point the linears left dense (lm_head, layers kept dense) of a CPU float32 graph at
-    actprune::packed_linear, in place; return how many.
-
-    Inductor packs a weight for oneDNN's GEMM only when it freezes it. Weights that stay graph inputs
-    (regional compilation, warm starts from the FX graph cache) would take the unpacked GEMM, about a
-    quarter slower at prefill sizes; the rewritten linears pack theirs in nm_linear's lowering, and
-    this gives the dense ones the same GEMM from the same weight cache."""
-    def packs(node: fx.Node) -> bool:
+def route_dense_linears(gm: fx.GraphModule) -> int:
+    """Point the linears left dense (lm_head, layers kept dense, the whole dense model) of a CPU float32 graph
+    at actprune's kernels, in place; return how many:
+    - decode-sized inputs (at most 4 tokens) at actprune::sparse_rows_linear: every row of W^T, read from the
+      weight cache, faster than oneDNN's GEMV at one token and far cheaper to call (uses_rows_gemv);
+    - larger ones, without freezing, at actprune::packed_linear. Inductor packs a weight for oneDNN's GEMM
+      only when it freezes it; weights that stay graph inputs (regional compilation, warm starts from the FX
+      graph cache) would take the unpacked GEMM, about a quarter slower at prefill sizes. The rewritten
+      linears pack theirs in nm_linear's lowering, and this gives the dense ones the same GEMM from the
+      same weight cache."""
+    def kernel(node: fx.Node):
         if not is_linear(node):
-            return False
+            return None
         x = fake_value(node.args[0])
-        return isinstance(x, torch.Tensor) and uses_packed_gemm(x)
+        if not isinstance(x, torch.Tensor):
+            return None
+        if uses_rows_gemv(x):
+            return torch.ops.actprune.sparse_rows_linear.default
+        return torch.ops.actprune.packed_linear.default if uses_packed_gemm(x) else None
 
-    nodes = [node for node in gm.graph.nodes if packs(node)]
-    if not nodes:
-        return 0
-    for node in nodes:
+    routed = [(node, target) for node in gm.graph.nodes if (target := kernel(node)) is not None]
+    for node, target in routed:
         x, weight, *rest = node.args
         bias = rest[0] if rest else node.kwargs.get("bias")
-        node.target, node.args, node.kwargs = torch.ops.actprune.packed_linear.default, (x, weight, bias), {}
-    gm.recompile()
-    return len(nodes)
+        node.target, node.args, node.kwargs = target, (x, weight, bias), {}
+    if routed:
+        gm.recompile()
+    return len(routed)
 
 
 def inference_call(compiled: Callable, freeze: bool) -> Callable:

@@ -552,8 +552,9 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
   TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
               "quant_rows_linear: x [..., K] and weight [N, K] expected, got ", x.sizes(), " and ", weight.sizes());
   const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(f.lanes() == 0 || N % f.lanes() == 0, "quant_rows_linear: format ", f.name, " packs its codes in runs of ",
-              f.lanes(), " outputs, so out_features must be a multiple of ", f.lanes(), ", but this layer (", K, " -> ", N,
+  TORCH_CHECK(f.lanes() == 0 || N % f.lanes() == 0, "quant_rows_linear: format ", f.name,
+              f.along_inputs ? " packs the codes of " : " quantises groups of ", f.lanes(),
+              " outputs together, so out_features must be a multiple of ", f.lanes(), ", but this layer (", K, " -> ", N,
               ") has ", N, "; allowed: ", f.name, " for multiples of ", f.lanes(), ", int4g32 and int4k32 for multiples of 32, "
               "int8 for any");
   TORCH_CHECK(!f.along_inputs || K % f.group == 0, "quant_rows_linear: format ", f.name, " quantises groups of ", f.group,

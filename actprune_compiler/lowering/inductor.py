@@ -77,6 +77,14 @@ def native_mask(x: Tensor) -> bool:
     return x.device.type == "cpu" and native_kernels()
 
 
+def uses_rows_gemv(x: Tensor) -> bool:
+    """Whether a dense linear on input x calls actprune::sparse_rows_linear, which reads every row of W^T from
+    the weight cache for a dense input: a decode-sized float32 input on the CPU, the native kernels built.
+    On SmolLM2-135M's shapes, one token at a time with the weights in model order, its GEMVs took 0.75x
+    oneDNN's packed GEMV's time, and a call from Python 2.8 us against 13.7 (scripts/bench_quant_rows.py)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and decode_sized(x) and native_kernels()
+
+
 def decode_sized(x: Tensor) -> bool:
     """Whether x has a decode step's shape: static sizes, at most DECODE_MAX_TOKENS tokens."""
     # Look at each dimension: Size.numel() would turn symbolic sizes into a guard on their value

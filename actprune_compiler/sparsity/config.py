@@ -120,10 +120,11 @@ class SparsityConfig:
     rotation:   "pca": mask each input in the basis of its calibration inputs' principal directions,
                 interleaved across groups; W Q is folded, x @ Q runs at run time (sparsity/rotation.py).
                 "pca_contiguous": the same, directions in rank order (the ablation).
-    quant:      "int8", "int4" (groups of 64 outputs) or "int4g32": every pruned layer's weight quantised as
-                rows of W^T (sparsity/quant.py), after recovery and rotation are folded in, and the layers left
-                dense (lm_head) in int8; decode steps read only the kept rows' codes (kernels/quant_rows.cpp),
-                the prefill multiplies by the dequantised weight. float32 models on the CPU only.
+    quant:      "int8", "int4" (groups of 64 outputs), "int4g32" (32 outputs) or "int4k32" (32 inputs, as GGUF's
+                Q4 blocks): every pruned layer's weight quantised as rows of W^T (sparsity/quant.py), after
+                recovery and rotation are folded in, and the layers left dense (lm_head) in int8; decode steps
+                read only the kept rows' codes (kernels/quant_rows.cpp), the prefill multiplies by the
+                dequantised weight. float32 models on the CPU only.
     """
 
     pattern: str = "8:16"
