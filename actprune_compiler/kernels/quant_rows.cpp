@@ -11,12 +11,17 @@
 //            row is one contiguous run. In a group's G/2 code bytes, byte i holds output i (low
 //            nibble) and output i + G/2 (high nibble): 16 bytes widen to 16 lanes whose low nibbles
 //            are 16 consecutive outputs and whose high nibbles are the 16 outputs G/2 further on.
+//   int4k32  the same codes, but a scale and minimum per output for each block of 32 consecutive rows
+//            (inputs), as GGUF's Q4 blocks: a weight read from a Q4_1 file is held exactly.
+//            Bytes: per block, its 32 rows of N/2 code bytes (byte i of each 16 holding output i and
+//            i + 16 of those 32), then N float16 scales and N float16 minimums.
 //
 // The kernel factors the int4 product per group: x_k * w = (x_k * scale) * q + x_k * min, so its inner
 // loop is widen + convert + one FMA per weight, and the x_k * min terms are summed per group and
 // added once at the end. int4k32 factors per block instead: y_j += scale_j * (sum_k x_k q_kj) +
-// min_j * (sum_k x_k) over the block's kept rows k, its sums held in registers across those rows. Threads split the kept rows (small N: each reads whole rows, and their
-// partial sums are added at the end) or the outputs (large N, as for lm_head).
+// min_j * (sum_k x_k) over the block's kept rows k, the sums held in L1 until the block's end.
+// Threads split the kept rows (small N: each reads whole rows, and their partial sums are added at
+// the end) or the outputs (large N, as for lm_head).
 //
 // Measured on one core of the development machine, reading a kept row costs about as much as
 // reading it densely once rows are this short (the hardware prefetchers fetch the rows in between),
@@ -493,14 +498,14 @@ void int4k_rows(const Int4KRows& w, const Kept& kept, int64_t r0, int64_t r1, in
       const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.mins(block) + j0 + j)));
       _mm512_storeu_ps(acc + j, _mm512_fmadd_ps(scale, _mm512_load_ps(sum + j), _mm512_fmadd_ps(min, xs, _mm512_loadu_ps(acc + j))));
     }
-    continue;
-#endif
+#else
     for (; i < e; ++i) {
       for (int64_t j = 0; j < width; ++j) sum[j] += values[i] * static_cast<float>(w.code(rows[i], j0 + j));
     }
     for (int64_t j = 0; j < width; ++j) {
       acc[j] += half_to_float(w.scales(block)[j0 + j]) * sum[j] + half_to_float(w.mins(block)[j0 + j]) * xsum;
     }
+#endif
   }
 }
 

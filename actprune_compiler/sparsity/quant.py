@@ -14,10 +14,11 @@ Formats (rows of W^T):
   outputs within a row a float16 scale (max - min) / 15 and a float16 minimum; codes in [0, 15];
   w = float(scale) * q + float(min). 4 + 32 / G bits per weight: 4.5 for int4, 5 for int4g32.
 - int4k32: the same codes, but each scale and minimum covers 32 consecutive *inputs* of one output
-  (32 rows of W^T), as GGUF's Q4_0/Q4_1/Q4_K blocks do. A weight that came from such a file is then
-  represented exactly (its groups are the file's), where grouping along the outputs would quantise it a
-  second time. A token reads its kept rows' codes and, for each block of 32 rows with a kept row, the
-  block's N scales and minimums: at 8:16, 4 * 8/16 + 1 bits per weight, against 5 * 8/16 for int4g32.
+  (32 rows of W^T), as GGUF's Q4 blocks do. A weight that came from a Q4_1 file (min-max blocks of 32,
+  as here) is then represented exactly; one from Q4_0 or Q4_K blocks keeps the file's groups, though
+  not always its grid; grouping along the outputs would quantise either a second time. A token reads
+  its kept rows' codes and, for each block of 32 rows with a kept row, the block's N scales and
+  minimums: at 8:16, 4 * 8/16 + 1 bits per weight, against 5 * 8/16 for int4g32.
 """
 
 from __future__ import annotations

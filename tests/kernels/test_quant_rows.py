@@ -276,3 +276,22 @@ def test_bad_input_fails_loudly():
         formats.dequantized(weight, "int4")
     with pytest.raises(ValueError, match="in_features must be a multiple of 32, but the layer has 100"):
         formats.dequantized(torch.zeros(64, 100), "int4k32")
+
+
+def test_int4k32_holds_the_weights_of_a_q4_1_file_exactly():
+    """A weight made of GGUF Q4_1 blocks (32 inputs of one output: float16 d and m, w = d * q + m, the
+    block's minimum at code 0 and its maximum at 15, as llama.cpp's min-max fit puts them) comes back
+    unchanged from int4k32, and the kernel multiplies by it; groups along the outputs change it."""
+    g = torch.Generator().manual_seed(41)
+    n, k = 96, 128
+    q = torch.randint(0, 16, (n, k // 32, 32), generator=g).float()
+    q[..., 3], q[..., 17] = 0, 15
+    d = (torch.rand(n, k // 32, 1, generator=g) * 0.01 + 1e-3).half().float()
+    m = (-torch.rand(n, k // 32, 1, generator=g) * 0.1).half().float()
+    weight = (d * q + m).reshape(n, k)
+    assert torch.equal(formats.dequantized(weight, "int4k32"), weight)
+    assert not torch.equal(formats.dequantized(weight, "int4g32"), weight)
+    x = sparse_input(2, k, "8:16", seed=4)
+    expected, bound = reference_and_bound(x, weight, None, "int4k32")
+    torch.testing.assert_close(expected, x.double() @ weight.double().t(), rtol=0, atol=0)
+    assert_matches(quant.quant_rows_linear(x, weight, None, "int4k32"), expected, bound)
