@@ -31,18 +31,19 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
 def route_dense_linears(gm: fx.GraphModule) -> int:
     """Point the linears left dense (lm_head, layers kept dense, the whole dense model) of a CPU float32 graph
     at actprune's kernels, in place; return how many:
-    - decode-sized inputs (at most 4 tokens) at actprune::sparse_rows_linear: every row of W^T, read from the
-      weight cache, faster than oneDNN's GEMV at one token and far cheaper to call (uses_rows_gemv);
+    - one-token inputs at actprune::sparse_rows_linear: every row of W^T, read from the weight cache, faster
+      than oneDNN's GEMV and far cheaper to call (uses_rows_gemv). The cache then holds a W^T copy of each
+      (lm_head's is as large as the embedding), as it does for every rewritten linear;
     - larger ones, without freezing, at actprune::packed_linear. Inductor packs a weight for oneDNN's GEMM
       only when it freezes it; weights that stay graph inputs (regional compilation, warm starts from the FX
       graph cache) would take the unpacked GEMM, about a quarter slower at prefill sizes. The rewritten
       linears pack theirs in nm_linear's lowering, and this gives the dense ones the same GEMM from the
       same weight cache."""
-    def kernel(node: fx.Node):
+    def kernel(node: fx.Node) -> torch._ops.OpOverload | None:
         if not is_linear(node):
             return None
-        x = fake_value(node.args[0])
-        if not isinstance(x, torch.Tensor):
+        x, weight = fake_value(node.args[0]), fake_value(node.args[1]) if len(node.args) > 1 else None
+        if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             return None
         if uses_rows_gemv(x):
             return torch.ops.actprune.sparse_rows_linear.default

@@ -560,11 +560,10 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
   TORCH_CHECK(f.lanes() == 0 || N % f.lanes() == 0, "quant_rows_linear: format ", f.name,
               f.along_inputs ? " packs the codes of " : " quantises groups of ", f.lanes(),
               " outputs together, so out_features must be a multiple of ", f.lanes(), ", but this layer (", K, " -> ", N,
-              ") has ", N, "; allowed: ", f.name, " for multiples of ", f.lanes(), ", int4g32 and int4k32 for multiples of 32, "
-              "int8 for any");
+              ") has ", N, "; allowed: int4 for multiples of 64, int4g32 and int4k32 for multiples of 32, int8 for any");
   TORCH_CHECK(!f.along_inputs || K % f.group == 0, "quant_rows_linear: format ", f.name, " quantises groups of ", f.group,
               " inputs, so in_features must be a multiple of ", f.group, ", but this layer (", K, " -> ", N, ") has ", K,
-              "; allowed: int4g32 or int8 for any");
+              "; allowed: int4, int4g32 or int8");
   at::Tensor b;
   if (bias.has_value()) {
     b = bias->contiguous();

@@ -79,10 +79,12 @@ def native_mask(x: Tensor) -> bool:
 
 def uses_rows_gemv(x: Tensor) -> bool:
     """Whether a dense linear on input x calls actprune::sparse_rows_linear, which reads every row of W^T from
-    the weight cache for a dense input: a decode-sized float32 input on the CPU, the native kernels built.
-    On SmolLM2-135M's shapes, one token at a time with the weights in model order, its GEMVs took 0.75x
-    oneDNN's packed GEMV's time, and a call from Python 2.8 us against 13.7 (scripts/bench_quant_rows.py)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and decode_sized(x) and native_kernels()
+    the weight cache for a dense input: one float32 token on the CPU, the native kernels built. On
+    SmolLM2-135M's shapes, one token at a time with the weights in model order, its GEMVs took 0.75x
+    oneDNN's packed GEMV's time, and a call from Python 2.8 us against 13.7 (scripts/bench_quant_rows.py).
+    Not for 2 tokens or more: the kernel reads W^T once per token, where oneDNN's GEMM reads W once."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and decode_sized(x) and math.prod(x.shape[:-1]) == 1
+            and native_kernels())
 
 
 def decode_sized(x: Tensor) -> bool:

@@ -75,10 +75,11 @@ def quant_format(fmt: str, out_features: int, in_features: int) -> QuantFormat:
         why = (f"packs the codes of {f.code_lanes} outputs together" if f.along_inputs
                else f"quantises groups of {f.group} outputs")
         raise ValueError(f"format {fmt} {why}, so out_features must be a multiple of {f.code_lanes}, but the "
-                         f"layer has {out_features}; allowed: int4g32 and int4k32 for multiples of 32, int8 for any")
+                         f"layer has {out_features}; allowed: int4 for multiples of 64, int4g32 and int4k32 for "
+                         "multiples of 32, int8 for any")
     if f.along_inputs and in_features % f.group:
         raise ValueError(f"format {fmt} quantises groups of {f.group} inputs, so in_features must be a multiple "
-                         f"of {f.group}, but the layer has {in_features}; allowed: int4g32 or int8 for any")
+                         f"of {f.group}, but the layer has {in_features}; allowed: int4, int4g32 or int8")
     return f
 
 
@@ -92,9 +93,12 @@ def bits_per_weight(fmt: str, out_features: int, in_features: int) -> float:
 
 def bits_read_per_weight(fmt: str, out_features: int, in_features: int, kept: float) -> float:
     """Bits a token reads per weight of the layer when it keeps a fraction `kept` of the inputs (spread over
-    the layer, as an N:M pattern spreads them): the kept rows' codes, and their scales, or for a format
-    grouped along the inputs every block's scales (an N:M token keeps a row in each block of 32)."""
+    the layer, as an N:M pattern with M <= 32 spreads them): the kept rows' codes with their scales; int8's
+    per-channel scales whatever is kept; for a format grouped along the inputs, every block's scales (such a
+    token keeps a row in each block of 32)."""
     f = quant_format(fmt, out_features, in_features)
+    if f.group is None:
+        return f.bits * kept + 32 / in_features
     if f.along_inputs:
         return f.bits * kept + 32 / f.group
     return bits_per_weight(fmt, out_features, in_features) * kept

@@ -247,6 +247,7 @@ def test_bits_per_weight():
     assert formats.bits_per_weight("int4k32", 576, 576) == 5.0
     assert formats.bits_read_per_weight("int4g32", 576, 576, 0.5) == 2.5  # half the rows, each with its scales
     assert formats.bits_read_per_weight("int4k32", 576, 576, 0.5) == 3.0  # half the codes, every block's scales
+    assert formats.bits_read_per_weight("int8", 576, 576, 0.5) == 4 + 32 / 576  # half the codes, every scale
 
 
 def test_bad_input_fails_loudly():
