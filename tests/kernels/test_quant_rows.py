@@ -32,8 +32,11 @@ def native_kernel():
 
 
 def fits(fmt, k, n):
-    f = formats.QUANT_FORMATS[fmt]
-    return n % f.code_lanes == 0 and (not f.along_inputs or k % f.group == 0)
+    try:
+        formats.quant_format(fmt, n, k)
+    except ValueError:
+        return False
+    return True
 
 
 def fitting(shapes):
