@@ -299,3 +299,21 @@ def test_int4k32_holds_the_weights_of_a_q4_1_file_exactly():
     expected, bound = reference_and_bound(x, weight, None, "int4k32")
     torch.testing.assert_close(expected, x.double() @ weight.double().t(), rtol=0, atol=0)
     assert_matches(quant.quant_rows_linear(x, weight, None, "int4k32"), expected, bound)
+
+
+def test_int4k32_never_reads_a_block_without_a_kept_row():
+    """Inputs 32..63 are zero for every token: that block's codes, scales and minimums are poisoned (codes 15,
+    NaN scales) after the cache was built, and the output stays bit-for-bit the same."""
+    g = torch.Generator().manual_seed(7)
+    k, n = 128, 96
+    weight = torch.randn(n, k, generator=g) * 0.05
+    x = sparse_input(2, k, "8:16", seed=11)
+    x[:, 32:64] = 0.0
+    before = quant.quant_rows_linear(x, weight, None, "int4k32")
+    packed = quant.packed_rows(weight, "int4k32")
+    block = packed.view(k // 32, 32 * n // 2 + 4 * n)[1]
+    block[: 32 * n // 2] = 0xFF
+    block[32 * n // 2:] = torch.tensor([0x00, 0x7E], dtype=torch.uint8).repeat(2 * n)  # little-endian NaN
+    assert torch.equal(quant.quant_rows_linear(x, weight, None, "int4k32"), before)
+    x[0, 40] = 1.0  # a kept row in that block: the poison is seen
+    assert torch.isnan(quant.quant_rows_linear(x, weight, None, "int4k32")[0]).any()
