@@ -597,14 +597,14 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
   const Plan p = plan(work, N);
   if (p.split_rows) partial.resize((p.parts - 1) * T * N);  // parts 1.. of the row split
 
-  // int8 and int4k32: each part adds its kept rows' products into its outputs, and `finish` turns a
-  // token's summed outputs j0.. into y (int8: the per-channel scale; both: the bias). Tokens with a NaN
-  // or inf input are left to an exact path when `exact_apart` (int8 needs none: scale * sum of x * q is
-  // the dense product, inf * 0 = NaN included).
-  auto by_rows = [&](bool exact_apart, auto&& rows, auto&& finish) {
+  // Each part adds its kept rows' products into its outputs (whole runs of `align` of them), and `finish`
+  // turns a token's summed outputs j0.. into y (int8: the per-channel scale; all: the bias). Tokens with a
+  // NaN or inf input are left to exact_tokens when `exact_apart` (int8 needs none: scale * sum of x * q is
+  // the dense product, inf * 0 = NaN included; the int4 formats' factored sums would turn inf * 0 into NaN).
+  auto by_rows = [&](bool exact_apart, int64_t align, auto&& rows, auto&& finish) {
     at::parallel_for(0, p.parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; ++part) {
-        const auto [j0, j1] = p.split_rows ? std::pair<int64_t, int64_t>{0, N} : share(N, part, p.parts, 32);
+        const auto [j0, j1] = p.split_rows ? std::pair<int64_t, int64_t>{0, N} : share(N, part, p.parts, align);
         for (int64_t t = 0; t < T; ++t) {
           if (exact_apart && !kept[t].finite) continue;
           const auto [r0, r1] = p.split_rows ? share(kept[t].count, part, p.parts, kRows)
@@ -636,69 +636,41 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
       for (int64_t j = 0; j < width; ++j) out[j] += bs[j0 + j];
     }
   };
+  // The tokens by_rows left apart: exact(kept, y) writes the element-by-element product, then the bias.
+  auto exact_tokens = [&](auto&& exact) {
+    for (int64_t t = 0; t < T; ++t) {
+      if (kept[t].finite) continue;
+      exact(kept[t], ys + t * N);
+      add_bias(ys + t * N, 0, N);
+    }
+  };
 
   if (form == Form::int8_rows) {
     const Int8Rows w(packed, K, N);
-    by_rows(false, [&](const Kept& k, int64_t r0, int64_t r1, int64_t j, int64_t width, float* acc) {
+    by_rows(false, 16, [&](const Kept& k, int64_t r0, int64_t r1, int64_t j, int64_t width, float* acc) {
       int8_rows(w, k, r0, r1, j, width, acc);
     }, [&](float* out, int64_t j0, int64_t width) {
       for (int64_t j = 0; j < width; ++j) out[j] = w.scales[j0 + j] * out[j] + (bs ? bs[j0 + j] : 0.0f);
     });
-    return y;
-  }
-  if (form == Form::int4k32_rows) {
+  } else if (form == Form::int4k32_rows) {
     const Int4KRows w(packed, K, N);
-    by_rows(true, [&](const Kept& k, int64_t r0, int64_t r1, int64_t j, int64_t width, float* acc) {
+    by_rows(true, f.lanes(), [&](const Kept& k, int64_t r0, int64_t r1, int64_t j, int64_t width, float* acc) {
       alignas(64) float sum[kChunk];  // on each thread's own stack
       int4k_rows(w, k, r0, r1, j, width, acc, sum);
     }, add_bias);
-    for (int64_t t = 0; t < T; ++t) {
-      if (kept[t].finite) continue;
-      int4k_exact(w, kept[t], ys + t * N);
-      add_bias(ys + t * N, 0, N);
-    }
-    return y;
-  }
-
-  const int64_t G = f.group;
-  const Int4Rows w(packed, K, N, G);
-  auto rows = G == 64 ? &int4_rows<64> : &int4_rows<32>;
-  at::parallel_for(0, p.parts, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float offset[kChunk / 32];
-    for (int64_t part = begin; part < end; ++part) {
-      const auto [g0, g1] = p.split_rows ? std::pair<int64_t, int64_t>{0, w.groups} : share(w.groups, part, p.parts, 1);
-      for (int64_t t = 0; t < T; ++t) {
-        if (!kept[t].finite) continue;  // below
-        const auto [r0, r1] = p.split_rows ? share(kept[t].count, part, p.parts, kRows)
-                                           : std::pair<int64_t, int64_t>{0, kept[t].count};
-        float* out = (p.split_rows && part > 0) ? partial.data() + ((part - 1) * T + t) * N : ys + t * N;
-        for (int64_t g = g0; g < g1; g += kChunk / G) {
-          const int64_t groups = std::min(kChunk / G, g1 - g);
-          float* acc = out + g * G;
-          std::fill(acc, acc + groups * G, 0.0f);
-          std::fill(offset, offset + kChunk / 32, 0.0f);
-          rows(w, kept[t], r0, r1, g, groups, acc, offset);
-          // the only part adding to these outputs adds the bias too
-          const float* bias = !p.split_rows && bs ? bs + g * G : nullptr;
-          for (int64_t i = 0; i < groups; ++i) {
-            for (int64_t j = i * G; j < (i + 1) * G; ++j) acc[j] += offset[i] + (bias ? bias[j] : 0.0f);
-          }
-        }
+    exact_tokens([&](const Kept& k, float* out) { int4k_exact(w, k, out); });
+  } else {
+    const int64_t G = f.group;
+    const Int4Rows w(packed, K, N, G);
+    auto int4 = G == 64 ? &int4_rows<64> : &int4_rows<32>;
+    by_rows(true, G, [&](const Kept& k, int64_t r0, int64_t r1, int64_t j, int64_t width, float* acc) {
+      alignas(64) float offset[kChunk / 32] = {};  // each group's sum of x * min
+      int4(w, k, r0, r1, j / G, width / G, acc, offset);
+      for (int64_t i = 0; i < width / G; ++i) {
+        for (int64_t h = i * G; h < (i + 1) * G; ++h) acc[h] += offset[i];
       }
-    }
-  });
-  for (int64_t t = 0; t < T; ++t) {
-    float* out = ys + t * N;
-    if (!kept[t].finite) {
-      int4_exact(w, kept[t], out);
-      for (int64_t j = 0; j < N; ++j) out[j] += bs ? bs[j] : 0.0f;
-    } else if (p.split_rows) {
-      for (int64_t part = 1; part < p.parts; ++part) {
-        const float* add = partial.data() + ((part - 1) * T + t) * N;
-        for (int64_t j = 0; j < N; ++j) out[j] += add[j];
-      }
-      for (int64_t j = 0; j < N; ++j) out[j] += bs ? bs[j] : 0.0f;
-    }
+    }, add_bias);
+    exact_tokens([&](const Kept& k, float* out) { int4_exact(w, k, out); });
   }
   return y;
 }
