@@ -1,8 +1,9 @@
 """Decode microbenchmark of actprune::quant_rows_linear on smollm2-135m's shapes, one token a call.
 
 Kernels: torch's dense F.linear (float32), actprune::packed_linear (oneDNN on the packed weight: what a dense
-linear of a compiled step calls), actprune::sparse_rows_linear (float32 kept rows) and
-actprune::quant_rows_linear in each quantised format. Inputs: 8:16-sparse for the 210 projections
+linear of a compiled prefill calls), actprune::dense_gemv (dot products with W's rows: what a dense linear of a
+compiled decode step calls; it reads every weight whatever the input), actprune::sparse_rows_linear (float32
+kept rows) and actprune::quant_rows_linear in each quantised format. Inputs: 8:16-sparse for the 210 projections
 (30 layers x q, k, v, o, gate, up, down) and dense for lm_head (576 -> 49152); each shape is also
 timed with a dense input.
 
@@ -42,7 +43,7 @@ PROJECTIONS = {"q": (576, 576), "k": (576, 192), "v": (576, 192), "o": (576, 576
                "up": (576, 1536), "down": (1536, 576)}  # (in_features, out_features)
 LAYERS = 30
 LM_HEAD = (576, 49152)
-KERNELS = ["F.linear", "packed", "f32 rows", *QUANT_FORMATS]
+KERNELS = ["F.linear", "packed", "dense gemv", "f32 rows", *QUANT_FORMATS]
 
 # Calls timed from C++ (through the dispatcher, as a compiled graph's C++ would call them), one clock
 # reading around each: Python's per-call cost (a few us, more than some of these kernels take) stays out.
@@ -51,7 +52,7 @@ TIMER = r"""
 #include <chrono>
 
 // kind 0: F.linear, 1: actprune::sparse_rows_linear, 2: actprune::quant_rows_linear in fmt,
-// 3: actprune::packed_linear (oneDNN on the packed weight)
+// 3: actprune::packed_linear (oneDNN on the packed weight), 4: actprune::dense_gemv
 std::vector<int64_t> time_calls(int64_t kind, const std::string& fmt, const std::vector<at::Tensor>& xs,
                                 const std::vector<at::Tensor>& weights) {
   static const auto rows = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::sparse_rows_linear", "")
@@ -60,12 +61,15 @@ std::vector<int64_t> time_calls(int64_t kind, const std::string& fmt, const std:
       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view)>();
   static const auto packed = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::packed_linear", "")
       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
+  static const auto dense = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::dense_gemv", "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
   std::vector<int64_t> ns(weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto start = std::chrono::steady_clock::now();
     at::Tensor y = kind == 0   ? at::linear(xs[i], weights[i])
                    : kind == 1 ? rows.call(xs[i], weights[i], std::nullopt)
                    : kind == 3 ? packed.call(xs[i], weights[i], std::nullopt)
+                   : kind == 4 ? dense.call(xs[i], weights[i], std::nullopt)
                                : quant.call(xs[i], weights[i], std::nullopt, fmt);
     ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   }
@@ -84,12 +88,12 @@ def timer():
 
 def time_calls(kernel: str, xs: list[torch.Tensor], weights: list[torch.Tensor]) -> list[float]:
     """us of each call of kernel on (xs[i], weights[i]), in order."""
-    kind = {"F.linear": 0, "f32 rows": 1, "packed": 3}.get(kernel, 2)
+    kind = {"F.linear": 0, "f32 rows": 1, "packed": 3, "dense gemv": 4}.get(kernel, 2)
     return [ns / 1e3 for ns in timer().time_calls(kind, kernel if kind == 2 else "", xs, weights)]
 
 
 def bytes_needed(kernel: str, kept: int, k: int, n: int) -> float:
-    if kernel in ("F.linear", "packed"):
+    if kernel in ("F.linear", "packed", "dense gemv"):
         return 4.0 * n * k
     if kernel == "f32 rows":
         return 4.0 * kept * n
@@ -109,7 +113,8 @@ def python_call(kernel: str, repeats: int = 2000) -> float:
     """us of a call from Python on a 64 x 64 matrix (8:16 input): the per-call cost a Python caller adds."""
     w, x = torch.randn(64, 64), prune_sorted(torch.randn(1, 64), torch.rand(1, 64), 8, 16)
     ops = {"F.linear": lambda: F.linear(x, w), "f32 rows": lambda: torch.ops.actprune.sparse_rows_linear(x, w, None),
-           "packed": lambda: torch.ops.actprune.packed_linear(x, w, None)}
+           "packed": lambda: torch.ops.actprune.packed_linear(x, w, None),
+           "dense gemv": lambda: torch.ops.actprune.dense_gemv(x, w, None)}
     op = ops.get(kernel, lambda: torch.ops.actprune.quant_rows_linear(x, w, None, kernel))
     op()
     times = []
@@ -176,13 +181,16 @@ def main() -> None:
                 us = r[setting][name]
                 cells.append(f"{us:.1f} ({bytes_needed(kernel, rows, k, n) / us / 1e3:.1f})")
             print(f"| {name} {k}->{n} | {kernel} | {' | '.join(cells)} |")
-    print(f"\nper token: 30 layers x 7 projections at 8:16 + dense lm_head, threads {args.threads}")
-    print("| kernel | token, ms (median) | min | projections | lm_head | a call from Python on 64x64, us |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nper token: 30 layers x 7 projections at 8:16 + dense lm_head, threads {args.threads}; dense token: the"
+          " medians of the dense-input calls, summed")
+    print("| kernel | token, ms (median) | min | projections | lm_head | dense token, ms "
+          "| a call from Python on 64x64, us |")
+    print("|---|---|---|---|---|---|---|")
     for kernel, r in results.items():
         projections = sum(r["order"][name] for name in PROJECTIONS) * LAYERS / 1e3
+        dense_token = (sum(r["dense"][name] for name in PROJECTIONS) * LAYERS + r["dense"]["lm_head"]) / 1e3
         print(f"| {kernel} | {r['token']:.3f} | {r['token_min']:.3f} | {projections:.3f} | "
-              f"{r['order']['lm_head'] / 1e3:.3f} | {r['python_call']:.2f} |")
+              f"{r['order']['lm_head'] / 1e3:.3f} | {dense_token:.3f} | {r['python_call']:.2f} |")
     print(f"\nload average {' '.join(Path('/proc/loadavg').read_text().split()[:3])} (after)")
 
 

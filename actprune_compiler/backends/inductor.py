@@ -13,7 +13,7 @@ from torch.export import ExportedProgram
 
 from actprune_compiler.backends.freeze import DEFAULT_FREEZE, refuse_regional_freeze
 from actprune_compiler.backends.regional import compile_regions
-from actprune_compiler.lowering.inductor import POST_GRAD_PASS, uses_packed_gemm, uses_rows_gemv
+from actprune_compiler.lowering.inductor import POST_GRAD_PASS, uses_dense_gemv, uses_packed_gemm
 from actprune_compiler.passes.graph_host import fake_value
 from actprune_compiler.passes.select_linears import is_linear
 
@@ -31,9 +31,10 @@ def inductor_with_nm_lowering(gm: fx.GraphModule, example_inputs: Sequence[torch
 def route_dense_linears(gm: fx.GraphModule) -> int:
     """Point the linears left dense (lm_head, layers kept dense, the whole dense model) of a CPU float32 graph
     at actprune's kernels, in place; return how many:
-    - one-token inputs at actprune::sparse_rows_linear: every row of W^T, read from the weight cache, faster
-      than oneDNN's GEMV and far cheaper to call (uses_rows_gemv). The cache then holds a W^T copy of each
-      (lm_head's is as large as the embedding), as it does for every rewritten linear;
+    - one-token inputs at actprune::dense_gemv: dot products with W's rows, read from the weight cache's copy
+      in 2 MiB pages, faster than oneDNN's GEMV and far cheaper to call (uses_dense_gemv). The cache then
+      holds that copy of each (lm_head's is as large as the embedding), as it holds W^T for every rewritten
+      linear;
     - larger ones, without freezing, at actprune::packed_linear. Inductor packs a weight for oneDNN's GEMM
       only when it freezes it; weights that stay graph inputs (regional compilation, warm starts from the FX
       graph cache) would take the unpacked GEMM, about a quarter slower at prefill sizes. The rewritten
@@ -45,8 +46,8 @@ def route_dense_linears(gm: fx.GraphModule) -> int:
         x, weight = fake_value(node.args[0]), fake_value(node.args[1]) if len(node.args) > 1 else None
         if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             return None
-        if uses_rows_gemv(x):
-            return torch.ops.actprune.sparse_rows_linear.default
+        if uses_dense_gemv(x):
+            return torch.ops.actprune.dense_gemv.default
         return torch.ops.actprune.packed_linear.default if uses_packed_gemm(x) else None
 
     routed = [(node, target) for node in gm.graph.nodes if (target := kernel(node)) is not None]

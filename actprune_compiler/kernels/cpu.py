@@ -3,6 +3,9 @@ the inputs a token kept. CPU: built from sparse_rows.cpp on first use, with its 
 registered with the dispatcher from C++ (a Python kernel would cost a quarter of the GEMV's time);
 CUDA: the Triton GEMV in triton_nm.py, fed from the same W^T cache.
 
+actprune::dense_gemv, a dense linear at decode (dense_gemv.cpp): one token's dot products with the rows of W,
+read from the same cache's copy in 2 MiB pages (huge_pages.cpp), as are all the forms a decode step reads.
+
 actprune::packed_linear, the prefill GEMM on CPU in float32: oneDNN's GEMM with the weight packed
 once, from the same cache. Inductor packs weights only when it freezes them; a graph whose weights
 are inputs (regional compilation, warm starts from the FX graph cache) gets the same GEMM this way.
@@ -34,10 +37,12 @@ from torch.utils.cpp_extension import load
 from actprune_compiler.ops.select import select_groups
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("sparse_rows.cpp", "quant_rows.cpp", "nm_select.cpp", "decode_attention.cpp")]
-HEADERS = [Path(__file__).with_name("weight_cache.h")]
+           for name in ("weight_cache.cpp", "huge_pages.cpp", "sparse_rows.cpp", "dense_gemv.cpp", "quant_rows.cpp",
+                        "nm_select.cpp", "decode_attention.cpp")]
+HEADERS = [Path(__file__).with_name(name) for name in ("weight_cache.h", "huge_pages.h", "simd.h")]
 
 torch.library.define("actprune::sparse_rows_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+torch.library.define("actprune::dense_gemv", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::packed_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::quant_rows_linear", "(Tensor x, Tensor weight, Tensor? bias, str fmt) -> Tensor")
 torch.library.define("actprune::nm_select_cpu", "(Tensor groups, Tensor values, int n) -> Tensor")
@@ -75,6 +80,12 @@ def sparse_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     """x [..., K] @ weight [N, K]^T + bias, reading only the rows of W^T where x is nonzero."""
     _extension()  # registers the CPU kernel
     return torch.ops.actprune.sparse_rows_linear(x, weight, bias)
+
+
+def dense_gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x [..., K] @ weight [N, K]^T + bias in float32, as dot products with the rows of W: a dense linear at decode."""
+    _extension()  # registers the CPU kernel
+    return torch.ops.actprune.dense_gemv(x, weight, bias)
 
 
 def nm_select(groups: Tensor, values: Tensor, n: int) -> Tensor:
@@ -127,6 +138,7 @@ def _sparse_rows_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
 
 
 @torch.library.register_fake("actprune::sparse_rows_linear")
+@torch.library.register_fake("actprune::dense_gemv")
 @torch.library.register_fake("actprune::packed_linear")
 def _linear_shape(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

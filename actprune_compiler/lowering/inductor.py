@@ -28,7 +28,7 @@ from torch._inductor.lowering import lowerings, register_lowering
 from torch._inductor.virtualized import ops
 
 import actprune_compiler.ops  # noqa: F401  (registers the ops lowered here)
-from actprune_compiler.kernels import cpu  # registers actprune::sparse_rows_linear and packed_linear
+from actprune_compiler.kernels import cpu  # registers actprune's CPU kernels
 from actprune_compiler.kernels.gpu import gpu_path_supports, record_lowering
 from actprune_compiler.ops.select import prune_by_rank
 from actprune_compiler.sparsity.activation import sparsify_activation
@@ -77,12 +77,12 @@ def native_mask(x: Tensor) -> bool:
     return x.device.type == "cpu" and native_kernels()
 
 
-def uses_rows_gemv(x: Tensor) -> bool:
-    """Whether a dense linear on input x calls actprune::sparse_rows_linear, which reads every row of W^T from
-    the weight cache for a dense input: one float32 token on the CPU, the native kernels built. On
-    SmolLM2-135M's shapes, one token at a time with the weights in model order, its GEMVs took 0.75x
-    oneDNN's packed GEMV's time, and a call from Python 2.8 us against 13.7 (scripts/bench_quant_rows.py).
-    Not for 2 tokens or more: the kernel reads W^T once per token, where oneDNN's GEMM reads W once."""
+def uses_dense_gemv(x: Tensor) -> bool:
+    """Whether a dense linear on input x calls actprune::dense_gemv, which streams W's rows (dot products)
+    from the weight cache's copy in 2 MiB pages: one float32 token on the CPU, the native kernels built. On
+    SmolLM2-135M's shapes, one token at a time with the weights in model order, its GEMVs took about half
+    of oneDNN's packed GEMV's time, and a call from Python costs a few us against 13.7
+    (scripts/bench_quant_rows.py). Not for 2 tokens or more: oneDNN's GEMM is built for those."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and decode_sized(x) and math.prod(x.shape[:-1]) == 1
             and native_kernels())
 

@@ -25,8 +25,8 @@ def test_exported_program_without_freezing_decodes_with_the_kernel():
         assert "sparse_rows_linear" in "\n".join(sources)
         torch.testing.assert_close(got, result.module()(decode), rtol=1e-5, atol=1e-5)
         compiled(decode)
-    # W^T of the 14 rewritten layers and of the dense lm_head (route_dense_linears): each made once on the
-    # first call, reused on the second.
+    # W^T of the 14 rewritten layers and W's rows of the dense lm_head (route_dense_linears): each made once on
+    # the first call, reused on the second.
     assert "packed_linear" not in "\n".join(sources)
     assert cpu.cache_stats() == {"misses": 15, "hits": 15}
 
@@ -35,7 +35,7 @@ def test_plain_torch_compile_call_generates_with_the_kernel_and_matches_the_refe
     model = copy.deepcopy(tiny_model("llama"))
     with hooked(model, 8, 16):
         expected = greedy(model, PROMPT, tokens=12)
-    # frozen: the weight cache holds the decode W^T of the 14 rewritten layers and of lm_head only (unfrozen
+    # frozen: the weight cache holds the decode W^T of the 14 rewritten layers and W of lm_head only (unfrozen
     # prefill GEMMs would pack weights there too)
     model.forward = torch.compile(model.forward, backend="actprune", options={"pattern": "8:16", "freeze": True})
     assert greedy(model, PROMPT, tokens=12) == expected
@@ -82,14 +82,14 @@ def test_the_plain_call_keeps_the_weights_as_inputs_by_default():
     assert greedy(model, PROMPT, tokens=5) == expected  # the changed weight is used: nothing was frozen
 
 
-def test_the_dense_linears_read_w_transposed_at_decode_and_the_packed_weight_at_prefill():
-    """A dense model's 15 linears (2 layers x 7 and lm_head): one token each through actprune's rows kernel,
+def test_the_dense_linears_read_w_rows_at_decode_and_the_packed_weight_at_prefill():
+    """A dense model's 15 linears (2 layers x 7 and lm_head): one token each through actprune's dense GEMV,
     16 tokens through the packed GEMM; both equal the eager model."""
     model = copy.deepcopy(tiny_model("llama"))
     compiled = torch.compile(model, backend=inductor_with_nm_lowering)
     with torch.no_grad():
-        for ids, used, unused in ((token_ids(1, 1), "sparse_rows_linear", "packed_linear"),
-                                  (token_ids(1, 16), "packed_linear", "sparse_rows_linear")):
+        for ids, used, unused in ((token_ids(1, 1), "dense_gemv", "packed_linear"),
+                                  (token_ids(1, 16), "packed_linear", "dense_gemv")):
             got, sources = run_and_get_code(compiled, ids)
             code = "\n".join(sources)
             assert code.count(f"actprune.{used}.default(") == 15 and unused not in code
