@@ -21,13 +21,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The main job on the default model, SmolLM2-135M: compile an 8:16 artifact (seconds: export, rewrite,
 # save), then `actprune compare`, which prints one table (WikiText-2 perplexity on the first 4 windows of
 # 2048 tokens, decode tokens/s, time to the first token, compile time of the decode step) for the dense
-# and the 8:16 model and writes out/demo/compare.{json,md,png}. `make demo CHECK=1` also checks the
+# model, the 8:16 model and the 8:16 model with int4k32 kept rows, and writes out/demo/compare.{json,md,png}. `make demo CHECK=1` also checks the
 # artifact's compiled layers against the reference kernel in float64 (about a minute more on 2 cores).
 CHECK ?=
 DEMO_CHECK := $(if $(CHECK),,--no-check)
 demo: setup
 	$(BIN)/actprune compile --model smollm2-135m --pattern 8:16 --out out/smollm2-135m-8-16 --force $(DEMO_CHECK)
-	$(BIN)/actprune compare --model smollm2-135m --pattern 8:16 --max-windows 4 --out out/demo
+	$(BIN)/actprune compare --model smollm2-135m --pattern 8:16 --quant none,int4k32 --max-windows 4 --out out/demo
 
 # lint-imports: the layers contract in pyproject.toml ([tool.importlinter]); an upward import fails it.
 lint: setup

@@ -33,7 +33,9 @@ struct Chunk {
   int64_t live = 0;  // forms in it not yet freed
 };
 
-std::mutex arena_mutex;
+// Never destroyed: forms held by other static objects (the weight cache) are freed at exit, in an order
+// across files that C++ leaves open.
+std::mutex& arena_mutex = *new std::mutex;
 Chunk* shared_chunk = nullptr;  // where the next small form goes
 
 Chunk* map_chunk(size_t bytes) {

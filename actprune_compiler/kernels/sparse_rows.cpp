@@ -6,8 +6,8 @@
 // frozen weight: packed once per weight here, so a graph whose weights are inputs (regional
 // compilation, the FX graph cache) gets the frozen graph's GEMM (about a fifth less time on CPU).
 //
-// Threads split the output columns, so each one streams contiguous segments of the kept rows
-// into private accumulators (fp32, or fp64 for double); no reduction across threads is needed.
+// Threads split the kept rows, each streaming whole rows into its own sums (fp32, or fp64 for double),
+// added up at the end.
 //
 // W^T comes from the weight cache (weight_cache.cpp), and the op's CPU kernel is registered with the
 // dispatcher from C++: a model makes one call per rewritten linear per token (210 for smollm2-135m),
@@ -39,37 +39,35 @@ void find_kept(const scalar_t* x, int64_t K, std::vector<int64_t>& rows, std::ve
   }
 }
 
-// acc[0, width) += the sum of values[i] * (row rows[i] of W^T, from column `begin`) over the kept rows,
-// four rows per pass (a quarter of the accumulator traffic).
+// acc[0, N) += the sum of values[i] * (row rows[i] of W^T) over `count` kept rows, four rows per pass (a
+// quarter of the accumulator traffic).
 template <typename scalar_t, typename acc_t>
-void add_rows(const scalar_t* wt, int64_t N, int64_t begin, int64_t width, const std::vector<int64_t>& rows,
-              const std::vector<acc_t>& values, acc_t* acc) {
-  const int64_t used = static_cast<int64_t>(rows.size());
+void add_rows(const scalar_t* wt, int64_t N, const int64_t* rows, const acc_t* values, int64_t count, acc_t* acc) {
   int64_t i = 0;
-  for (; i + 4 <= used; i += 4) {
-    const scalar_t* r0 = wt + rows[i] * N + begin;
-    const scalar_t* r1 = wt + rows[i + 1] * N + begin;
-    const scalar_t* r2 = wt + rows[i + 2] * N + begin;
-    const scalar_t* r3 = wt + rows[i + 3] * N + begin;
+  for (; i + 4 <= count; i += 4) {
+    const scalar_t* r0 = wt + rows[i] * N;
+    const scalar_t* r1 = wt + rows[i + 1] * N;
+    const scalar_t* r2 = wt + rows[i + 2] * N;
+    const scalar_t* r3 = wt + rows[i + 3] * N;
     const acc_t v0 = values[i], v1 = values[i + 1], v2 = values[i + 2], v3 = values[i + 3];
     int64_t j = 0;
     if constexpr (std::is_same_v<scalar_t, float>) {
       // float32, the decode case, in 16-float vectors written out: GCC's own vectorisation of the loop
       // below ran at half this speed.
-      for (; j + kLanes <= width; j += kLanes) {
+      for (; j + kLanes <= N; j += kLanes) {
         store(acc + j, load(acc + j) + v0 * load(r0 + j) + v1 * load(r1 + j) + v2 * load(r2 + j) +
                            v3 * load(r3 + j));
       }
     }
-    for (; j < width; ++j) {
+    for (; j < N; ++j) {
       acc[j] += v0 * static_cast<acc_t>(r0[j]) + v1 * static_cast<acc_t>(r1[j]) +
                 v2 * static_cast<acc_t>(r2[j]) + v3 * static_cast<acc_t>(r3[j]);
     }
   }
-  for (; i < used; ++i) {
-    const scalar_t* r = wt + rows[i] * N + begin;
+  for (; i < count; ++i) {
+    const scalar_t* r = wt + rows[i] * N;
     const acc_t v = values[i];
-    for (int64_t j = 0; j < width; ++j) acc[j] += v * static_cast<acc_t>(r[j]);
+    for (int64_t j = 0; j < N; ++j) acc[j] += v * static_cast<acc_t>(r[j]);
   }
 }
 
@@ -92,9 +90,7 @@ void token_rows(const scalar_t* x, const scalar_t* wt, const scalar_t* bias, sca
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t first = used * p / parts, last = used * (p + 1) / parts;
-      const std::vector<int64_t> part_rows(rows.begin() + first, rows.begin() + last);
-      const std::vector<acc_t> part_values(values.begin() + first, values.begin() + last);
-      add_rows(wt, N, 0, N, part_rows, part_values, sums.data() + p * N);
+      add_rows(wt, N, rows.data() + first, values.data() + first, last - first, sums.data() + p * N);
     }
   });
   for (int64_t j = 0; j < N; ++j) {
