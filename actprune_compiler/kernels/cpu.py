@@ -123,7 +123,7 @@ def cache_stats() -> dict[str, int]:
 
 
 def clear_cache() -> None:
-    """Forget every cached W^T, packed W and quantised rows (needed after a weight changed through `.data`);
+    """Forget every cached W^T, W, packed W and quantised rows (needed after a weight changed through `.data`);
     no build if none ran."""
     if _extension.cache_info().currsize:
         _extension().clear_cache()

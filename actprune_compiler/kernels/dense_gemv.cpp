@@ -74,14 +74,16 @@ at::Tensor dense_gemv(const at::Tensor& x, const at::Tensor& weight, const c10::
   if (y.numel() == 0) return y;
   const int64_t T = xc.numel() / std::max<int64_t>(K, 1);
   if (K == 0) return b.defined() ? y.copy_(b.expand_as(y)) : y.zero_();
-  const float* w = cached(weight, Form::rows).const_data_ptr<float>();
+  const at::Tensor rows = cached(weight, Form::rows);  // held here: another thread may drop the cache entry
+  const float* w = rows.const_data_ptr<float>();
   const float* xs = xc.const_data_ptr<float>();
   const float* bs = b.defined() ? b.const_data_ptr<float>() : nullptr;
   float* ys = y.data_ptr<float>();
   at::parallel_for(0, (N + kRows - 1) / kRows, kGrainPasses, [&](int64_t begin, int64_t end) {
     for (int64_t pass = begin; pass < end; ++pass) {
       const int64_t row = pass * kRows;
-      // every token while the rows are in L1: W is read from memory once whatever the token count
+      // every token while the rows are in cache (L1 for K up to about 3000): W is read from memory once
+      // whatever the token count
       for (int64_t t = 0; t < T; ++t) {
         const float* xt = xs + t * K;
         float* yt = ys + t * N + row;

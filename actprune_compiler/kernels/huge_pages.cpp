@@ -5,8 +5,10 @@
 // of its mapped GGUF file; torch's allocator gets 4 KiB pages unless huge pages are on for everything.
 //
 // Most forms are far smaller than 2 MiB (a 4-bit k_proj of SmolLM2 is 55 KiB), so they are carved one
-// after another out of shared chunks of huge pages; a chunk goes back to the OS when the last form in it
-// dies. Forms larger than a quarter of a chunk get a chunk of their own.
+// after another out of shared chunks of huge pages. Space is not reused inside a chunk: a full chunk goes
+// back to the OS when the last form in it dies, and the chunk being filled, when it empties, gives its
+// pages back and starts again from its beginning. Forms larger than a quarter of a chunk get a chunk of
+// their own. A model's forms are made together and live together, so little is held by dead ones.
 #include "huge_pages.h"
 
 #include <algorithm>
@@ -62,7 +64,8 @@ void release(Chunk* chunk) {
   if (chunk != shared_chunk) {
     unmap_chunk(chunk);
   } else {
-    chunk->used = 0;  // empty again: the next forms reuse its pages
+    madvise(chunk->base, chunk->used, MADV_DONTNEED);  // empty again: its pages back to the OS,
+    chunk->used = 0;                                    // its address range to the next forms
   }
 }
 

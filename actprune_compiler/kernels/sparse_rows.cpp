@@ -156,6 +156,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantized_rows", [](const at::Tensor& weight, const std::string& fmt) { return cached(weight, quant_form(fmt)); },
         "weight [N, K] -> its cached quantised rows in format fmt (the tensor the decode kernel reads, not a copy)");
   m.def("quant_format_names", &quant_format_names, "the formats actprune::quant_rows_linear accepts");
-  m.def("cache_stats", &cache_stats, "(hits, misses) of the weight cache (W^T, packed W and quantised rows)");
-  m.def("clear_cache", &clear_cache, "forget every cached W^T, packed W and quantised rows");
+  m.def("dense_rows", [](const at::Tensor& weight) { return cached(weight, Form::rows); },
+        "weight [N, K] -> its cached copy in 2 MiB pages (the rows actprune::dense_gemv reads, not a copy)");
+  m.def("cache_stats", &cache_stats, "(hits, misses) of the weight cache (W^T, W, packed W and quantised rows)");
+  m.def("clear_cache", &clear_cache, "forget every cached W^T, W, packed W and quantised rows");
 }

@@ -11,13 +11,12 @@
 
 namespace {
 
-// W^T (and the packed W, and the quantised rows of W^T), made once per weight and reused while the
-// weight is unchanged: the decode kernel reads rows of W^T, and transposing on every call would copy
-// the whole weight, costing more than the GEMV saves; packing costs more than a prefill GEMM, and
-// quantising more still. An entry holds its
-// weight weakly (it dies with the weight, and the weak reference keeps
-// the address from being reused meanwhile) and is checked against the weight's data pointer,
-// layout and version counter, so an in-place update (load_state_dict, copy_ under no_grad) is
+// Each form (W^T, W in 2 MiB pages, the packed W, the quantised rows of W^T) is made once per weight and
+// reused while the weight is unchanged: the kept-rows kernel reads rows of W^T, and transposing on every
+// call would copy the whole weight, costing more than the GEMV saves; packing costs more than a prefill
+// GEMM, and quantising more still. An entry holds its weight weakly (it dies with the weight, and the
+// weak reference keeps the address from being reused meanwhile) and is checked against the weight's data
+// pointer, layout and version counter, so an in-place update (load_state_dict, copy_ under no_grad) is
 // seen. An update through `.data` bypasses the version counter: clear the cache after one.
 using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 

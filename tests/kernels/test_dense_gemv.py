@@ -2,7 +2,7 @@
 that holds the weight forms a decode step reads."""
 
 import math
-import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +45,18 @@ def test_nan_and_inf_reach_the_outputs_they_touch():
     assert cpu.dense_gemv(x, w, None).isnan().all()
 
 
+def test_edge_shapes_and_layouts():
+    g = torch.Generator().manual_seed(5)
+    w, x = torch.randn(40, 24, generator=g), torch.randn(2, 24, generator=g)
+    b = torch.randn(40, generator=g)
+    assert torch.equal(cpu.dense_gemv(torch.zeros(1, 0), torch.zeros(6, 0), b[:6]), b[:6].expand(1, 6))  # K == 0
+    assert cpu.dense_gemv(torch.zeros(0, 24), w, b).shape == (0, 40)  # no tokens
+    assert cpu.dense_gemv(x, torch.zeros(0, 24), None).shape == (2, 0)  # no outputs
+    transposed_w, strided_x = w.t().contiguous().t(), torch.randn(24, 2, generator=g).t()  # not contiguous
+    torch.testing.assert_close(cpu.dense_gemv(strided_x, transposed_w, b), reference(strided_x, w, b),
+                               rtol=1e-5, atol=1e-4)
+
+
 def test_a_changed_weight_is_read_again():
     w, x = torch.randn(64, 48), torch.randn(1, 48)
     torch.testing.assert_close(cpu.dense_gemv(x, w, None), reference(x, w, None), rtol=1e-5, atol=1e-4)
@@ -76,23 +88,35 @@ def vm_flags(address: int) -> list[str]:
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="2 MiB pages are asked of Linux only")
-@pytest.mark.parametrize("fmt", ["transposed", "int8", "int4k32"])
+THP = Path("/sys/kernel/mm/transparent_hugepage")
+
+
+@pytest.mark.skipif(not THP.exists(), reason="no transparent huge pages here (2 MiB pages are asked of Linux)")
+@pytest.mark.parametrize("fmt", ["transposed", "rows", "int8", "int4k32"])
 def test_decode_forms_lie_in_memory_advised_for_huge_pages(fmt):
     w = torch.randn(192, 576)
-    form = cpu.transposed(w) if fmt == "transposed" else cpu._extension().quantized_rows(w, fmt)
+    forms = {"transposed": cpu.transposed, "rows": cpu._extension().dense_rows}
+    form = forms[fmt](w) if fmt in forms else cpu._extension().quantized_rows(w, fmt)
     assert "hg" in vm_flags(form.data_ptr())  # madvise(MADV_HUGEPAGE), whether or not the OS granted them
     assert "hg" not in vm_flags(w.data_ptr())  # torch's own allocation, for contrast
 
 
-def test_forms_shared_chunks_outlive_their_neighbours():
-    """Many forms of 1 MiB each fill several shared chunks; freeing every other one must leave the others
-    intact, and new forms go into the freed space without disturbing them."""
+def test_forms_outlive_the_chunks_emptied_around_them():
+    """Forms of 1 MiB fill three shared chunks of 64 MiB. Every form of the first chunk dies (it is unmapped),
+    two of the second survive, and the last form of the third, the chunk being filled, dies after the others
+    (its pages go back, and new forms fill it from its start); a form of 20 MiB takes a chunk of its own. The
+    survivors and the new forms keep their values throughout."""
     g = torch.Generator().manual_seed(0)
+    cpu.clear_cache()
     weights = [torch.randn(256, 1024, generator=g) for _ in range(150)]
     forms = [cpu.transposed(w) for w in weights]
-    del forms[::2], weights[::2]
-    more = [torch.randn(1024, 256, generator=g) for _ in range(80)]
+    keep = [70, 100, 149]  # in the second chunk, and in the third (the one being filled)
+    survivors = [(weights[i], forms[i]) for i in keep]
+    del weights, forms
+    cpu.clear_cache()  # the cache's own references go too: only the survivors' forms are alive
+    survivors.pop()  # the third chunk is now empty: its pages go back and it starts again
+    large = torch.randn(5 << 20, 1, generator=g)  # 20 MiB: a chunk of its own
+    more = [torch.randn(1024, 256, generator=g) for _ in range(80)] + [large]
     more_forms = [cpu.transposed(w) for w in more]
-    for w, form in zip(weights + more, forms + more_forms, strict=True):
+    for w, form in survivors + list(zip(more, more_forms, strict=True)):
         assert torch.equal(form, w.t())
