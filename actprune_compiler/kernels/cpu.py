@@ -39,7 +39,7 @@ from actprune_compiler.ops.select import select_groups
 SOURCES = [Path(__file__).with_name(name)
            for name in ("weight_cache.cpp", "huge_pages.cpp", "sparse_rows.cpp", "dense_gemv.cpp", "quant_rows.cpp",
                         "nm_select.cpp", "decode_attention.cpp")]
-HEADERS = [Path(__file__).with_name(name) for name in ("weight_cache.h", "huge_pages.h", "simd.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("weight_cache.h", "huge_pages.h", "simd.h", "linear_args.h")]
 
 torch.library.define("actprune::sparse_rows_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::dense_gemv", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")

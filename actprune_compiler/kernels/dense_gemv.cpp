@@ -7,6 +7,7 @@
 //
 // W is read from the weight cache's copy in 2 MiB pages (huge_pages.h), which replaces the W^T copy
 // these linears kept before: the same memory.
+#include "linear_args.h"
 #include "simd.h"
 #include "weight_cache.h"
 
@@ -55,25 +56,14 @@ float dot_row(const float* w, const float* x, int64_t K) {
 
 // actprune::dense_gemv's CPU kernel: x [..., K] @ weight [N, K]^T + bias, float32.
 at::Tensor dense_gemv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "dense_gemv: CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
-              "dense_gemv: float32 x and weight expected, got ", x.scalar_type(), " and ", weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
-              "dense_gemv: x [..., K] and weight [N, K] expected, got ", x.sizes(), " and ", weight.sizes());
+  check_float_linear("dense_gemv", x, weight);
   const int64_t N = weight.size(0), K = weight.size(1);
-  at::Tensor b;
-  if (bias.has_value()) {
-    b = bias->contiguous();
-    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == N,
-                "dense_gemv: a float32 bias of ", N, " values expected, got ", b.scalar_type(), " ", b.sizes());
-  }
+  const at::Tensor b = float_bias("dense_gemv", bias, N);
   const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  at::DimVector out_sizes(x.sizes());
-  out_sizes.back() = N;
-  auto y = at::empty(out_sizes, xc.options());
+  auto y = linear_output(xc, N);
   if (y.numel() == 0) return y;
-  const int64_t T = xc.numel() / std::max<int64_t>(K, 1);
   if (K == 0) return b.defined() ? y.copy_(b.expand_as(y)) : y.zero_();
+  const int64_t T = xc.numel() / K;
   const at::Tensor rows = cached(weight, Form::rows);  // held here: another thread may drop the cache entry
   const float* w = rows.const_data_ptr<float>();
   const float* xs = xc.const_data_ptr<float>();

@@ -26,6 +26,7 @@
 // Measured on one core of the development machine, reading a kept row costs about as much as
 // reading it densely once rows are this short (the hardware prefetchers fetch the rows in between),
 // so the kernel prefetches the rows it will read a few rows ahead to keep many lines in flight.
+#include "linear_args.h"
 #include "weight_cache.h"
 
 #include <ATen/Parallel.h>
@@ -551,11 +552,7 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
                              c10::string_view fmt) {
   const Form form = quant_form(std::string(fmt));
   const Format& f = format_of(form);
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "quant_rows_linear: CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
-              "quant_rows_linear: float32 x and weight expected, got ", x.scalar_type(), " and ", weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
-              "quant_rows_linear: x [..., K] and weight [N, K] expected, got ", x.sizes(), " and ", weight.sizes());
+  check_float_linear("quant_rows_linear", x, weight);
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK(f.lanes() == 0 || N % f.lanes() == 0, "quant_rows_linear: format ", f.name,
               f.along_inputs ? " packs the codes of " : " quantises groups of ", f.lanes(),
@@ -564,18 +561,11 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
   TORCH_CHECK(!f.along_inputs || K % f.group == 0, "quant_rows_linear: format ", f.name, " quantises groups of ", f.group,
               " inputs, so in_features must be a multiple of ", f.group, ", but this layer (", K, " -> ", N, ") has ", K,
               "; allowed: int4, int4g32 or int8");
-  at::Tensor b;
-  if (bias.has_value()) {
-    b = bias->contiguous();
-    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == N,
-                "quant_rows_linear: a float32 bias of ", N, " values expected, got ", b.scalar_type(), " ", b.sizes());
-  }
+  const at::Tensor b = float_bias("quant_rows_linear", bias, N);
   // A decode call costs a few us, so it allocates little: no views, and scratch reused across calls.
   const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
   const int64_t T = K ? xc.numel() / K : 0;
-  at::DimVector out_sizes(x.sizes());
-  out_sizes.back() = N;
-  auto y = at::empty(out_sizes, xc.options());
+  auto y = linear_output(xc, N);
   if (y.numel() == 0) return y;
   const at::Tensor packed = cached(weight, form);
   const float* xs = xc.const_data_ptr<float>();
