@@ -80,9 +80,9 @@ def native_mask(x: Tensor) -> bool:
 def uses_dense_gemv(x: Tensor) -> bool:
     """Whether a dense linear on input x calls actprune::dense_gemv, which streams W's rows (dot products)
     from the weight cache's copy in 2 MiB pages: one float32 token on the CPU, the native kernels built. On
-    SmolLM2-135M's shapes, one token at a time with the weights in model order, its GEMVs took about half
-    of oneDNN's packed GEMV's time, and a call from Python costs a few us against 13.7
-    (scripts/bench_quant_rows.py). Not for 2 tokens or more: oneDNN's GEMM is built for those."""
+    SmolLM2-135M's shapes, one token at a time with the weights in model order, its GEMVs took 0.72x
+    oneDNN's packed GEMV's time, and a call from Python 2.1 us against 11.9 (scripts/bench_quant_rows.py).
+    Not for 2 tokens or more: oneDNN's GEMM is built for those."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and decode_sized(x) and math.prod(x.shape[:-1]) == 1
             and native_kernels())
 
