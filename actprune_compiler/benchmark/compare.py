@@ -82,7 +82,7 @@ def weights_read_per_token(model: nn.Module, variant: Variant, model_spec: str) 
         out_features, in_features = module.weight.shape
         pruned = config is not None and config.selects(path)
         keep, group = config.parsed_pattern.group(in_features) if pruned else (1, 1)
-        fmt = "none" if config is None else layer_format(config.quant, pruned)
+        fmt = "none" if config is None else layer_format(config.quant, pruned, in_features)
         bits = 32 * keep / group if fmt == "none" else bits_read_per_weight(fmt, out_features, in_features,
                                                                             keep / group)
         total += out_features * in_features * bits / 8

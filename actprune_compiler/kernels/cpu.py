@@ -13,6 +13,9 @@ are inputs (regional compilation, warm starts from the FX graph cache) gets the 
 actprune::quant_rows_linear, the decode kernel over quantised rows of W^T (quant_rows.cpp): int8 or int4
 rows derived from the float weight and kept in the same cache; formats and reference in kernels/quant.py.
 
+actprune::int8_gemv, a dense linear at decode under a quantised model (int8_gemv.cpp, format int8a8): the
+token quantised to int8 in blocks of 32, dot products with int8 rows of W by AVX-512 VNNI.
+
 actprune::nm_select_cpu, the N:M mask on CPU (nm_select.cpp): actprune::nm_select's rule, compiled once
 here rather than generated into every graph by Inductor.
 
@@ -38,12 +41,13 @@ from actprune_compiler.ops.select import select_groups
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("weight_cache.cpp", "huge_pages.cpp", "sparse_rows.cpp", "dense_gemv.cpp", "quant_rows.cpp",
-                        "nm_select.cpp", "decode_attention.cpp")]
+                        "int8_gemv.cpp", "nm_select.cpp", "decode_attention.cpp")]
 HEADERS = [Path(__file__).with_name(name) for name in ("weight_cache.h", "huge_pages.h", "simd.h", "linear_args.h")]
 
 torch.library.define("actprune::sparse_rows_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::dense_gemv", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::packed_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+torch.library.define("actprune::int8_gemv", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 torch.library.define("actprune::quant_rows_linear", "(Tensor x, Tensor weight, Tensor? bias, str fmt) -> Tensor")
 torch.library.define("actprune::nm_select_cpu", "(Tensor groups, Tensor values, int n) -> Tensor")
 torch.library.define("actprune::decode_attention", "(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor")
@@ -86,6 +90,12 @@ def dense_gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x [..., K] @ weight [N, K]^T + bias in float32, as dot products with the rows of W: a dense linear at decode."""
     _extension()  # registers the CPU kernel
     return torch.ops.actprune.dense_gemv(x, weight, bias)
+
+
+def int8_gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """quantize_input(x) @ dequantized(weight, "int8")^T + bias (sparsity/quant.py), by int8 dot products."""
+    _extension()  # registers the CPU kernel
+    return torch.ops.actprune.int8_gemv(x, weight, bias)
 
 
 def nm_select(groups: Tensor, values: Tensor, n: int) -> Tensor:
@@ -140,6 +150,7 @@ def _sparse_rows_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
 @torch.library.register_fake("actprune::sparse_rows_linear")
 @torch.library.register_fake("actprune::dense_gemv")
 @torch.library.register_fake("actprune::packed_linear")
+@torch.library.register_fake("actprune::int8_gemv")
 def _linear_shape(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 

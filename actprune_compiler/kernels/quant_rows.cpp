@@ -121,26 +121,6 @@ float half_to_float(uint16_t bits) { return static_cast<float>(c10::Half(bits, c
 
 // ---- quantisation ----------------------------------------------------------------------------------
 
-uint32_t bits_of(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
-}
-
-float float_of(uint32_t b) {
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
-// max|w| / 127 rounded to 17 significant bits, so that s * q is exact in float32 for |q| <= 127: the
-// dequantised weight then quantises again to the same codes and the same scale, and the prefill (which
-// multiplies by the dequantised weight) and this cache's copy of it agree exactly.
-float int8_scale(float amax) {
-  if (amax == 0.0f) return 1.0f;  // a zero output channel: its codes are 0 whatever the scale
-  return float_of((bits_of(amax / 127.0f) + 32u) & ~63u);
-}
-
 void check_finite(bool finite, const at::Tensor& weight, const Format& f) {
   TORCH_CHECK(finite, "quant_rows_linear: cannot quantise a weight ", weight.sizes(), " to ", f.name,
               " because it holds NaN, inf", f.group ? " or values beyond float16's range (+-65504)" : "",
@@ -163,11 +143,8 @@ at::Tensor pack_int8(const at::Tensor& weight) {  // weight [N, K] float32
         if (!std::isfinite(v)) finite[j] = 0;
         amax = std::max(amax, std::fabs(v));
       }
-      const float s = scales[j] = int8_scale(amax);
-      for (int64_t k = 0; k < K; ++k) {
-        const float q = std::nearbyint(src[j * K + k] / s);
-        codes[k * N + j] = static_cast<int8_t>(std::clamp(q, -127.0f, 127.0f));
-      }
+      const float s = scales[j] = int8_channel_scale(amax);
+      for (int64_t k = 0; k < K; ++k) codes[k * N + j] = int8_code(src[j * K + k], s);
     }
   });
   check_finite(std::all_of(finite.begin(), finite.end(), [](char c) { return c; }), weight, format_of(Form::int8_rows));
@@ -666,6 +643,28 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
 }
 
 }  // namespace
+
+static uint32_t bits_of(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+static float float_of(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// max|w| / 127 rounded to 17 significant bits, so that s * q is exact in float32 for |q| <= 127: the
+// dequantised weight then quantises again to the same codes and the same scale, and the prefill (which
+// multiplies by the dequantised weight) and this cache's copy of it agree exactly.
+float int8_channel_scale(float amax) {
+  if (amax == 0.0f) return 1.0f;  // a zero output channel: its codes are 0 whatever the scale
+  return float_of((bits_of(amax / 127.0f) + 32u) & ~63u);
+}
+
+int8_t int8_code(float w, float s) { return static_cast<int8_t>(std::clamp(std::nearbyint(w / s), -127.0f, 127.0f)); }
 
 Form quant_form(const std::string& fmt) {
   for (const auto& f : kFormats) {

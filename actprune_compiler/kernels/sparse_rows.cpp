@@ -158,6 +158,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quant_format_names", &quant_format_names, "the formats actprune::quant_rows_linear accepts");
   m.def("dense_rows", [](const at::Tensor& weight) { return cached(weight, Form::rows); },
         "weight [N, K] -> its cached copy in 2 MiB pages (the rows actprune::dense_gemv reads, not a copy)");
+  m.def("int8_dot_rows", [](const at::Tensor& weight) { return cached(weight, Form::int8_dot_rows); },
+        "weight [N, K] -> its cached int8 rows (codes + 128, then N scales): what actprune::int8_gemv reads");
   m.def("cache_stats", &cache_stats, "(hits, misses) of the weight cache (W^T, W, packed W and quantised rows)");
   m.def("clear_cache", &clear_cache, "forget every cached W^T, W, packed W and quantised rows");
 }

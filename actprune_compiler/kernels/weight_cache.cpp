@@ -45,9 +45,10 @@ at::Tensor make_form(const at::Tensor& weight, Form form) {
     static const auto reorder = mkldnn_op("mkldnn::_reorder_linear_weight");
     return call_boxed(reorder, {weight.detach().contiguous(), c10::IValue()});  // no batch-size hint
   }
-  at::Tensor value = form == Form::transposed ? weight.detach().t()
-                     : form == Form::rows     ? weight.detach()
-                                              : quantize_rows(weight, form);
+  at::Tensor value = form == Form::transposed      ? weight.detach().t()
+                     : form == Form::rows          ? weight.detach()
+                     : form == Form::int8_dot_rows ? pack_int8_dot_rows(weight)
+                                                   : quantize_rows(weight, form);
   // What a decode step streams goes into 2 MiB pages (huge_pages.h); the CUDA kernels' W^T stays on the GPU.
   return value.device().is_cpu() ? huge_page_copy(value) : value.contiguous();
 }

@@ -17,8 +17,9 @@ enum class Form {
   int4_rows,   // W^T quantised to int4 rows, groups of 64 outputs
   int4g32_rows,  // the same, groups of 32 outputs
   int4k32_rows,  // W^T quantised to int4, groups of 32 inputs (blocks of 32 rows)
+  int8_dot_rows,  // W's own rows quantised to int8 (codes + 128): the int8 dot-product GEMV (int8_gemv.cpp)
 };
-constexpr int kForms = 7;
+constexpr int kForms = 8;
 
 // The weight's copy in that form, made on the first call and reused while the weight is unchanged.
 // The forms a decode step reads (all but `packed`) lie in 2 MiB pages on the CPU (huge_pages.h).
@@ -27,8 +28,14 @@ at::Tensor transposed(const at::Tensor& weight);
 std::pair<int64_t, int64_t> cache_stats();  // (hits, misses)
 void clear_cache();
 
-// Builds a quantised form (quant_rows.cpp); the cache calls it on a miss.
+// Builds a quantised form (quant_rows.cpp, int8_gemv.cpp); the cache calls them on a miss.
 at::Tensor quantize_rows(const at::Tensor& weight, Form form);
+at::Tensor pack_int8_dot_rows(const at::Tensor& weight);
+
+// int8 per output channel, shared by the formats that hold those codes (quant_rows.cpp): the scale for a
+// channel whose largest |w| is amax, and a weight's code in [-127, 127] under scale s.
+float int8_channel_scale(float amax);
+int8_t int8_code(float w, float s);
 
 // The quantised forms by name, as actprune::quant_rows_linear's `fmt` spells them (quant_rows.cpp).
 Form quant_form(const std::string& fmt);

@@ -34,6 +34,7 @@ from actprune_compiler.ops.select import prune_by_rank
 from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.masks import prune_sorted
+from actprune_compiler.sparsity.quant import quant_format, quantize_input
 
 log = logging.getLogger("actprune")
 
@@ -137,10 +138,16 @@ def dense_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, packed: bool) -> 
 
 
 def quant_linear_decomposed(x: Tensor, weight: Tensor, bias: Tensor | None, quant: str) -> Tensor:
-    """A dense layer's quantised weight: decode steps read every row's codes; the prefill multiplies by the
-    dequantised weight the graph holds (quantised once more, exactly, by the kernel's cache)."""
+    """A dense layer's quantised weight: decode steps read every row's codes (int8a8: int8 dot products with
+    the input quantised by the kernel); the prefill multiplies by the dequantised weight the graph holds
+    (quantised once more, exactly, by the kernel's cache), int8a8's input quantised as the kernel does."""
+    input_block = quant_format(quant, *weight.shape).input_block
     if decode_sized(x) and x.device.type == "cpu" and native_kernels():
+        if input_block:  # the kernel's block is INPUT_BLOCK, the format's only one
+            return torch.ops.actprune.int8_gemv(x, weight, bias)
         return torch.ops.actprune.quant_rows_linear(x, weight, bias, quant)
+    if input_block:
+        x = quantize_input(x, input_block)
     return dense_gemm(x, weight, bias, uses_packed_gemm(x))
 
 

@@ -18,12 +18,13 @@ from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA
 from actprune_compiler.sparsity.masks import prune_sorted
-from actprune_compiler.sparsity.quant import quant_format
+from actprune_compiler.sparsity.quant import QuantFormat, quant_format, quantize_input
 
 
-def check_quant_arg(weight: Tensor, quant: str) -> None:
+def check_quant_arg(weight: Tensor, quant: str) -> QuantFormat | None:
     if quant != "none":
-        quant_format(quant, *weight.shape)  # a known format whose groups fit the layer, or one sentence
+        return quant_format(quant, *weight.shape)  # a known format whose groups fit the layer, or one sentence
+    return None
 
 
 def check_nm_linear_args(x: Tensor, weight: Tensor, n: int, m: int, criterion: str, correction: str,
@@ -69,8 +70,10 @@ def _nm_linear_shape(x, weight, bias, n, m, criterion="magnitude", correction="n
 @torch.library.custom_op("actprune::quant_linear", mutates_args=())
 def quant_linear(x: Tensor, weight: Tensor, bias: Tensor | None, quant: str) -> Tensor:
     """A linear layer left dense (lm_head, excluded layers) whose weight is quantised: weight holds its
-    dequantised values, as for nm_linear."""
-    check_quant_arg(weight, quant)
+    dequantised values, as for nm_linear; a format with an input block (int8a8) quantises x too."""
+    f = check_quant_arg(weight, quant)
+    if f is not None and f.input_block:
+        x = quantize_input(x, f.input_block)
     return F.linear(x, weight, bias)
 
 

@@ -6,9 +6,10 @@ dense (lm_head, excluded or sensitive layers) becomes actprune.quant_linear, whi
 A weight shared with an embedding (tied lm_head) is substituted for the linear layer alone: the
 embedding keeps its float rows.
 
-Layers left dense take int8 under an int4 format: they read every row anyway, and lm_head's error goes
-straight into the logits (on smollm2-135m at 8:16 with int4 projections, an int4 lm_head raises the
-perplexity by 13% over an int8 one; llama.cpp's Q4 files keep their output matrix at 6 or 8 bits for the same reason).
+Layers left dense take int8 weights under any format (int8a8, which quantises their input too:
+sparsity/quant.py): they read every row anyway, and lm_head's error goes straight into the logits (on
+smollm2-135m at 8:16 with int4 projections, an int4 lm_head raises the perplexity by 13% over an int8 one;
+llama.cpp's Q4 files keep their output matrix at 6 or 8 bits for the same reason).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from actprune_compiler.sparsity.quant import check_quantizable, dequantized, lay
 
 
 def quantize_weights(host: GraphHost, sites: list[LinearSite], quant: str) -> dict[str, str]:
-    """Quantise every site's weight (dense ones in int8, sparsity.quant.layer_format); return the format per
+    """Quantise every site's weight (dense ones in int8a8, sparsity.quant.layer_format); return the format per
     module path."""
     done = {}
     for site in sites:
         weight = host.value(site.weight)
         check_quantizable(weight, quant)
-        fmt = layer_format(quant, site.selected)
+        fmt = layer_format(quant, site.selected, weight.shape[1])
         weight_node = host.substitute(site.weight, f"{site.path}.quantized_weight", dequantized(weight, fmt))
         site.node.replace_input_with(site.weight, weight_node)
         if site.selected:

@@ -135,7 +135,8 @@ def check_selection(model: nn.Module, config: SparsityConfig, name: Callable[[st
         check_quantizable(next(iter(linears.values())).weight, config.quant, name("quant"))
         for path, module in linears.items():
             try:
-                quant_format(layer_format(config.quant, config.selects(path)), module.out_features, module.in_features)
+                fmt = layer_format(config.quant, config.selects(path), module.in_features)
+                quant_format(fmt, module.out_features, module.in_features)
             except ValueError as error:
                 raise ValueError(f"{name('quant')} {config.quant} cannot hold layer {path}: {error}") from None
     layers = {path: module.in_features for path, module in linears.items()}

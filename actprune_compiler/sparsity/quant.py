@@ -19,6 +19,15 @@ Formats (rows of W^T):
   not always its grid; grouping along the outputs would quantise either a second time. A token reads
   its kept rows' codes and, for each block of 32 rows with a kept row, the block's N scales and
   minimums: at 8:16, 4 * 8/16 + 1 bits per weight, against 5 * 8/16 for int4g32.
+
+Layers left dense (lm_head, excluded or sensitive layers) read every row, so the skip does not help them,
+and they take format int8a8 whatever the model's format (int8 where their in_features is not a multiple of
+32): int8's weights, and each token's input quantised to int8 in blocks of 32 features at run time, as
+llama.cpp quantises activations (Q8_0: scale max|x| / 127 per block). Both in int8, the decode step's
+dot products run on AVX-512 VNNI (kernels/int8_gemv.cpp): a vocabulary-sized lm_head is the largest
+weight a quantised token reads (on qwen2.5-coder-0.5b, half of an 8:16 int4k32 token's bytes), and the
+int8 rows kernel read it at half the memory's speed. The prefill quantises its input the same way
+(quantize_input), so perplexity measures what decoding computes.
 """
 
 from __future__ import annotations
@@ -28,12 +37,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-DENSE_FORMAT = "int8"  # layers left dense under any format (lm_head): see passes/quantize_weights.py
+DENSE_FORMAT = "int8a8"  # layers left dense under any format (lm_head): see passes/quantize_weights.py
+INPUT_BLOCK = 32  # input features per activation scale under int8a8 (kernels/int8_gemv.cpp's kBlock)
 
 
-def layer_format(quant: str, pruned: bool) -> str:
-    """The format a layer's weight takes under `quant`: its own when pruned, DENSE_FORMAT when left dense."""
-    return quant if pruned or quant == "none" else DENSE_FORMAT
+def layer_format(quant: str, pruned: bool, in_features: int) -> str:
+    """The format a layer's weight takes under `quant`: its own when pruned; when left dense, DENSE_FORMAT,
+    or int8 if the input does not split into blocks of INPUT_BLOCK."""
+    if pruned or quant == "none":
+        return quant
+    return DENSE_FORMAT if in_features % INPUT_BLOCK == 0 else "int8"
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,7 @@ class QuantFormat:
     bits: int
     group: int | None  # weights sharing an int4 scale and minimum; None: one scale per output channel (int8)
     along_inputs: bool = False  # the group runs along the inputs (rows of W^T), not within a row
+    input_block: int | None = None  # the input is quantised to int8 in blocks of this many features
 
     @property
     def code_lanes(self) -> int:
@@ -54,6 +68,8 @@ QUANT_FORMATS: dict[str, QuantFormat] = {
     "int4g32": QuantFormat(4, 32),
     "int4k32": QuantFormat(4, 32, along_inputs=True),
 }
+# Formats of layers left dense only (layer_format): their kernel reads every row.
+DENSE_FORMATS: dict[str, QuantFormat] = {DENSE_FORMAT: QuantFormat(8, None, input_block=INPUT_BLOCK)}
 
 
 @dataclass
@@ -68,9 +84,12 @@ class Quantized:
 
 def quant_format(fmt: str, out_features: int, in_features: int) -> QuantFormat:
     """The format named fmt, checked against the layer's shape (int4 needs whole groups)."""
-    if fmt not in QUANT_FORMATS:
+    f = QUANT_FORMATS.get(fmt) or DENSE_FORMATS.get(fmt)
+    if f is None:
         raise ValueError(f"unknown quantisation format {fmt!r}; allowed: {', '.join(QUANT_FORMATS)}")
-    f = QUANT_FORMATS[fmt]
+    if f.input_block and in_features % f.input_block:
+        raise ValueError(f"format {fmt} quantises the input in blocks of {f.input_block} features, so in_features "
+                         f"must be a multiple of {f.input_block}, but the layer has {in_features}; allowed: int8")
     if out_features % f.code_lanes:
         why = (f"packs the codes of {f.code_lanes} outputs together" if f.along_inputs
                else f"quantises groups of {f.group} outputs")
@@ -131,6 +150,16 @@ def quantize(weight: Tensor, fmt: str) -> Quantized:
     codes = torch.where(scale > 0, q, torch.zeros_like(q)).to(torch.uint8)  # a constant group: all codes 0
     codes = codes.permute(0, 2, 1).reshape(k, n) if f.along_inputs else codes.reshape(k, n)
     return Quantized(codes, scale16, min16)
+
+
+def quantize_input(x: Tensor, block: int = INPUT_BLOCK) -> Tensor:
+    """x [..., K] as format int8a8 multiplies it: each token's blocks of `block` features in int8, scale
+    max|x| / 127 (a zero block stays zero), codes round(x / scale) in [-127, 127]. A block holding NaN or inf
+    becomes NaN: its scale is not finite."""
+    groups = x.reshape(*x.shape[:-1], -1, block)
+    scale = groups.abs().amax(dim=-1, keepdim=True) / 127
+    codes = torch.where(scale > 0, torch.round(groups / scale), torch.zeros_like(groups))
+    return (codes * scale).reshape(x.shape)
 
 
 def per_weight(params: Tensor, rows: int, cols: int) -> Tensor:

@@ -92,10 +92,11 @@ THP = Path("/sys/kernel/mm/transparent_hugepage")
 
 
 @pytest.mark.skipif(not THP.exists(), reason="no transparent huge pages here (2 MiB pages are asked of Linux)")
-@pytest.mark.parametrize("fmt", ["transposed", "rows", "int8", "int4k32"])
+@pytest.mark.parametrize("fmt", ["transposed", "rows", "int8", "int4k32", "int8 dot rows"])
 def test_decode_forms_lie_in_memory_advised_for_huge_pages(fmt):
     w = torch.randn(192, 576)
-    forms = {"transposed": cpu.transposed, "rows": cpu._extension().dense_rows}
+    forms = {"transposed": cpu.transposed, "rows": cpu._extension().dense_rows,
+             "int8 dot rows": cpu._extension().int8_dot_rows}
     form = forms[fmt](w) if fmt in forms else cpu._extension().quantized_rows(w, fmt)
     assert "hg" in vm_flags(form.data_ptr())  # madvise(MADV_HUGEPAGE), whether or not the OS granted them
     assert "hg" not in vm_flags(w.data_ptr())  # torch's own allocation, for contrast

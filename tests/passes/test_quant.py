@@ -13,26 +13,28 @@ import re
 
 import pytest
 import torch
-from conftest import PROMPT, tiny_model
+from conftest import PROMPT, tiny_model, token_ids
 from reference import hooked
+from torch._inductor.utils import run_and_get_code
 
 from actprune_compiler import compile_model, count_ops, sparsify
 from actprune_compiler.decode.loop import Decoder
 from actprune_compiler.sparsity.config import SparsityConfig
-from actprune_compiler.sparsity.quant import dequantized
+from actprune_compiler.sparsity.quant import dequantized, layer_format, quantize_input
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 FORMATS = ("int8", "int4g32", "int4k32")  # the tiny models' k/v projections have 32 outputs: int4 needs groups of 64
 
 
 def dequantized_model(model, quant: str):
-    """A copy whose every linear layer multiplies by its dequantised weight (lm_head, left dense, in int8); a tied
-    embedding keeps its rows."""
+    """A copy whose every linear layer multiplies by its dequantised weight; lm_head, left dense, in int8a8: int8
+    weights, its input quantised per block of 32 (a hook). A tied embedding keeps its rows."""
     model = copy.deepcopy(model)
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
-            fmt = "int8" if name == "lm_head" else quant
+            fmt = "int8a8" if name == "lm_head" else quant
             module.weight = torch.nn.Parameter(dequantized(module.weight.detach(), fmt), requires_grad=False)
+    model.lm_head.register_forward_pre_hook(lambda module, args: (quantize_input(args[0]),))
     return model
 
 
@@ -49,7 +51,7 @@ def test_the_program_holds_quantised_weights_on_every_linear(family, quant):
     ops = count_ops(pruned.program.graph)
     assert ops == {"nm_linear": 14, "linear": 0, "quant_linear": 1}  # 2 layers x 7 projections; lm_head
     assert pruned.report["totals"]["quantized"] == 15
-    assert [row["quant"] for row in pruned.layers] == [quant] * 14 + ["int8"]  # lm_head, left dense, in int8
+    assert [row["quant"] for row in pruned.layers] == [quant] * 14 + ["int8a8"]  # lm_head, left dense
     nm = [n for n in pruned.program.graph.nodes if n.target is torch.ops.actprune.nm_linear.default]
     assert all(n.kwargs["quant"] == quant for n in nm)
     torch.testing.assert_close(pruned.module()(PROMPT).double(), reference_logits(model, quant, PROMPT),
@@ -100,12 +102,19 @@ def test_a_format_whose_groups_do_not_fit_a_layer_is_refused_before_the_export()
 
 
 def test_layers_left_dense_are_checked_in_their_own_format():
-    # k_proj and v_proj have 32 outputs: too few for int4's groups of 64, and left dense they take int8
+    # k_proj and v_proj have 32 outputs: too few for int4's groups of 64, and left dense they take int8a8
     config = SparsityConfig("8:16", modules=("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), quant="int4")
     pruned = sparsify(tiny_model("llama"), config)
     formats = {row["module"].rsplit(".", 1)[-1]: row["quant"] for row in pruned.layers}
-    assert formats == {"q_proj": "int4", "k_proj": "int8", "v_proj": "int8", "o_proj": "int4", "gate_proj": "int4",
-                       "up_proj": "int4", "down_proj": "int4", "lm_head": "int8"}
+    assert formats == {"q_proj": "int4", "k_proj": "int8a8", "v_proj": "int8a8", "o_proj": "int4", "gate_proj": "int4",
+                       "up_proj": "int4", "down_proj": "int4", "lm_head": "int8a8"}
+
+
+def test_a_dense_layer_whose_input_does_not_split_into_blocks_of_32_takes_int8():
+    assert layer_format("int4k32", pruned=False, in_features=576) == "int8a8"
+    assert layer_format("int4k32", pruned=False, in_features=48) == "int8"
+    assert layer_format("int4k32", pruned=True, in_features=48) == "int4k32"
+    assert layer_format("none", pruned=False, in_features=576) == "none"
 
 
 def test_a_model_that_is_not_float32_is_refused():
@@ -128,3 +137,17 @@ def test_a_quantised_artifact_passes_its_check_and_reloads(tiny_dir, tmp_path):
         got = load_program(out).module()(PROMPT)
     torch.testing.assert_close(got.double(), reference_logits(tiny_model("llama"), "int4g32", PROMPT), rtol=0,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_lm_head_takes_int8_dot_products_at_decode_and_its_quantised_input_at_prefill(tokens):
+    """One token: lm_head calls actprune::int8_gemv, the projections the quantised-rows kernel; 16 tokens: neither,
+    lm_head's input is quantised in the graph. Both equal the dequantised reference."""
+    model = compile_model(copy.deepcopy(tiny_model("llama")), SparsityConfig("8:16", quant="int4k32"))
+    ids = token_ids(1, tokens)
+    with torch.no_grad():
+        got, sources = run_and_get_code(lambda: model(input_ids=ids, use_cache=False).logits)
+    code = "\n".join(sources)
+    assert code.count("actprune.int8_gemv.default(") == (tokens == 1)
+    assert code.count("actprune.quant_rows_linear.default(") == (14 if tokens == 1 else 0)
+    torch.testing.assert_close(got.double(), reference_logits(tiny_model("llama"), "int4k32", ids), rtol=0, atol=1e-4)
