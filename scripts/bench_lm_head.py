@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--out", type=Path, help="write the results as JSON too")
+    parser.add_argument("--out", type=Path, help="a folder for bench.json and bench.md (the table)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     assert cpu.available(), cpu.build_error()
@@ -63,17 +63,22 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     results = {model: bench(n, k, args.rounds, g) for model, (n, k) in LM_HEADS.items()}
     after = load_average()
-    print(f"lm_head GEMV, one token, {args.threads} threads, median of {args.rounds} interleaved rounds; "
-          f"load average {before} before, {after} after")
-    print("| model | lm_head | kernel | ms | weight GB/s | vs int8 rows |")
-    print("|---|---|---|---|---|---|")
+    lines = [f"lm_head GEMV, one token, {args.threads} threads, median of {args.rounds} interleaved rounds; "
+             f"load average {before} before, {after} after", "",
+             "| model | lm_head | kernel | ms | weight GB/s | vs int8 rows |", "|---|---|---|---|---|---|"]
     for model, (n, k) in LM_HEADS.items():
         for name, ms in results[model].items():
             gbs = n * k * KERNELS[name][1] / ms / 1e6
-            print(f"| {model} | {k} -> {n} | {name} | {ms:.2f} | {gbs:.1f} | {results[model][BASELINE] / ms:.2f}x |")
+            lines.append(f"| {model} | {k} -> {n} | {name} | {ms:.2f} | {gbs:.1f} | "
+                         f"{results[model][BASELINE] / ms:.2f}x |")
+    print("\n".join(lines))
     if args.out:
-        args.out.write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "load_before": before,
-                                        "load_after": after, "ms": results}, indent=1) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
+                  "rounds": args.rounds, "load_before": before, "load_after": after, "ms": results}
+        (args.out / "bench.json").write_text(json.dumps(record, indent=1) + "\n")
+        title = __doc__.splitlines()[0]
+        (args.out / "bench.md").write_text(f"# {title}\n\n{record['date']}\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
