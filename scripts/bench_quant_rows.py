@@ -5,7 +5,8 @@ linear of a compiled prefill calls), actprune::dense_gemv (dot products with W's
 compiled decode step calls; it reads every weight whatever the input), actprune::sparse_rows_linear (float32
 kept rows) and actprune::quant_rows_linear in each quantised format. Inputs: 8:16-sparse for the 210 projections
 (30 layers x q, k, v, o, gate, up, down) and dense for lm_head (576 -> 49152); each shape is also
-timed with a dense input.
+timed with a dense input. Under a quantised format lm_head takes actprune::int8_gemv (format int8a8), as a
+compiled decode step calls it.
 
 Two settings per shape:
 - model order: the 30 distinct weights of that shape, called in the model's order among all 211
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from actprune_compiler.kernels import cpu
 from actprune_compiler.sparsity.masks import prune_sorted
-from actprune_compiler.sparsity.quant import QUANT_FORMATS, bits_read_per_weight
+from actprune_compiler.sparsity.quant import DENSE_FORMAT, QUANT_FORMATS, bits_read_per_weight
 
 PROJECTIONS = {"q": (576, 576), "k": (576, 192), "v": (576, 192), "o": (576, 576), "gate": (576, 1536),
                "up": (576, 1536), "down": (1536, 576)}  # (in_features, out_features)
@@ -51,10 +52,10 @@ TIMER = r"""
 #include <torch/extension.h>
 #include <chrono>
 
-// kind 0: F.linear, 1: actprune::sparse_rows_linear, 2: actprune::quant_rows_linear in fmt,
-// 3: actprune::packed_linear (oneDNN on the packed weight), 4: actprune::dense_gemv
-std::vector<int64_t> time_calls(int64_t kind, const std::string& fmt, const std::vector<at::Tensor>& xs,
-                                const std::vector<at::Tensor>& weights) {
+// kinds[i] 0: F.linear, 1: actprune::sparse_rows_linear, 2: actprune::quant_rows_linear in fmt,
+// 3: actprune::packed_linear (oneDNN on the packed weight), 4: actprune::dense_gemv, 5: actprune::int8_gemv
+std::vector<int64_t> time_calls(const std::vector<int64_t>& kinds, const std::string& fmt,
+                                const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& weights) {
   static const auto rows = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::sparse_rows_linear", "")
       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
   static const auto quant = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::quant_rows_linear", "")
@@ -63,13 +64,17 @@ std::vector<int64_t> time_calls(int64_t kind, const std::string& fmt, const std:
       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
   static const auto dense = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::dense_gemv", "")
       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
+  static const auto int8 = c10::Dispatcher::singleton().findSchemaOrThrow("actprune::int8_gemv", "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
   std::vector<int64_t> ns(weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
+    const int64_t kind = kinds[i];
     const auto start = std::chrono::steady_clock::now();
     at::Tensor y = kind == 0   ? at::linear(xs[i], weights[i])
                    : kind == 1 ? rows.call(xs[i], weights[i], std::nullopt)
                    : kind == 3 ? packed.call(xs[i], weights[i], std::nullopt)
                    : kind == 4 ? dense.call(xs[i], weights[i], std::nullopt)
+                   : kind == 5 ? int8.call(xs[i], weights[i], std::nullopt)
                                : quant.call(xs[i], weights[i], std::nullopt, fmt);
     ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   }
@@ -87,9 +92,11 @@ def timer():
 
 
 def time_calls(kernel: str, xs: list[torch.Tensor], weights: list[torch.Tensor]) -> list[float]:
-    """us of each call of kernel on (xs[i], weights[i]), in order."""
+    """us of each call of kernel on (xs[i], weights[i]), in order; lm_head (the weight of LM_HEAD's shape)
+    under a quantised format in int8a8."""
     kind = {"F.linear": 0, "f32 rows": 1, "packed": 3, "dense gemv": 4}.get(kernel, 2)
-    return [ns / 1e3 for ns in timer().time_calls(kind, kernel if kind == 2 else "", xs, weights)]
+    kinds = [5 if kind == 2 and tuple(w.shape) == LM_HEAD[::-1] else kind for w in weights]
+    return [ns / 1e3 for ns in timer().time_calls(kinds, kernel if kind == 2 else "", xs, weights)]
 
 
 def bytes_needed(kernel: str, kept: int, k: int, n: int) -> float:
@@ -97,7 +104,8 @@ def bytes_needed(kernel: str, kept: int, k: int, n: int) -> float:
         return 4.0 * n * k
     if kernel == "f32 rows":
         return 4.0 * kept * n
-    return bits_read_per_weight(kernel, n, k, kept / k) * n * k / 8
+    fmt = DENSE_FORMAT if (k, n) == LM_HEAD else kernel
+    return bits_read_per_weight(fmt, n, k, kept / k) * n * k / 8
 
 
 def token_inputs(calls: list[tuple[str, torch.Tensor]], g: torch.Generator) -> list[torch.Tensor]:

@@ -173,7 +173,7 @@ def add_model_args(p: argparse.ArgumentParser, *, artifact: bool = False) -> Non
 LLAMACPP_WEIGHTS = ("file", *WEIGHTS)  # 'file': the GGUF file's own weights
 QUANT_HELP = ("quantise every pruned layer's weight as rows of W^T: int8 (per output channel), int4 (groups of 64 "
               "outputs), int4g32 (groups of 32 outputs) or int4k32 (groups of 32 inputs, as GGUF's Q4 blocks: a Q4_1 "
-              "file's weights exactly), and lm_head in int8 with its input in int8 blocks of 32 (int8a8); "
+              "file's weights exactly), and lm_head in int8 with its input quantised too (int8a8); "
               "decode steps read only the kept rows' codes (float32, CPU)")
 
 

@@ -9,9 +9,10 @@
 // summed into each 32-bit lane), against a widening, a conversion and an FMA per 16 weights for the int8
 // rows kernel (quant_rows.cpp), which could not keep up with memory on a vocabulary-sized lm_head.
 //
-// vpdpbusd multiplies unsigned by signed bytes, so the cached rows hold q + 128 (u8), and the 128 * p
-// terms this adds come off once per token: y_j = s_j * (sum_b d_b * (q_j + 128) . p_b - C) + b_j with
-// C = 128 * sum_b d_b * sum(p_b), the same for every output.
+// vpdpbusd multiplies unsigned by signed bytes, so the cached rows hold q + 128 (u8), and each 32-bit lane
+// starts from -128 times the sum of its 4 input codes: the lane's sum is then q . p exactly, in integers.
+// (Subtracting 128 * sum(p) once per token in float instead loses the result's precision when a block's
+// inputs lean one way: both sums are then much larger than their difference.)
 //
 // A token with a NaN or inf input gives NaN outputs: its block's scale is not finite, and so is every
 // value the block dequantises to (the reference, sparsity.quant.quantize_input, does the same).
@@ -42,25 +43,25 @@ constexpr int64_t kAheadPasses = 4;   // the rows prefetched: those of the pass 
 struct DotRows {  // the cached form: rows of N x K codes + 128, then N scales at a 64-byte boundary
   const uint8_t* codes;
   const float* scales;
-  static int64_t scales_offset(int64_t N, int64_t K) { return (N * K + 63) / 64 * 64; }
   DotRows(const at::Tensor& packed, int64_t N, int64_t K)
       : codes(packed.const_data_ptr<uint8_t>()),
-        scales(reinterpret_cast<const float*>(packed.const_data_ptr<uint8_t>() + scales_offset(N, K))) {}
+        scales(reinterpret_cast<const float*>(packed.const_data_ptr<uint8_t>() + int8_scales_offset(N * K))) {}
 };
 
-// One token's input in int8: codes p, and each 4-byte lane's block scale (lane l covers features
-// 4l..4l+3, all in block 4l / 32), so that a vector of 16 lanes' sums is scaled by one load.
+// One token's input in int8: codes p, and for each 4-byte lane (features 4l..4l+3, all in block 4l / 32)
+// its block's scale and -128 times its codes' sum, so that a vector of 16 lanes is scaled and offset by
+// one load each.
 struct QuantizedInput {
   std::vector<int8_t> codes;
   std::vector<float> lane_scales;
-  float correction = 0.0f;  // 128 * sum_b d_b * sum(p_b)
+  std::vector<int32_t> lane_offsets;
   bool finite = true;
 };
 
 void quantize_input(const float* x, int64_t K, QuantizedInput& out) {
   out.codes.assign(K, 0);
   out.lane_scales.assign(K / 4, 0.0f);
-  out.correction = 0.0f;
+  out.lane_offsets.assign(K / 4, 0);
   out.finite = true;
   for (int64_t b = 0; b < K / kBlock; ++b) {
     const float* xb = x + b * kBlock;
@@ -73,53 +74,52 @@ void quantize_input(const float* x, int64_t K, QuantizedInput& out) {
       amax = std::max(amax, std::fabs(xb[i]));
     }
     const float d = amax / 127.0f;  // divided, not multiplied by 1 / d: the reference's rounding
-    int32_t sum = 0;
     for (int64_t i = 0; i < kBlock; ++i) {
-      const int8_t p = d > 0.0f ? static_cast<int8_t>(std::nearbyint(xb[i] / d)) : 0;
-      out.codes[b * kBlock + i] = p;
-      sum += p;
+      // clamped: for a subnormal amax, d rounds and x / d can pass 127
+      const float p = d > 0.0f ? std::clamp(std::nearbyint(xb[i] / d), -127.0f, 127.0f) : 0.0f;
+      out.codes[b * kBlock + i] = static_cast<int8_t>(p);
+      out.lane_offsets[(b * kBlock + i) / 4] -= 128 * static_cast<int32_t>(p);
     }
     std::fill_n(out.lane_scales.begin() + b * kBlock / 4, kBlock / 4, d);
-    out.correction += 128.0f * d * static_cast<float>(sum);
   }
 }
 
-// sums[r] = sum over k of d_(k / 32) * (q[r][k] + 128) * p[k], for R rows. ahead: the 4 * K bytes of rows
-// to prefetch meanwhile, or null. A pass reads 4 rows side by side, each only K bytes long, and the hardware
-// prefetchers did not follow: without this, rows from memory took 93 ns each on one core, as long as
-// float32 rows four times their size (dense_gemv.cpp).
+// sums[r] = sum over k of d_(k / 32) * q[r][k] * p[k] for R rows, whose cached bytes are q + 128. ahead: the
+// 4 * K bytes of rows to prefetch meanwhile, or null. A pass reads 4 rows side by side, each only K bytes
+// long, and the hardware prefetchers did not follow: without this, rows from memory took 93 ns each on one
+// core, as long as float32 rows four times their size (dense_gemv.cpp).
 template <int R>
 void dot_rows(const uint8_t* const* rows, const QuantizedInput& x, int64_t K, float* sums, const uint8_t* ahead) {
-  int64_t k = 0;
 #ifdef ACTPRUNE_VNNI
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  const __m512i zero = _mm512_setzero_si512();
-  for (; k < K; k += 64) {
+  for (int64_t k = 0; k < K; k += 64) {
     // K is a multiple of 32: the last 64 may hold only 32, whose upper lanes load zeros
     const __mmask64 bytes = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
     const __mmask16 lanes = K - k >= 64 ? __mmask16(0xFFFF) : __mmask16(0x00FF);
     const __m512i p = _mm512_maskz_loadu_epi8(bytes, x.codes.data() + k);
     const __m512 d = _mm512_maskz_loadu_ps(lanes, x.lane_scales.data() + k / 4);
+    const __m512i offset = _mm512_maskz_loadu_epi32(lanes, x.lane_offsets.data() + k / 4);
     if (ahead) {
       for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(ahead + 4 * k + 64 * i), _MM_HINT_T0);
     }
     for (int r = 0; r < R; ++r) {
-      const __m512i dot = _mm512_dpbusd_epi32(zero, _mm512_maskz_loadu_epi8(bytes, rows[r] + k), p);
+      const __m512i dot = _mm512_dpbusd_epi32(offset, _mm512_maskz_loadu_epi8(bytes, rows[r] + k), p);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc[r]);
     }
   }
   for (int r = 0; r < R; ++r) sums[r] = _mm512_reduce_add_ps(acc[r]);
 #else
+  // Without VNNI: a block's integer dot product (which GCC vectorises), then its scale.
   (void)ahead;
-  for (int r = 0; r < R; ++r) sums[r] = 0.0f;
-  for (; k < K; k += 4) {
-    const float d = x.lane_scales[k / 4];
-    for (int r = 0; r < R; ++r) {
-      int32_t lane = 0;
-      for (int i = 0; i < 4; ++i) lane += static_cast<int32_t>(rows[r][k + i]) * x.codes[k + i];
-      sums[r] += d * static_cast<float>(lane);
+  for (int r = 0; r < R; ++r) {
+    float sum = 0.0f;
+    for (int64_t b = 0; b < K / kBlock; ++b) {
+      int32_t dot = 0;
+      for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) dot += (rows[r][k] - 128) * x.codes[k];
+      sum += x.lane_scales[b * kBlock / 4] * static_cast<float>(dot);
     }
+    sums[r] = sum;
   }
 #endif
 }
@@ -162,13 +162,14 @@ at::Tensor int8_gemv(const at::Tensor& x, const at::Tensor& weight, const c10::o
         }
         float sums[kRows];
         if (count == kRows) {
-          const bool last = pass + kAheadPasses >= end;  // the next rows are another thread's, or none
+          // the rows ahead: a whole pass of this thread's, or none
+          const bool last = pass + kAheadPasses >= std::min(end, N / kRows);
           dot_rows<kRows>(rows, inputs[t], K, sums, t == 0 && !last ? rows[0] + kAheadPasses * kRows * K : nullptr);
         } else {
           for (int64_t r = 0; r < count; ++r) dot_rows<1>(rows + r, inputs[t], K, sums + r, nullptr);
         }
         for (int64_t r = 0; r < count; ++r) {
-          yt[r] = w.scales[row + r] * (sums[r] - inputs[t].correction) + (bs ? bs[row + r] : 0.0f);
+          yt[r] = w.scales[row + r] * sums[r] + (bs ? bs[row + r] : 0.0f);
         }
       }
     }
@@ -184,21 +185,16 @@ at::Tensor pack_int8_dot_rows(const at::Tensor& weight) {  // weight [N, K] floa
   at::NoGradGuard no_grad;
   const auto w = weight.detach().contiguous();
   const int64_t N = w.size(0), K = w.size(1);
-  auto packed = at::empty({DotRows::scales_offset(N, K) + 4 * N}, w.options().dtype(at::kByte));
+  auto packed = at::empty({int8_scales_offset(N * K) + 4 * N}, w.options().dtype(at::kByte));
   const float* src = w.const_data_ptr<float>();
   uint8_t* codes = packed.data_ptr<uint8_t>();
-  float* scales = reinterpret_cast<float*>(codes + DotRows::scales_offset(N, K));
+  float* scales = reinterpret_cast<float*>(codes + int8_scales_offset(N * K));
   std::vector<char> finite(N, 1);
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      const float* row = src + j * K;
-      float amax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) {
-        if (!std::isfinite(row[k])) finite[j] = 0;
-        amax = std::max(amax, std::fabs(row[k]));
-      }
-      scales[j] = int8_channel_scale(amax);
-      for (int64_t k = 0; k < K; ++k) codes[j * K + k] = static_cast<uint8_t>(int8_code(row[k], scales[j]) + 128);
+      uint8_t* row = codes + j * K;
+      finite[j] = quantize_int8_channel(src + j * K, K, reinterpret_cast<int8_t*>(row), 1, scales[j]);
+      for (int64_t k = 0; k < K; ++k) row[k] ^= 0x80;  // q + 128, as an unsigned byte
     }
   });
   TORCH_CHECK(std::all_of(finite.begin(), finite.end(), [](char c) { return c; }), "int8_gemv: cannot quantise a weight ",

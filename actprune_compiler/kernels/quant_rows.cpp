@@ -77,11 +77,10 @@ struct Int8Rows {
   const float* scales;  // [N]
   int64_t K, N;
 
-  static int64_t scales_offset(int64_t K, int64_t N) { return (K * N + 63) / 64 * 64; }
-  static int64_t bytes(int64_t K, int64_t N) { return scales_offset(K, N) + N * 4; }
+  static int64_t bytes(int64_t K, int64_t N) { return int8_scales_offset(K * N) + N * 4; }
   Int8Rows(const at::Tensor& packed, int64_t K, int64_t N)
       : codes(reinterpret_cast<const int8_t*>(packed.const_data_ptr<uint8_t>())),
-        scales(reinterpret_cast<const float*>(packed.const_data_ptr<uint8_t>() + scales_offset(K, N))), K(K), N(N) {}
+        scales(reinterpret_cast<const float*>(packed.const_data_ptr<uint8_t>() + int8_scales_offset(K * N))), K(K), N(N) {}
   const int8_t* row(int64_t k) const { return codes + k * N; }
 };
 
@@ -133,19 +132,10 @@ at::Tensor pack_int8(const at::Tensor& weight) {  // weight [N, K] float32
   auto packed = at::empty({Int8Rows::bytes(K, N)}, weight.options().dtype(at::kByte));
   const float* src = w.const_data_ptr<float>();
   int8_t* codes = reinterpret_cast<int8_t*>(packed.data_ptr<uint8_t>());
-  float* scales = reinterpret_cast<float*>(packed.data_ptr<uint8_t>() + Int8Rows::scales_offset(K, N));
+  float* scales = reinterpret_cast<float*>(packed.data_ptr<uint8_t>() + int8_scales_offset(K * N));
   std::vector<char> finite(N, 1);
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      float amax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) {
-        const float v = src[j * K + k];
-        if (!std::isfinite(v)) finite[j] = 0;
-        amax = std::max(amax, std::fabs(v));
-      }
-      const float s = scales[j] = int8_channel_scale(amax);
-      for (int64_t k = 0; k < K; ++k) codes[k * N + j] = int8_code(src[j * K + k], s);
-    }
+    for (int64_t j = begin; j < end; ++j) finite[j] = quantize_int8_channel(src + j * K, K, codes + j, N, scales[j]);
   });
   check_finite(std::all_of(finite.begin(), finite.end(), [](char c) { return c; }), weight, format_of(Form::int8_rows));
   return packed;
@@ -656,15 +646,23 @@ static float float_of(uint32_t b) {
   return f;
 }
 
-// max|w| / 127 rounded to 17 significant bits, so that s * q is exact in float32 for |q| <= 127: the
-// dequantised weight then quantises again to the same codes and the same scale, and the prefill (which
+// The scale is max|w| / 127 rounded to 17 significant bits, so that s * q is exact in float32 for |q| <= 127:
+// the dequantised weight then quantises again to the same codes and the same scale, and the prefill (which
 // multiplies by the dequantised weight) and this cache's copy of it agree exactly.
-float int8_channel_scale(float amax) {
-  if (amax == 0.0f) return 1.0f;  // a zero output channel: its codes are 0 whatever the scale
-  return float_of((bits_of(amax / 127.0f) + 32u) & ~63u);
+bool quantize_int8_channel(const float* w, int64_t K, int8_t* codes, int64_t stride, float& scale) {
+  bool finite = true;
+  float amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    if (!std::isfinite(w[k])) finite = false;
+    amax = std::max(amax, std::fabs(w[k]));
+  }
+  // a zero output channel: its codes are 0 whatever the scale
+  const float s = scale = amax == 0.0f ? 1.0f : float_of((bits_of(amax / 127.0f) + 32u) & ~63u);
+  for (int64_t k = 0; k < K; ++k) {
+    codes[k * stride] = static_cast<int8_t>(std::clamp(std::nearbyint(w[k] / s), -127.0f, 127.0f));
+  }
+  return finite;
 }
-
-int8_t int8_code(float w, float s) { return static_cast<int8_t>(std::clamp(std::nearbyint(w / s), -127.0f, 127.0f)); }
 
 Form quant_form(const std::string& fmt) {
   for (const auto& f : kFormats) {

@@ -32,10 +32,12 @@ void clear_cache();
 at::Tensor quantize_rows(const at::Tensor& weight, Form form);
 at::Tensor pack_int8_dot_rows(const at::Tensor& weight);
 
-// int8 per output channel, shared by the formats that hold those codes (quant_rows.cpp): the scale for a
-// channel whose largest |w| is amax, and a weight's code in [-127, 127] under scale s.
-float int8_channel_scale(float amax);
-int8_t int8_code(float w, float s);
+// int8 per output channel, shared by the forms that hold those codes (quant_rows.cpp): the channel's K
+// weights w quantised to codes[k * stride] in [-127, 127] under the returned `scale`; false if a weight is
+// not finite.
+bool quantize_int8_channel(const float* w, int64_t K, int8_t* codes, int64_t stride, float& scale);
+// Where an int8 form's scales start after its `count` codes: the next 64-byte boundary.
+inline int64_t int8_scales_offset(int64_t count) { return (count + 63) / 64 * 64; }
 
 // The quantised forms by name, as actprune::quant_rows_linear's `fmt` spells them (quant_rows.cpp).
 Form quant_form(const std::string& fmt);

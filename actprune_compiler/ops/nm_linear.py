@@ -18,7 +18,7 @@ from actprune_compiler.sparsity.activation import sparsify_activation
 from actprune_compiler.sparsity.corrections import CORRECTIONS
 from actprune_compiler.sparsity.criteria import CRITERIA
 from actprune_compiler.sparsity.masks import prune_sorted
-from actprune_compiler.sparsity.quant import QuantFormat, quant_format, quantize_input
+from actprune_compiler.sparsity.quant import DENSE_FORMATS, QUANT_FORMATS, QuantFormat, quant_format, quantize_input
 
 
 def check_quant_arg(weight: Tensor, quant: str) -> QuantFormat | None:
@@ -39,6 +39,9 @@ def check_nm_linear_args(x: Tensor, weight: Tensor, n: int, m: int, criterion: s
         raise ValueError(f"nm_linear: criterion {criterion!r} is unknown; allowed: {', '.join(CRITERIA)}")
     if correction not in CORRECTIONS:
         raise ValueError(f"nm_linear: correction {correction!r} is unknown; allowed: {', '.join(CORRECTIONS)}")
+    if quant in DENSE_FORMATS:
+        raise ValueError(f"nm_linear: format {quant} is for layers left dense; a pruned layer's allowed: none, "
+                         f"{', '.join(QUANT_FORMATS)}")
     check_quant_arg(weight, quant)
 
 

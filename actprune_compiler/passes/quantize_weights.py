@@ -6,10 +6,10 @@ dense (lm_head, excluded or sensitive layers) becomes actprune.quant_linear, whi
 A weight shared with an embedding (tied lm_head) is substituted for the linear layer alone: the
 embedding keeps its float rows.
 
-Layers left dense take int8 weights under any format (int8a8, which quantises their input too:
-sparsity/quant.py): they read every row anyway, and lm_head's error goes straight into the logits (on
-smollm2-135m at 8:16 with int4 projections, an int4 lm_head raises the perplexity by 13% over an int8 one;
-llama.cpp's Q4 files keep their output matrix at 6 or 8 bits for the same reason).
+Layers left dense take int8 weights under any format (int8a8, sparsity/quant.py): they read every row anyway,
+and lm_head's error goes straight into the logits (on smollm2-135m at 8:16 with int4 projections, an int4
+lm_head raises the perplexity by 13% over an int8 one; llama.cpp's Q4 files keep their output matrix at 6 or 8
+bits for the same reason).
 """
 
 from __future__ import annotations

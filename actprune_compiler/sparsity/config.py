@@ -122,8 +122,8 @@ class SparsityConfig:
                 "pca_contiguous": the same, directions in rank order (the ablation).
     quant:      "int8", "int4" (groups of 64 outputs), "int4g32" (32 outputs) or "int4k32" (32 inputs, as GGUF's
                 Q4 blocks): every pruned layer's weight quantised as rows of W^T (sparsity/quant.py), after
-                recovery and rotation are folded in, and the layers left dense (lm_head) in int8 with their input
-                quantised to int8 per block of 32 (int8a8, as llama.cpp's activations); decode steps
+                recovery and rotation are folded in, and the layers left dense (lm_head) in int8a8 (int8, their
+                input quantised too: sparsity/quant.py); decode steps
                 read only the kept rows' codes (kernels/quant_rows.cpp), the prefill multiplies by the
                 dequantised weight. float32 models on the CPU only.
     """

@@ -154,11 +154,11 @@ def quantize(weight: Tensor, fmt: str) -> Quantized:
 
 def quantize_input(x: Tensor, block: int = INPUT_BLOCK) -> Tensor:
     """x [..., K] as format int8a8 multiplies it: each token's blocks of `block` features in int8, scale
-    max|x| / 127 (a zero block stays zero), codes round(x / scale) in [-127, 127]. A block holding NaN or inf
-    becomes NaN: its scale is not finite."""
-    groups = x.reshape(*x.shape[:-1], -1, block)
+    max|x| / 127 (a zero block stays zero), codes round(x / scale) clamped to [-127, 127] (a subnormal scale
+    rounds, and x / scale can pass 127). A block holding NaN or inf becomes NaN: its scale is not finite."""
+    groups = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
     scale = groups.abs().amax(dim=-1, keepdim=True) / 127
-    codes = torch.where(scale > 0, torch.round(groups / scale), torch.zeros_like(groups))
+    codes = torch.where(scale > 0, torch.round(groups / scale).clamp(-127, 127), torch.zeros_like(groups))
     return (codes * scale).reshape(x.shape)
 
 

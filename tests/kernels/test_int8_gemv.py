@@ -59,7 +59,7 @@ def test_the_cached_rows_hold_format_int8s_codes_and_scales():
     packed = cpu._extension().int8_dot_rows(w)
     q = quantize(w, "int8")
     codes = packed[: 70 * 96].view(70, 96).to(torch.int16) - 128
-    scales_at = (70 * 96 + 63) // 64 * 64
+    scales_at = (70 * 96 + 63) // 64 * 64  # the next 64-byte boundary after the codes
     assert torch.equal(codes, q.codes.t().to(torch.int16))
     assert torch.equal(packed[scales_at: scales_at + 4 * 70].view(torch.float32), q.scale)
 
@@ -101,12 +101,32 @@ def test_bad_input_fails_in_one_sentence():
         cpu.int8_gemv(torch.zeros(1, 32), torch.full((3, 32), math.inf), None)
 
 
-def test_quantize_input_keeps_each_blocks_largest_value_and_127_levels():
-    x = torch.randn(5, 96) * torch.tensor([1.0, 100.0, 0.01]).repeat_interleave(32)
-    q = quantize_input(x)
-    blocks, qb = x.view(5, 3, 32), q.view(5, 3, 32)
+def test_quantize_input_maps_each_blocks_largest_value_to_127_and_rounds_the_rest():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 96, generator=g) * torch.tensor([1.0, 100.0, 0.01]).repeat_interleave(32)
+    blocks, quantized = x.view(5, 3, 32), quantize_input(x).view(5, 3, 32)
     scale = blocks.abs().amax(-1, keepdim=True) / 127
-    assert torch.equal(qb.abs().amax(-1), blocks.abs().amax(-1))  # the largest maps to +-127 exactly
-    codes = qb / scale
-    assert torch.allclose(codes, codes.round(), atol=1e-4) and (codes.round().abs() <= 127).all()
-    assert ((qb - blocks).abs() <= scale / 2 * (1 + 1e-6)).all()
+    codes = (quantized / scale).round()
+    largest = blocks.abs().argmax(-1, keepdim=True)
+    assert (codes.gather(-1, largest).abs() == 127).all() and (codes.abs() <= 127).all()
+    assert ((quantized - blocks).abs() <= scale / 2 * (1 + 1e-5)).all()
+
+
+def test_inputs_that_lean_one_way_keep_the_results_precision():
+    """Every input of a block near 100 and weights of both signs summing to almost nothing: the result is small
+    against the codes' sums, and comes out exact to float32 rounding of the result, not of those sums."""
+    g = torch.Generator().manual_seed(6)
+    x = 100 + torch.rand(1, 256, generator=g)
+    w = torch.randn(8, 256, generator=g)
+    w = w - w.mean(dim=1, keepdim=True)
+    got, want = cpu.int8_gemv(x, w, None).double(), reference(x, w, None)
+    assert ((got - want).abs() <= 1e-5 * want.abs() + 1e-4).all()
+
+
+def test_subnormal_and_empty_inputs_agree_with_the_reference():
+    w = torch.randn(6, 64)
+    x = torch.zeros(2, 64)
+    x[0, :32] = torch.linspace(-2e-43, 2e-43, 32)  # a subnormal scale: x / scale passes 127, clamped
+    torch.testing.assert_close(cpu.int8_gemv(x, w, None).double(), reference(x, w, None), rtol=1e-5, atol=1e-45)
+    assert reference(torch.zeros(0, 64), w, None).shape == cpu.int8_gemv(torch.zeros(0, 64), w, None).shape == (0, 6)
+    assert quantize_input(torch.zeros(3, 0)).shape == (3, 0)

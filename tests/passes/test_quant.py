@@ -110,6 +110,14 @@ def test_layers_left_dense_are_checked_in_their_own_format():
                        "up_proj": "int4", "down_proj": "int4", "lm_head": "int8a8"}
 
 
+def test_a_pruned_layer_refuses_the_format_of_layers_left_dense():
+    from actprune_compiler.ops.nm_linear import check_nm_linear_args
+
+    with pytest.raises(ValueError, match="nm_linear: format int8a8 is for layers left dense; a pruned layer's allowed: "
+                                         "none, int8, int4, int4g32, int4k32"):
+        check_nm_linear_args(torch.zeros(1, 64), torch.zeros(32, 64), 8, 16, "magnitude", "none", "int8a8")
+
+
 def test_a_dense_layer_whose_input_does_not_split_into_blocks_of_32_takes_int8():
     assert layer_format("int4k32", pruned=False, in_features=576) == "int8a8"
     assert layer_format("int4k32", pruned=False, in_features=48) == "int8"
