@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--pattern", default="8:16", help="N:M, or 'none' for the dense model")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="float32 always runs first: the others are compared with it")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,8 +67,9 @@ def main() -> None:
                 module.register_forward_pre_hook(lambda mod, inputs, n=n, m=m: (
                     sparsify_activation(inputs[0], n, m, "magnitude", "none", None, None, prune_sorted),))
     results = {}
-    for variant, weight_of in VARIANTS.items():
-        for name, module in linears.items():  # a Parameter of its own: a tied lm_head no longer shares the embedding
+    for variant in ["float32", *(v for v in args.variants if v != "float32")]:
+        weight_of = VARIANTS[variant]
+        for name, module in linears.items():  # a Parameter of its own: a tied lm_head stops sharing the embedding
             module.weight = torch.nn.Parameter(weight_of(name, floats[name]), requires_grad=False)
         with torch.no_grad():
             ppl = perplexity(lambda batch: model(batch).logits, tokenizer, text, max_windows=args.windows,

@@ -26,8 +26,8 @@ and they take format int8a8 whatever the model's format (int8 where their in_fea
 llama.cpp quantises activations (Q8_0: scale max|x| / 127 per block). Both in int8, the decode step's
 dot products run on AVX-512 VNNI (kernels/int8_gemv.cpp): a vocabulary-sized lm_head is the largest
 weight a quantised token reads (on qwen2.5-coder-0.5b, half of an 8:16 int4k32 token's bytes), and the
-int8 rows kernel read it at half the memory's speed. The prefill quantises its input the same way
-(quantize_input), so perplexity measures what decoding computes.
+int8 rows kernel, converting each code to float, took 1.7-1.8x the time (scripts/bench_lm_head.py). The
+prefill quantises its input the same way (quantize_input), so perplexity measures what decoding computes.
 """
 
 from __future__ import annotations
