@@ -59,16 +59,14 @@ at::Tensor dense_gemv(const at::Tensor& x, const at::Tensor& weight, const c10::
   check_float_linear("dense_gemv", x, weight);
   const int64_t N = weight.size(0), K = weight.size(1);
   const at::Tensor b = float_bias("dense_gemv", bias, N);
-  const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  auto y = linear_output(xc, N);
-  if (y.numel() == 0) return y;
-  if (K == 0) return b.defined() ? y.copy_(b.expand_as(y)) : y.zero_();
-  const int64_t T = xc.numel() / K;
+  const LinearIO io = linear_io(x, b, N, K);
+  if (io.answered) return io.y;
+  const int64_t T = io.T;
   const at::Tensor rows = cached(weight, Form::rows);  // held here: another thread may drop the cache entry
   const float* w = rows.const_data_ptr<float>();
-  const float* xs = xc.const_data_ptr<float>();
+  const float* xs = io.x.const_data_ptr<float>();
   const float* bs = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  float* ys = y.data_ptr<float>();
+  float* ys = io.y.data_ptr<float>();
   at::parallel_for(0, (N + kRows - 1) / kRows, kGrainPasses, [&](int64_t begin, int64_t end) {
     for (int64_t pass = begin; pass < end; ++pass) {
       const int64_t row = pass * kRows;
@@ -85,7 +83,7 @@ at::Tensor dense_gemv(const at::Tensor& x, const at::Tensor& weight, const c10::
       }
     }
   });
-  return y;
+  return io.y;
 }
 
 }  // namespace

@@ -132,16 +132,14 @@ at::Tensor int8_gemv(const at::Tensor& x, const at::Tensor& weight, const c10::o
               " features, so in_features must be a multiple of ", kBlock, ", but this layer (", K, " -> ", N,
               ") has ", K, "; allowed: format int8 for any in_features");
   const at::Tensor b = float_bias("int8_gemv", bias, N);
-  const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  auto y = linear_output(xc, N);
-  if (y.numel() == 0) return y;
-  if (K == 0) return b.defined() ? y.copy_(b.expand_as(y)) : y.zero_();
-  const int64_t T = xc.numel() / K;
+  const LinearIO io = linear_io(x, b, N, K);
+  if (io.answered) return io.y;
+  const int64_t T = io.T;
   const at::Tensor packed = cached(weight, Form::int8_dot_rows);  // held: another thread may drop the entry
   const DotRows w(packed, N, K);
-  const float* xs = xc.const_data_ptr<float>();
+  const float* xs = io.x.const_data_ptr<float>();
   const float* bs = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  float* ys = y.data_ptr<float>();
+  float* ys = io.y.data_ptr<float>();
 
   static thread_local std::vector<QuantizedInput> inputs_scratch;  // the calling thread's, reused
   std::vector<QuantizedInput>& inputs = inputs_scratch;
@@ -174,7 +172,7 @@ at::Tensor int8_gemv(const at::Tensor& x, const at::Tensor& weight, const c10::o
       }
     }
   });
-  return y;
+  return io.y;
 }
 
 }  // namespace

@@ -22,9 +22,19 @@ inline at::Tensor float_bias(const char* op, const c10::optional<at::Tensor>& bi
   return b;
 }
 
-// y [..., N] for x [..., K], uninitialised.
-inline at::Tensor linear_output(const at::Tensor& x, int64_t N) {
-  at::DimVector sizes(x.sizes());
+// A kernel's contiguous input, its output y [..., N] and its token count, after the checks above.
+struct LinearIO {
+  at::Tensor x, y;
+  int64_t T;
+  bool answered;  // y already holds the result: no outputs, or K == 0 (the bias alone, or zeros)
+};
+
+inline LinearIO linear_io(const at::Tensor& x, const at::Tensor& bias, int64_t N, int64_t K) {
+  const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  at::DimVector sizes(xc.sizes());
   sizes.back() = N;
-  return at::empty(sizes, x.options());
+  at::Tensor y = at::empty(sizes, xc.options());
+  if (y.numel() == 0) return {xc, y, 0, true};
+  if (K == 0) return {xc, bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_(), 0, true};
+  return {xc, y, xc.numel() / K, false};
 }

@@ -530,14 +530,13 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
               "; allowed: int4, int4g32 or int8");
   const at::Tensor b = float_bias("quant_rows_linear", bias, N);
   // A decode call costs a few us, so it allocates little: no views, and scratch reused across calls.
-  const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  const int64_t T = K ? xc.numel() / K : 0;
-  auto y = linear_output(xc, N);
-  if (y.numel() == 0) return y;
+  const LinearIO io = linear_io(x, b, N, K);
+  if (io.answered) return io.y;
+  const int64_t T = io.T;
   const at::Tensor packed = cached(weight, form);
-  const float* xs = xc.const_data_ptr<float>();
+  const float* xs = io.x.const_data_ptr<float>();
   const float* bs = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  float* ys = y.data_ptr<float>();
+  float* ys = io.y.data_ptr<float>();
 
   // The calling thread's scratch, named by reference: inside the parallel region a thread_local
   // would be each worker's own, empty copy.
@@ -629,7 +628,7 @@ at::Tensor quant_rows_linear(const at::Tensor& x, const at::Tensor& weight, cons
     }, add_bias);
     exact_tokens([&](const Kept& k, float* out) { int4_exact(w, k, out); });
   }
-  return y;
+  return io.y;
 }
 
 }  // namespace

@@ -317,3 +317,9 @@ def test_int4k32_never_reads_a_block_without_a_kept_row():
     assert torch.equal(quant.quant_rows_linear(x, weight, None, "int4k32"), before)
     x[0, 40] = 1.0  # a kept row in that block: the poison is seen
     assert torch.isnan(quant.quant_rows_linear(x, weight, None, "int4k32")[0]).any()
+
+
+def test_no_input_features_give_the_bias_or_zeros():
+    b = torch.randn(5)
+    assert torch.equal(quant.quant_rows_linear(torch.zeros(2, 0), torch.zeros(5, 0), b, "int8"), b.expand(2, 5))
+    assert torch.equal(quant.quant_rows_linear(torch.zeros(2, 0), torch.zeros(5, 0), None, "int8"), torch.zeros(2, 5))
